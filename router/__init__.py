@@ -1,0 +1,1 @@
+"""router: value-aware support routing."""

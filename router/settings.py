@@ -1,0 +1,175 @@
+"""Typed settings, one class per subsystem, read from the environment once.
+
+Each field has a default and a one-line docstring; ``ROUTER_<SUBSYSTEM>_<FIELD>``
+overrides it (e.g. ``ROUTER_KAFKA_BOOTSTRAP=broker:9092``). Tests build a
+:class:`Settings` directly and pass it to the factories: nothing reads the environment
+anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "ApiSettings",
+    "IdentitySettings",
+    "KafkaSettings",
+    "ModelSettings",
+    "PolicySettings",
+    "RedisSettings",
+    "Settings",
+    "StreamSettings",
+    "settings_table",
+]
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+class KafkaSettings(msgspec.Struct, kw_only=True):
+    bootstrap: str = ""
+    """Kafka bootstrap servers; empty means `router dev` starts an embedded broker."""
+    events_topic: str = "customer-events"
+    """Topic of customer events (keyed by customer_id)."""
+    dead_letter_topic: str = "customer-events.dlq"
+    """Where undecodable or invalid events go, with headers saying why."""
+    alerts_topic: str = "churn-alerts"
+    """Churn alerts for the customer-success team."""
+    group_id: str = "router-state"
+    """Consumer group of the state consumers."""
+    partitions: int = 6
+    """Partitions created for the events topic by `router dev` / `router topics`."""
+
+
+class RedisSettings(msgspec.Struct, kw_only=True):
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL; `router dev` falls back to a private redis-server when it does not answer."""
+    cluster: bool = False
+    """Treat the URL as a Redis Cluster seed node."""
+    prefix: str = "rt"
+    """Key prefix, so several deployments can share one Redis."""
+    timeout_ms: int = 50
+    """Socket timeout for request-path Redis calls; beyond it the API answers degraded."""
+
+
+class StreamSettings(msgspec.Struct, kw_only=True):
+    lateness_s: int = 86_400
+    """Events older than (newest event time of the customer - this) are too late: counted, dead-lettered."""
+    batch_max: int = 2_000
+    """Maximum records per getmany() batch."""
+    poll_timeout_ms: int = 200
+    """getmany() timeout."""
+    churn_alert_threshold: float = 0.70
+    """Churn probability whose upward crossing emits one alert."""
+    stuck_after_s: float = 30.0
+    """Readiness fails when no poll succeeded for this long."""
+
+
+class ModelSettings(msgspec.Struct, kw_only=True):
+    path: str = str(_ROOT / "models" / "churn-v1.onnx")
+    """ONNX churn model; its model card (.json) sits beside it."""
+    horizon_days: int = 90
+    """Horizon the churn probability refers to."""
+    default_margin_rate: float = 0.3
+    """Margin assumed for orders that did not report one."""
+    annual_discount_rate: float = 0.10
+    """Discount rate for CLV's expected future margin."""
+    max_lifetime_months: int = 120
+    """Cap on expected remaining lifetime used by CLV."""
+
+
+class PolicySettings(msgspec.Struct, kw_only=True):
+    path: str = str(_ROOT / "router" / "policy" / "default.toml")
+    """Versioned routing policy (tiers, SLA clocks, escalation, next-best-actions)."""
+
+
+class IdentitySettings(msgspec.Struct, kw_only=True):
+    hash_key: str = "dev-only-identity-key-change-me"
+    """Secret for keyed hashes of phone numbers, e-mails and customer ids (>= 16 chars)."""
+    default_region: str = "DE"
+    """Region assumed for phone numbers written without a country code."""
+
+
+class ApiSettings(msgspec.Struct, kw_only=True):
+    host: str = "127.0.0.1"
+    """Interface uvicorn binds."""
+    port: int = 8000
+    """Port uvicorn binds."""
+    workers: int = 1
+    """uvicorn worker processes."""
+    max_body_bytes: int = 65_536
+    """Request bodies above this get 413."""
+    log_level: str = "info"
+    """Log level of the service."""
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    stream: StreamSettings = msgspec.field(default_factory=StreamSettings)
+    model: ModelSettings = msgspec.field(default_factory=ModelSettings)
+    policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
+    identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
+    api: ApiSettings = msgspec.field(default_factory=ApiSettings)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``ROUTER_<SUBSYSTEM>_<FIELD>`` variables (and ``REDIS_URL``)."""
+        env = os.environ if environ is None else environ
+        raw: dict[str, dict[str, Any]] = {}
+        for section in cls.__struct_fields__:
+            values: dict[str, Any] = {}
+            for field in _section_type(section).__struct_fields__:
+                name = f"ROUTER_{section}_{field}".upper()
+                if name in env:
+                    values[field] = env[name]
+            raw[section] = values
+        if "url" not in raw["redis"] and env.get("REDIS_URL"):
+            raw["redis"]["url"] = env["REDIS_URL"]
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise SystemExit(f"invalid configuration: {exc}") from None
+
+
+def _section_type(section: str) -> type[msgspec.Struct]:
+    return {
+        "kafka": KafkaSettings,
+        "redis": RedisSettings,
+        "stream": StreamSettings,
+        "model": ModelSettings,
+        "policy": PolicySettings,
+        "identity": IdentitySettings,
+        "api": ApiSettings,
+    }[section]
+
+
+def settings_table() -> str:
+    """Markdown table of every variable, its default and its docstring (for the README)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(__import__(__name__, fromlist=["x"])))
+    docs: dict[tuple[str, str], str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            body = node.body
+            for i, stmt in enumerate(body):
+                if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and i + 1 < len(body):
+                    nxt = body[i + 1]
+                    if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                        docs[(node.name, stmt.target.id)] = str(nxt.value.value)
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    defaults = Settings()
+    for section in Settings.__struct_fields__:
+        sub = getattr(defaults, section)
+        for field in sub.__struct_fields__:
+            default = getattr(sub, field)
+            shown = str(default).replace(str(_ROOT), ".")
+            doc = docs.get((type(sub).__name__, field), "")
+            rows.append(f"| `ROUTER_{section.upper()}_{field.upper()}` | `{shown}` | {doc} |")
+    return "\n".join(rows)

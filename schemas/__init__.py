@@ -1,0 +1,1 @@
+"""Wire contracts (msgspec Structs) and their generated JSON Schemas."""
