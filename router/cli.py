@@ -1,0 +1,108 @@
+"""The ``router`` console script: one subcommand per process the service runs as."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from router.settings import Settings
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from router.api.app import serve
+
+    serve(settings)
+    return 0
+
+
+def _consume(args: argparse.Namespace, settings: Settings) -> int:
+    from router.consumer import run_consumer
+
+    asyncio.run(run_consumer(settings))
+    return 0
+
+
+def _dev(args: argparse.Namespace, settings: Settings) -> int:
+    from router.dev import run_dev
+
+    return run_dev(settings, customers=args.customers, rate=args.rate, duration_s=args.duration)
+
+
+def _produce_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from router.demo import produce_demo
+
+    asyncio.run(
+        produce_demo(
+            settings,
+            customers=args.customers,
+            history_days=args.history_days,
+            rate=args.rate,
+            duration_s=args.duration,
+            seed=args.seed,
+        )
+    )
+    return 0
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from router.kafka import ensure_topics
+
+    asyncio.run(ensure_topics(settings.kafka))
+    return 0
+
+
+def _export_schemas(args: argparse.Namespace, settings: Settings) -> int:
+    from schemas.export import write_schemas
+
+    changed = write_schemas(check=args.check)
+    if args.check and changed:
+        print("JSON Schemas are out of date: " + ", ".join(changed), file=sys.stderr)
+        print("run `router export-schemas` and commit the result", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the ``router`` command."""
+    parser = argparse.ArgumentParser(prog="router", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="run the decision API (uvicorn)").set_defaults(func=_serve)
+    sub.add_parser("consume", help="run a state consumer (Kafka -> Redis)").set_defaults(func=_consume)
+    sub.add_parser("topics", help="create the Kafka topics if missing").set_defaults(func=_topics)
+
+    dev = sub.add_parser("dev", help="whole stack locally: broker, Redis, consumer, API, demo traffic")
+    dev.add_argument("--customers", type=int, default=3000, help="demo population size")
+    dev.add_argument("--rate", type=float, default=50.0, help="live demo events per second")
+    dev.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    dev.set_defaults(func=_dev)
+
+    demo = sub.add_parser("produce-demo", help="produce realistic synthetic events to the events topic")
+    demo.add_argument("--customers", type=int, default=3000)
+    demo.add_argument("--history-days", type=int, default=180, help="days of backfilled history")
+    demo.add_argument("--rate", type=float, default=50.0, help="live events per second after the backfill")
+    demo.add_argument("--duration", type=float, default=None, help="stop live traffic after N seconds")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(func=_produce_demo)
+
+    schemas = sub.add_parser("export-schemas", help="write JSON Schemas of the contracts to schemas/json")
+    schemas.add_argument("--check", action="store_true", help="fail if the committed files differ")
+    schemas.set_defaults(func=_export_schemas)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``router`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    result: int = args.func(args, settings)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
