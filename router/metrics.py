@@ -10,6 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 
 __all__ = [
     "ALERTS",
+    "AUDIT_DROPPED",
     "BATCH_SIZE",
     "CONSUMER_LAG",
     "DEAD_LETTERED",
@@ -65,3 +66,4 @@ ALERTS = Counter("router_churn_alerts_total", "Churn alerts emitted")
 WEBHOOK_SIGNATURE_FAILURES = Counter(
     "router_webhook_signature_failures_total", "Rejected webhook signatures", ["reason"]
 )
+AUDIT_DROPPED = Counter("router_audit_dropped_total", "Audit records that could not be written")

@@ -43,6 +43,8 @@ class KafkaSettings(msgspec.Struct, kw_only=True):
     """Consumer group of the state consumers."""
     partitions: int = 6
     """Partitions created for the events topic by `router dev` / `router topics`."""
+    replication_factor: int = 1
+    """Replication factor of topics created by `router dev` / `router topics` (1 for a single broker)."""
 
 
 class RedisSettings(msgspec.Struct, kw_only=True):
@@ -67,6 +69,12 @@ class StreamSettings(msgspec.Struct, kw_only=True):
     """Churn probability whose upward crossing emits one alert."""
     stuck_after_s: float = 30.0
     """Readiness fails when no poll succeeded for this long."""
+    alert_rearm_margin: float = 0.05
+    """After an alert, churn must fall this far below the threshold before another can fire."""
+    health_port: int = 9101
+    """Consumer's /metrics and /health/* port (0 disables it, e.g. for several consumers on one host)."""
+    health_host: str = "127.0.0.1"
+    """Interface of the consumer's health server."""
 
 
 class ModelSettings(msgspec.Struct, kw_only=True):
@@ -76,6 +84,8 @@ class ModelSettings(msgspec.Struct, kw_only=True):
     """Horizon the churn probability refers to."""
     default_margin_rate: float = 0.3
     """Margin assumed for orders that did not report one."""
+    subscription_margin_rate: float = 0.8
+    """Share of MRR that is margin (CLV counts margin, not revenue)."""
     annual_discount_rate: float = 0.10
     """Discount rate for CLV's expected future margin."""
     max_lifetime_months: int = 120

@@ -1,0 +1,119 @@
+"""The application factory: routes, dependencies, error handling and lifespans, in that order."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from litestar import Litestar, MediaType, Request, Response
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from router.api import routes
+from router.decisions import DecisionService
+from router.errors import RouterError
+from router.resources import Readiness, lifespans
+from router.settings import Settings
+
+__all__ = ["create_app", "serve"]
+
+log = logging.getLogger("router.api")
+
+
+def create_app(settings: Settings) -> Litestar:
+    """Build the API. Nothing connects until the app starts (lifespans)."""
+    # --- routes ---------------------------------------------------------------------------
+    handlers = [routes.classify, routes.live, routes.ready, routes.metrics_endpoint]
+
+    # --- dependencies ---------------------------------------------------------------------
+    def provide_decisions(state: State) -> DecisionService:
+        service: DecisionService = state.decisions
+        return service
+
+    dependencies = {"decisions": Provide(provide_decisions, sync_to_thread=False)}
+
+    # --- errors ---------------------------------------------------------------------------
+    exception_handlers = {
+        RouterError: _router_error,
+        ValidationException: _validation_error,
+        HTTPException: _http_error,
+    }
+
+    # --- lifespans ------------------------------------------------------------------------
+    return Litestar(
+        route_handlers=handlers,
+        dependencies=dependencies,
+        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        lifespan=lifespans(settings),
+        state=State({"settings": settings, "readiness": Readiness()}),
+        request_max_body_size=settings.api.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="router: value-aware support routing",
+            version="1",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        debug=False,
+    )
+
+
+def _router_error(request: Request[object, object, State], exc: RouterError) -> Response[dict[str, object]]:
+    return Response(
+        {"status_code": exc.status_code, "error": exc.code, "detail": exc.message},
+        status_code=exc.status_code,
+        media_type=MediaType.JSON,
+    )
+
+
+def _validation_error(
+    request: Request[object, object, State], exc: ValidationException
+) -> Response[dict[str, object]]:
+    # Say which field is wrong and why; never echo the submitted value (it may be personal data).
+    problems = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            key = item.get("key")
+            message = str(item.get("message", "invalid"))
+            problems.append(f"{key}: {message}" if key else message)
+    detail = "; ".join(problems) or exc.detail
+    return Response(
+        {"status_code": 400, "error": "bad_request", "detail": detail},
+        status_code=400,
+        media_type=MediaType.JSON,
+    )
+
+
+def _http_error(request: Request[object, object, State], exc: HTTPException) -> Response[dict[str, object]]:
+    if exc.status_code >= 500:
+        log.error("internal error on %s: %s", request.url.path, type(exc).__name__)
+        detail = "internal error"
+    else:
+        detail = exc.detail
+    return Response(
+        {"status_code": exc.status_code, "error": "error", "detail": detail},
+        status_code=exc.status_code,
+        media_type=MediaType.JSON,
+    )
+
+
+def serve(settings: Settings) -> None:
+    """Run the API under uvicorn (``router serve``)."""
+    logging.basicConfig(level=settings.api.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(
+        "router.api.app:app_from_env",
+        factory=True,
+        host=settings.api.host,
+        port=settings.api.port,
+        workers=settings.api.workers,
+        access_log=False,
+        log_level=settings.api.log_level,
+        lifespan="on",
+    )
+
+
+def app_from_env() -> Litestar:
+    """uvicorn factory: each worker reads the environment once."""
+    return create_app(Settings.from_env())

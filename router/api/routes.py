@@ -1,0 +1,39 @@
+"""Route handlers: thin, each calls a service provided by dependency injection."""
+
+from __future__ import annotations
+
+from litestar import Response, get, post
+from litestar.datastructures import State
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from router.decisions import DecisionService
+from router.resources import Readiness, metrics_payload
+from schemas.api import ClassifyRequest, Decision
+
+__all__ = ["classify", "live", "metrics_endpoint", "ready"]
+
+
+@post("/v1/classify", status_code=HTTP_200_OK, tags=["decisions"], summary="Route a ticket, call or chat")
+async def classify(data: ClassifyRequest, decisions: DecisionService) -> Decision:
+    """SLA tier with deadline, escalation target, next-best-actions and the reasons behind them."""
+    return await decisions.classify(data)
+
+
+@get("/health/live", tags=["operations"], summary="Liveness", sync_to_thread=False)
+def live() -> dict[str, str]:
+    """Cheap: the event loop answers."""
+    return {"status": "alive"}
+
+
+@get("/health/ready", tags=["operations"], summary="Readiness")
+async def ready(state: State) -> Response[dict[str, object]]:
+    """503 until the model and policy are loaded and Redis answers."""
+    readiness: Readiness = state.readiness
+    ok, checks = await readiness.check()
+    return Response({"ready": ok, "checks": checks}, status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)
+
+
+@get("/metrics", tags=["operations"], summary="Prometheus metrics", include_in_schema=False, sync_to_thread=False)
+def metrics_endpoint() -> Response[bytes]:
+    return Response(metrics_payload(), media_type=CONTENT_TYPE_LATEST)

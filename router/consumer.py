@@ -1,0 +1,419 @@
+"""The state consumer: Kafka events -> reducer -> Redis, with exactly-once effect.
+
+Delivery from Kafka is at-least-once. The effect on Redis is exactly-once because every
+customer's hash stores, next to its snapshot, the offsets (per partition) of the last
+events folded into it, and one Lua script writes snapshot, offsets and histogram entry
+atomically *if the stored offsets are still the ones we read* (compare-and-set):
+
+* a redelivered event has an offset at or below the stored one and is skipped;
+* a zombie consumer that lost its partition in a rebalance loses the compare-and-set;
+* a producer retry (same ``event_id``, new offset) is caught by the reducer's event-id set.
+
+Partition offsets are also stored in Redis (after the snapshots they cover) and used to
+seek on assignment; committing them to Kafka as well only serves lag monitoring.
+Poison events go to the dead-letter topic *before* the batch's offsets advance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from router import metrics
+from router.features import features
+from router.health import HealthServer
+from router.identity import IdentityHasher
+from router.model import ChurnModel, ModelError
+from router.reducer import Applied, Snapshot, fold
+from router.scoring import clv, clv_bin
+from router.settings import Settings
+from router.store import Scores, StateStore, WriteOp, connect
+from schemas.alerts import ChurnAlert
+from schemas.events import CustomerEvent, event_decoder
+
+__all__ = ["StateConsumer", "run_consumer"]
+
+log = logging.getLogger("router.consumer")
+
+_MAX_CAS_RETRIES = 5
+_alert_encoder = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: ConsumerRecord[bytes, bytes]
+    event: CustomerEvent
+
+
+@dataclass(slots=True)
+class _Dead:
+    record: ConsumerRecord[bytes, bytes]
+    reason: str
+    error: BaseException
+
+
+@dataclass(slots=True)
+class _Outcome:
+    ops: list[WriteOp] = field(default_factory=list)
+    alerts: list[ChurnAlert] = field(default_factory=list)
+    dead: list[_Dead] = field(default_factory=list)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Only delegates: revoked -> commit, assigned -> seek to the offsets stored with the state."""
+
+    def __init__(self, owner: StateConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._owner.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self._owner.on_assigned(assigned)
+
+
+class StateConsumer:
+    """Folds the events topic into Redis. Built by :func:`run_consumer` or by tests."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: StateStore,
+        model: ChurnModel | None,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.model = model
+        self.consumer = consumer
+        self.producer = producer
+        self.hasher = store.hasher
+        self.offsets_key = store.keys.offsets(settings.kafka.group_id, settings.kafka.events_topic)
+        self.last_poll = 0.0
+        self.assigned: set[TopicPartition] = set()
+        self.applied = 0
+        self.lag = 0
+
+    # -- rebalance -------------------------------------------------------------------------
+
+    async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        # Batches complete before the next poll, so the state is already written: just commit.
+        self.assigned.difference_update(revoked)
+        with contextlib.suppress(Exception):
+            await self.consumer.commit()
+
+    async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.assigned.update(assigned)
+        stored = await self.store.stored_offsets(self.settings.kafka.group_id, self.settings.kafka.events_topic)
+        for tp in assigned:
+            if tp.partition in stored:
+                self.consumer.seek(tp, stored[tp.partition])
+
+    # -- main loop -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll, fold, write, commit until ``stop`` is set; a failed batch is retried from its start."""
+        stream = self.settings.stream
+        backoff = 0.2
+        while not stop.is_set():
+            batch = await self.consumer.getmany(timeout_ms=stream.poll_timeout_ms, max_records=stream.batch_max)
+            self.last_poll = time.time()
+            metrics.LAST_POLL.set(self.last_poll)
+            if not batch:
+                await self._report_lag()
+                continue
+            try:
+                await self.process_batch(batch)
+                backoff = 0.2
+            except Exception as exc:  # infrastructure fault: rewind and retry, never skip
+                log.warning("batch failed, will retry: %s", type(exc).__name__, exc_info=exc)
+                for tp, records in batch.items():
+                    if tp in self.assigned:
+                        self.consumer.seek(tp, records[0].offset)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            await self._report_lag()
+
+    async def _report_lag(self) -> None:
+        lag = 0
+        for tp in list(self.assigned):
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            with contextlib.suppress(Exception):
+                behind = max(0, high - await self.consumer.position(tp))
+                metrics.CONSUMER_LAG.labels(str(tp.partition)).set(behind)
+                lag += behind
+        self.lag = lag
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness: polled recently (not stuck) and owning partitions or idle in the group."""
+        if not self.last_poll:
+            return False, "not polled yet"
+        silent = time.time() - self.last_poll
+        if silent > self.settings.stream.stuck_after_s:
+            return False, f"stuck: no successful poll for {silent:.0f} s"
+        return True, f"ok: {len(self.assigned)} partitions, lag {self.lag}"
+
+    async def process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Fold one polled batch into Redis; returns when state, dead letters and commit are done."""
+        metrics.BATCH_SIZE.observe(sum(len(r) for r in batch.values()))
+        by_customer: dict[str, list[_Pending]] = {}
+        dead: list[_Dead] = []
+        next_offsets: dict[int, int] = {}
+        for tp, records in batch.items():
+            for rec in records:
+                next_offsets[tp.partition] = rec.offset + 1
+                event = _decode(rec, dead)
+                if event is not None:
+                    by_customer.setdefault(event.customer_id, []).append(_Pending(rec, event))
+
+        pending = by_customer
+        for attempt in range(_MAX_CAS_RETRIES):
+            outcome = await self._fold(pending)
+            if attempt == 0:
+                outcome.dead[:0] = dead
+            await self._publish(outcome)
+            ok = await self.store.apply(outcome.ops, {self.offsets_key: next_offsets})
+            lost = {op.customer_key for op, good in zip(outcome.ops, ok, strict=True) if not good}
+            if not lost:
+                break
+            # Another writer (a zombie from before a rebalance) got in between: read again, refold.
+            metrics.DUPLICATES.labels("cas_conflict").inc(len(lost))
+            pending = {cid: evs for cid, evs in pending.items() if self.hasher.customer_key(cid) in lost}
+        else:
+            raise RuntimeError("compare-and-set kept failing; another consumer owns these customers")
+        tps = {tp: next_offsets[tp.partition] for tp in batch if tp in self.assigned}
+        if tps:
+            await self.consumer.commit(tps)
+
+    async def _fold(self, by_customer: dict[str, list[_Pending]]) -> _Outcome:
+        out = _Outcome()
+        ids = list(by_customer)
+        keys = [self.hasher.customer_key(cid) for cid in ids]
+        records = await self.store.read_customers(keys) if ids else []
+        lateness = self.settings.stream.lateness_s
+        scored: list[tuple[WriteOp, Scores | None]] = []
+        for cid, h, rec in zip(ids, keys, records, strict=True):
+            # A freshly decoded snapshot: folding may mutate it, nothing else holds it.
+            snap = rec.snapshot
+            old_phones = snap.phone_keys if snap else []
+            old_emails = snap.email_keys if snap else []
+            marks = dict(rec.marks)
+            changed = False
+            for p in by_customer[cid]:
+                partition, offset = p.record.partition, p.record.offset
+                if offset <= marks.get(partition, -1):
+                    metrics.DUPLICATES.labels("redelivered").inc()
+                    continue
+                marks[partition] = offset
+                changed = True
+                etype = p.event.__struct_config__.tag
+                try:
+                    snap, result = fold(snap, p.event, lateness_s=lateness, hasher=self.hasher)
+                except Exception as exc:  # a bug or an unforeseen value: keep the event, move on
+                    out.dead.append(_Dead(p.record, "reducer_error", exc))
+                    metrics.EVENTS_APPLIED.labels(str(etype), "reducer_error").inc()
+                    continue
+                metrics.EVENTS_APPLIED.labels(str(etype), result.value).inc()
+                if result is Applied.TOO_LATE:
+                    metrics.LATE_EVENTS.inc()
+                    out.dead.append(_Dead(p.record, "too_late", _TooLate(lateness)))
+                elif result is Applied.DUPLICATE:
+                    metrics.DUPLICATES.labels("event_id").inc()
+                else:
+                    self.applied += 1
+            if not changed or snap is None:
+                continue
+            new_phones = snap.phone_keys
+            new_emails = snap.email_keys
+            keys_ = self.store.keys
+            op = WriteOp(
+                customer_key=h,
+                expected_marks=rec.raw_marks,
+                marks=marks,
+                snapshot=snap,
+                scores=rec.scores or Scores(),
+                old_bin=rec.scores.clv_bin if rec.scores else None,
+                index_add=[(keys_.phone(k), cid) for k in new_phones if k not in old_phones]
+                + [(keys_.email(k), cid) for k in new_emails if k not in old_emails],
+                index_remove=[(keys_.phone(k), cid) for k in old_phones if k not in new_phones]
+                + [(keys_.email(k), cid) for k in old_emails if k not in new_emails],
+            )
+            scored.append((op, rec.scores))
+        self._score(scored, out)
+        return out
+
+    def _score(self, scored: list[tuple[WriteOp, Scores | None]], out: _Outcome) -> None:
+        now = int(time.time())
+        out.ops.extend(op for op, _ in scored)
+        live = [(op, prev) for op, prev in scored if op.snapshot.customer_id]
+        for op, _ in scored:
+            if not op.snapshot.customer_id:  # erased: a tombstone has no scores and leaves the histogram
+                op.scores = Scores(scored_at=now)
+        if not live:
+            return
+        rows = np.asarray(
+            [features(op.snapshot, max(now, op.snapshot.last_event_at)) for op, _ in live], dtype=np.float32
+        )
+        churn: Sequence[float] | None = None
+        if self.model is not None:
+            t0 = time.perf_counter()
+            try:
+                churn = self.model.predict(rows).tolist()
+            except ModelError as exc:
+                log.error("churn model failed on a batch: %s", exc)
+            metrics.MODEL_SECONDS.labels("consumer").observe(time.perf_counter() - t0)
+        threshold = self.settings.stream.churn_alert_threshold
+        rearm = threshold - self.settings.stream.alert_rearm_margin
+        for i, (op, prev) in enumerate(live):
+            p = churn[i] if churn is not None else (prev.churn if prev else 0.0)
+            value = clv(op.snapshot, rows[i].tolist(), p, self.settings.model)
+            was_alerted = prev.alerted if prev else False
+            alerted = p >= threshold or (was_alerted and p > rearm)
+            if alerted and not was_alerted and churn is not None and self.model is not None:
+                out.alerts.append(self._alert(op, rows[i].tolist(), p, threshold))
+            op.scores = Scores(churn=p, clv=value, clv_bin=clv_bin(value), alerted=alerted, scored_at=now)
+
+    def _alert(self, op: WriteOp, row: list[float], churn: float, threshold: float) -> ChurnAlert:
+        assert self.model is not None
+        marks = ",".join(f"{p}:{o}" for p, o in sorted(op.marks.items()))
+        return ChurnAlert(
+            alert_id=self.hasher.digest("alert", f"{op.customer_key}|{marks}")[:24],
+            customer_id=op.snapshot.customer_id,
+            churn_risk=round(churn * 100, 1),
+            threshold=round(threshold * 100, 1),
+            crossed_at=datetime.now(UTC),
+            reasons=[f.phrase for f in self.model.explain(row, top=3)],
+            model_version=self.model.version,
+        )
+
+    async def _publish(self, out: _Outcome) -> None:
+        """Dead letters and alerts, acknowledged by the broker before any state is written."""
+        kafka = self.settings.kafka
+        futures = []
+        for d in out.dead:
+            rec = d.record
+            headers = [
+                ("dlq.origin.topic", rec.topic.encode()),
+                ("dlq.origin.partition", str(rec.partition).encode()),
+                ("dlq.origin.offset", str(rec.offset).encode()),
+                ("dlq.error.reason", d.reason.encode()),
+                ("dlq.error.class", type(d.error).__name__.encode()),
+                ("dlq.error.message", str(d.error)[:500].encode()),
+            ]
+            futures.append(
+                await self.producer.send(
+                    kafka.dead_letter_topic, value=rec.value, key=rec.key,
+                    timestamp_ms=rec.timestamp if rec.timestamp and rec.timestamp > 0 else None,
+                    headers=headers,
+                )
+            )
+            metrics.DEAD_LETTERED.labels(d.reason).inc()
+            log.warning(
+                "dead-lettered %s:%d@%d reason=%s error=%s",
+                rec.topic, rec.partition, rec.offset, d.reason, type(d.error).__name__,
+            )
+        for alert in out.alerts:
+            futures.append(
+                await self.producer.send(
+                    kafka.alerts_topic, value=_alert_encoder.encode(alert), key=alert.customer_id.encode()
+                )
+            )
+        if futures:
+            await asyncio.gather(*futures)
+            metrics.ALERTS.inc(len(out.alerts))
+
+
+class _TooLate(Exception):
+    def __init__(self, lateness_s: int) -> None:
+        super().__init__(f"event time is more than {lateness_s} s before the customer's newest event")
+
+
+def _decode(rec: ConsumerRecord[bytes, bytes], dead: list[_Dead]) -> CustomerEvent | None:
+    if rec.value is None:
+        dead.append(_Dead(rec, "empty_value", ValueError("record has no value")))
+        return None
+    try:
+        return event_decoder.decode(rec.value)
+    except msgspec.ValidationError as exc:
+        dead.append(_Dead(rec, "schema_invalid", exc))
+    except msgspec.DecodeError as exc:
+        dead.append(_Dead(rec, "undecodable", exc))
+    metrics.EVENTS_APPLIED.labels("unknown", "dead_lettered").inc()
+    return None
+
+
+async def run_consumer(settings: Settings) -> None:
+    """Run one consumer process until SIGINT/SIGTERM; each resource opens and closes in order."""
+    logging.basicConfig(level=settings.api.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with _consumer_stack(settings) as worker:
+        task = asyncio.create_task(worker.run(stop), name="state-consumer")
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        stopper.cancel()
+        try:
+            await asyncio.wait_for(task, 10)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if task in done and task.exception():
+            raise task.exception()  # type: ignore[misc]
+
+
+@contextlib.asynccontextmanager
+async def _consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
+    hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+    client = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=5.0)
+    store = StateStore(client, settings.redis.prefix, hasher)
+    model: ChurnModel | None
+    try:
+        model = ChurnModel.load(settings.model.path)
+    except ModelError as exc:
+        log.error("churn model unavailable, scores keep their last values: %s", exc)
+        model = None
+    kafka = settings.kafka
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", linger_ms=5)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap,
+        group_id=kafka.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    worker = StateConsumer(settings, store, model, consumer, producer)
+    consumer.subscribe([kafka.events_topic], listener=_Rebalance(worker))
+    health = HealthServer(settings.stream.health_host, settings.stream.health_port, worker.ready)
+    try:
+        await producer.start()
+        await consumer.start()
+        await health.start()
+        yield worker
+    finally:
+        await health.stop()
+        with contextlib.suppress(Exception):
+            await consumer.commit()
+        await consumer.stop()
+        await producer.stop()
+        await client.aclose()

@@ -1,0 +1,97 @@
+"""Resources of the API process, each owning one lifespan: open, yield, close in ``finally``.
+
+They live on typed app state (:class:`AppResources`), built in :func:`router.api.app.create_app`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar
+from prometheus_client import REGISTRY, generate_latest
+from redis.exceptions import RedisError
+
+from router import metrics
+from router.audit import AuditWriter
+from router.decisions import DecisionService
+from router.identity import IdentityHasher
+from router.model import ChurnModel, ModelError
+from router.policy import load_policy
+from router.settings import Settings
+from router.store import StateStore, connect
+
+__all__ = ["Readiness", "lifespans", "metrics_payload"]
+
+log = logging.getLogger("router.api")
+
+
+class Readiness:
+    """Ready means ready: model and policy loaded, Redis answering."""
+
+    def __init__(self) -> None:
+        self.store: StateStore | None = None
+        self.service: DecisionService | None = None
+
+    async def check(self) -> tuple[bool, dict[str, str]]:
+        checks: dict[str, str] = {}
+        service = self.service
+        checks["model"] = f"loaded {service.model.version}" if service and service.model else "not loaded"
+        checks["policy"] = f"loaded {service.policy.version}" if service else "not loaded"
+        try:
+            assert self.store is not None
+            await self.store.client.ping()
+            checks["redis"] = "ok"
+        except (RedisError, OSError, AssertionError, TimeoutError) as exc:
+            checks["redis"] = f"unavailable ({type(exc).__name__})"
+        ok = bool(service and service.model) and checks["redis"] == "ok"
+        return ok, checks
+
+
+def metrics_payload() -> bytes:
+    """Prometheus exposition of this process (multiprocess-aware when configured)."""
+    return generate_latest(REGISTRY)
+
+
+def lifespans(settings: Settings) -> list[Any]:
+    """Lifespan context managers in the order they must open."""
+
+    @contextlib.asynccontextmanager
+    async def redis_store(app: Litestar) -> AsyncIterator[None]:
+        hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+        client = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=settings.redis.timeout_ms / 1000)
+        store = StateStore(client, settings.redis.prefix, hasher)
+        app.state.store = store
+        app.state.readiness.store = store
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def decision_service(app: Litestar) -> AsyncIterator[None]:
+        model: ChurnModel | None
+        try:
+            model = ChurnModel.load(settings.model.path)
+            metrics.MODEL_INFO.info({"version": model.version, "path": settings.model.path})
+        except ModelError as exc:
+            log.error("churn model not loaded, decisions are rule-based and marked degraded: %s", exc)
+            model = None
+        policy = load_policy(settings.policy.path)
+        metrics.POLICY_INFO.info({"version": policy.version})
+        store: StateStore = app.state.store
+        audit = AuditWriter(store.client, settings.redis.prefix)
+        service = DecisionService(settings, store, model, policy, audit)
+        await audit.start()
+        await service.start()
+        app.state.decisions = service
+        app.state.readiness.service = service
+        try:
+            yield
+        finally:
+            await service.stop()
+            await audit.stop()
+
+    return [redis_store, decision_service]

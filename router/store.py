@@ -1,0 +1,248 @@
+"""Customer state in Redis: key layout, atomic apply, lookups.
+
+Key layout (``P`` is the configured prefix, ``H`` the keyed hash of the customer id,
+``T`` the first two hex digits of a hash, used as the Redis Cluster hash tag)::
+
+    P:{T}:c:H      hash  s = snapshot (msgpack), m = applied offsets per partition,
+                         k = derived scores (msgpack)
+    P:{T}:clvh     hash  CLV histogram shard: bin -> customers (T = tag of the customers in it)
+    P:{T}:p:Hphone string customer id of a phone number (E.164, keyed hash)
+    P:{T}:e:Hemail string customer id of an e-mail address
+    P:{off}:G:topic hash  partition -> next offset to read (consumer group G)
+
+The snapshot, its offsets and its histogram entry share one hash tag, so a single Lua
+script updates them atomically even on Redis Cluster: that is what makes the consumer's
+effect exactly-once (see :mod:`router.consumer`). Nothing is keyed by a clear identifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+
+from router.identity import IdentityHasher
+from router.reducer import Snapshot
+
+__all__ = [
+    "HIST_SHARDS",
+    "CustomerRecord",
+    "Keys",
+    "Scores",
+    "StateStore",
+    "WriteOp",
+    "connect",
+]
+
+HIST_SHARDS = 256
+
+RedisClient = aioredis.Redis | RedisCluster
+
+
+class Scores(msgspec.Struct, array_like=True):
+    """Scores derived from the snapshot when it was last written (not part of the fold)."""
+
+    churn: float = 0.0
+    clv: float = 0.0
+    clv_bin: int | None = None
+    alerted: bool = False
+    """True while churn is above the alert threshold: an alert fires only on the upward crossing."""
+    scored_at: int = 0
+
+
+class CustomerRecord(msgspec.Struct):
+    """What Redis holds for one customer."""
+
+    snapshot: Snapshot | None
+    marks: dict[int, int]
+    scores: Scores | None
+    raw_marks: bytes | None
+    """The stored offsets exactly as read, for compare-and-set."""
+
+
+class WriteOp(msgspec.Struct):
+    """One customer's atomic write, built by the consumer."""
+
+    customer_key: str
+    expected_marks: bytes | None
+    marks: dict[int, int]
+    snapshot: Snapshot
+    scores: Scores
+    old_bin: int | None
+    index_add: list[tuple[str, str]]
+    """(index key, customer id) pairs to set."""
+    index_remove: list[tuple[str, str]]
+    """(index key, customer id) pairs to delete if they still point at this customer."""
+
+
+class Keys:
+    """Key names; one place so the consumer, the API and erasure agree."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def customer(self, h: str) -> str:
+        return f"{self.prefix}:{{{h[:2]}}}:c:{h}"
+
+    def histogram(self, h: str) -> str:
+        return f"{self.prefix}:{{{h[:2]}}}:clvh"
+
+    def histogram_shard(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard:02x}}}:clvh"
+
+    def phone(self, h: str) -> str:
+        return f"{self.prefix}:{{{h[:2]}}}:p:{h}"
+
+    def email(self, h: str) -> str:
+        return f"{self.prefix}:{{{h[:2]}}}:e:{h}"
+
+    def offsets(self, group: str, topic: str) -> str:
+        return f"{self.prefix}:{{off}}:{group}:{topic}"
+
+
+# KEYS: customer hash, histogram shard.
+# ARGV: expected marks ('' = none), new marks, snapshot, scores, old bin ('' = none), new bin.
+_APPLY_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'm')
+if (cur or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'm', ARGV[2], 's', ARGV[3], 'k', ARGV[4])
+if ARGV[5] ~= ARGV[6] then
+  if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[5], -1) end
+  if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[6], 1) end
+end
+return 1
+"""
+
+# Delete an index entry only if it still names this customer (numbers can be shared).
+_UNINDEX_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_snapshot_enc = msgspec.msgpack.Encoder()
+_snapshot_dec = msgspec.msgpack.Decoder(Snapshot)
+_scores_dec = msgspec.msgpack.Decoder(Scores)
+_marks_dec = msgspec.msgpack.Decoder(dict[int, int])
+
+
+def connect(url: str, *, cluster: bool, timeout_s: float | None = None) -> RedisClient:
+    """A Redis (or Redis Cluster) client; nothing is sent until first use."""
+    if cluster:
+        return RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+
+
+class StateStore:
+    """Reads and atomic writes of customer state."""
+
+    def __init__(self, client: RedisClient, prefix: str, hasher: IdentityHasher) -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self.hasher = hasher
+        self._apply_sha = ""
+        self._unindex_sha = ""
+
+    async def load_scripts(self) -> None:
+        """Load the Lua scripts (again after a Redis restart flushed them)."""
+        self._apply_sha = str(await self.client.script_load(_APPLY_LUA))
+        self._unindex_sha = str(await self.client.script_load(_UNINDEX_LUA))
+
+    def customer_key(self, customer_id: str) -> str:
+        """Keyed hash of a customer id (the Redis key never holds the clear id)."""
+        return self.hasher.customer_key(customer_id)
+
+    async def read_customers(self, customer_keys: Sequence[str]) -> list[CustomerRecord]:
+        """Read many customers' records in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for h in customer_keys:
+            pipe.hmget(self.keys.customer(h), ["s", "m", "k"])
+        rows: list[list[bytes | None]] = await pipe.execute()
+        return [_record(row) for row in rows]
+
+    async def read_customer(self, customer_key: str) -> CustomerRecord:
+        """Read one customer's record (one round trip)."""
+        row: list[bytes | None] = await self.client.hmget(self.keys.customer(customer_key), ["s", "m", "k"])
+        return _record(row)
+
+    async def resolve_index(self, index_key: str) -> str | None:
+        """Customer id behind a phone or e-mail index key, if any."""
+        value: bytes | None = await self.client.get(index_key)
+        return value.decode() if value is not None else None
+
+    async def apply(self, ops: Sequence[WriteOp], offsets: dict[str, dict[int, int]]) -> list[bool]:
+        """Write ``ops`` in one pipeline; returns per op whether its compare-and-set succeeded.
+
+        Index entries are written before the snapshots: they are idempotent, so a crash
+        between the two leaves nothing that a replay of the same events would not fix.
+        ``offsets`` maps an offsets key to partition -> next offset, stored after the ops.
+        """
+        if not self._apply_sha:
+            await self.load_scripts()
+        try:
+            return await self._apply(ops, offsets)
+        except NoScriptError:
+            await self.load_scripts()
+            return await self._apply(ops, offsets)
+
+    async def _apply(self, ops: Sequence[WriteOp], offsets: dict[str, dict[int, int]]) -> list[bool]:
+        pipe = self.client.pipeline(transaction=False)
+        n_index = 0
+        for op in ops:
+            for key, cid in op.index_remove:
+                pipe.evalsha(self._unindex_sha, 1, key, cid)
+                n_index += 1
+            for key, cid in op.index_add:
+                pipe.set(key, cid)
+                n_index += 1
+        for op in ops:
+            new_bin = op.scores.clv_bin
+            pipe.evalsha(
+                self._apply_sha,
+                2,
+                self.keys.customer(op.customer_key),
+                self.keys.histogram(op.customer_key),
+                op.expected_marks or b"",
+                _snapshot_enc.encode(op.marks),
+                _snapshot_enc.encode(op.snapshot),
+                _snapshot_enc.encode(op.scores),
+                "" if op.old_bin is None else str(op.old_bin),
+                "" if new_bin is None else str(new_bin),
+            )
+        for key, parts in offsets.items():
+            if parts:
+                pipe.hset(key, mapping={str(p): str(o) for p, o in parts.items()})
+        results: list[Any] = await pipe.execute()
+        return [bool(r) for r in results[n_index : n_index + len(ops)]]
+
+    async def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
+        """Next offsets per partition as last written with the state they cover."""
+        raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.offsets(group, topic))
+        return {int(k): int(v) for k, v in raw.items()}
+
+    async def histogram(self) -> dict[int, int]:
+        """The whole CLV histogram (bin -> customers), summed over its shards, one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(HIST_SHARDS):
+            pipe.hgetall(self.keys.histogram_shard(shard))
+        merged: dict[int, int] = {}
+        for shard_map in await pipe.execute():
+            for k, v in shard_map.items():
+                b = int(k)
+                merged[b] = merged.get(b, 0) + int(v)
+        return merged
+
+
+def _record(row: Sequence[bytes | None]) -> CustomerRecord:
+    raw_snap, raw_marks, raw_scores = row
+    return CustomerRecord(
+        snapshot=_snapshot_dec.decode(raw_snap) if raw_snap else None,
+        marks=_marks_dec.decode(raw_marks) if raw_marks else {},
+        scores=_scores_dec.decode(raw_scores) if raw_scores else None,
+        raw_marks=raw_marks,
+    )
