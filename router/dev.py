@@ -1,0 +1,325 @@
+"""``router dev``: the whole stack on one machine, with nothing installed system-wide.
+
+Starts an embedded broker (unless ``ROUTER_KAFKA_BOOTSTRAP`` is set), uses Redis at
+``ROUTER_REDIS_URL`` if it answers or else a private redis-server, creates the topics,
+then runs the state consumer, the API and the demo producer as child processes and
+supervises them. Every child runs in its own process group with its output in
+``.run/<name>.log``; on Ctrl-C, SIGTERM, the end of ``--duration`` or a crashed child,
+all of them are stopped (SIGTERM, then SIGKILL), so nothing outlives the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import msgspec
+
+from router.infra import (
+    Broker,
+    InfraError,
+    ManagedProcess,
+    RedisServer,
+    ensure_redis,
+    free_port,
+    start_broker,
+)
+from router.kafka import ensure_topics
+from router.settings import Settings
+
+__all__ = ["DEMO_CUSTOMER_ID", "example_request", "run_dev", "settings_env"]
+
+DEMO_CUSTOMER_ID = "C000001"
+"""A customer the demo producer always creates (ids are ``C`` + six digits from 1)."""
+
+_STOP_TIMEOUT_S = 8.0
+_POLL_S = 0.2
+
+
+class _Stopped(BaseException):
+    """Raised by the signal handler; a BaseException so no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _ChildDied(Exception):
+    def __init__(self, child: ManagedProcess, code: int) -> None:
+        super().__init__(f"{child.name} exited unexpectedly with code {code}")
+        self.child = child
+        self.code = code
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every setting as its ``ROUTER_<SECTION>_<FIELD>`` variable, so children see exactly ``settings``."""
+    env: dict[str, str] = {}
+    for section in Settings.__struct_fields__:
+        sub = getattr(settings, section)
+        for name in sub.__struct_fields__:
+            value = getattr(sub, name)
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            env[f"ROUTER_{section}_{name}".upper()] = text
+    return env
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def example_request(settings: Settings, customer_id: str = DEMO_CUSTOMER_ID) -> str:
+    """A ready-to-paste curl command classifying a ticket of a demo customer."""
+    body = {"customer": {"customer_id": customer_id}, "channel": "phone", "category": "technical"}
+    url = f"http://{_display_host(settings.api.host)}:{settings.api.port}/v1/classify"
+    return shlex.join(
+        ["curl", "-sS", "-X", "POST", url, "-H", "content-type: application/json", "-d", json.dumps(body)]
+    )
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do, so a port in TIME_WAIT from the previous run counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class _Stack:
+    """Everything ``run_dev`` started, in start order, so it can stop it in reverse."""
+
+    run_dir: Path
+    broker: Broker | None = None
+    redis: RedisServer | None = None
+    children: list[ManagedProcess] = field(default_factory=list)
+
+    def stop(self) -> None:
+        # Applications first, all at once (their shutdowns overlap), while the broker
+        # and Redis they flush to are still up; then the infrastructure.
+        for child in self.children:
+            child.terminate()
+        for child in reversed(self.children):
+            child.stop(_STOP_TIMEOUT_S)
+        if self.redis is not None:
+            self.redis.close()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def _say(message: str) -> None:
+    print(f"router dev: {message}", flush=True)
+
+
+def _complain(message: str) -> None:
+    print(f"router dev: {message}", file=sys.stderr, flush=True)
+
+
+def _log_path(run_dir: Path, name: str) -> Path:
+    path = run_dir / f"{name}.log"
+    # Fresh logs per run, so a tail shown after a crash belongs to this run.
+    path.unlink(missing_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[Callable[[], None]]:
+    """Turn SIGINT/SIGTERM into :class:`_Stopped`; yields a function that ignores them again.
+
+    Cleanup must not be cut short by an impatient second Ctrl-C (that is how orphans
+    happen), and it is bounded anyway by the SIGKILL timeout.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def ignore() -> None:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+
+    try:
+        yield ignore
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _check_children(stack: _Stack, watched: list[ManagedProcess]) -> None:
+    for child in list(watched):
+        code = child.poll()
+        if code is None:
+            continue
+        if child.name == "demo" and code == 0:
+            # The demo producer may be told to stop after a while; the stack stays up.
+            _say("demo producer finished")
+            watched.remove(child)
+            continue
+        raise _ChildDied(child, code)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def run_dev(
+    settings: Settings,
+    *,
+    customers: int,
+    rate: float,
+    duration_s: float | None,
+    run_dir: Path | None = None,
+    ready_timeout_s: float = 180.0,
+) -> int:
+    """Run the local stack until Ctrl-C, SIGTERM or ``duration_s``; 0 on a clean stop.
+
+    Returns 1 if something could not start or a child died unexpectedly (its log tail
+    is printed). Logs go to ``run_dir`` (default ``./.run``).
+    """
+    run_dir = run_dir or Path.cwd() / ".run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stack = _Stack(run_dir)
+    started = time.monotonic()
+    with _signals_raise() as ignore_signals:
+        try:
+            settings = _start_infrastructure(settings, stack)
+            watched = _start_children(settings, stack, customers=customers, rate=rate)
+            ready_url = f"http://{_display_host(settings.api.host)}:{settings.api.port}/health/ready"
+            deadline = started + ready_timeout_s
+            while not _ready(ready_url):
+                _check_children(stack, watched)
+                if time.monotonic() > deadline:
+                    _complain(f"the API was not ready after {ready_timeout_s:.0f}s ({ready_url})")
+                    _show_tails(stack.children)
+                    return 1
+                time.sleep(_POLL_S)
+            _banner(settings, stack, time.monotonic() - started)
+            end = None if duration_s is None else time.monotonic() + duration_s
+            while end is None or time.monotonic() < end:
+                _check_children(stack, watched)
+                time.sleep(_POLL_S)
+            _say(f"{duration_s:g}s elapsed, stopping")
+            return 0
+        except _Stopped as stopped:
+            _say(f"{stopped}, stopping")
+            return 0
+        except _ChildDied as died:
+            _complain(f"{died}; last lines of {died.child.log_path}:")
+            print(_indent(died.child.tail()), file=sys.stderr, flush=True)
+            return 1
+        except InfraError as exc:
+            _complain(str(exc))
+            return 1
+        finally:
+            ignore_signals()
+            stack.stop()
+            _say("stopped")
+
+
+def _start_infrastructure(settings: Settings, stack: _Stack) -> Settings:
+    """Broker, Redis and topics; returns the settings the children must use."""
+    kafka = settings.kafka
+    if not kafka.bootstrap:
+        t0 = time.monotonic()
+        stack.broker = start_broker(log_path=_log_path(stack.run_dir, "broker"))
+        kafka = msgspec.structs.replace(kafka, bootstrap=stack.broker.bootstrap)
+        _say(f"embedded broker at {stack.broker.bootstrap} ({time.monotonic() - t0:.2f}s, in memory)")
+    redis_url, stack.redis = ensure_redis(settings.redis.url, log_path=_log_path(stack.run_dir, "redis"))
+    if stack.redis is not None:
+        _say(f"{settings.redis.url} does not answer; private redis-server at {redis_url}")
+    settings = msgspec.structs.replace(
+        settings,
+        kafka=kafka,
+        redis=msgspec.structs.replace(settings.redis, url=redis_url),
+    )
+    # Topics before any client: Tansu auto-creates a topic a metadata request names,
+    # with its own partition count.
+    asyncio.run(ensure_topics(settings.kafka))
+
+    api = settings.api
+    if not _port_free(api.host, api.port):
+        raise InfraError(f"API port {api.host}:{api.port} is in use; set ROUTER_API_PORT")
+    stream = settings.stream
+    if stream.health_port and not _port_free(stream.health_host, stream.health_port):
+        port = free_port()
+        _say(f"consumer health port {stream.health_port} is in use; using {port}")
+        settings = msgspec.structs.replace(settings, stream=msgspec.structs.replace(stream, health_port=port))
+    return settings
+
+
+def _start_children(settings: Settings, stack: _Stack, *, customers: int, rate: float) -> list[ManagedProcess]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and k != "REDIS_URL"}
+    env.update(settings_env(settings))
+    env["PYTHONUNBUFFERED"] = "1"  # so a crash's last words reach the log
+    commands = {
+        "consumer": ["consume"],
+        "api": ["serve"],
+        "demo": ["produce-demo", "--customers", str(customers), "--rate", f"{rate:g}"],
+    }
+    for name, args in commands.items():
+        child = ManagedProcess(
+            name,
+            [sys.executable, "-m", "router", *args],
+            log_path=_log_path(stack.run_dir, name),
+            env=env,
+            # If `router dev` itself is SIGKILLed, the kernel asks the children to stop.
+            parent_death_signal=signal.SIGTERM,
+        )
+        stack.children.append(child)
+        _say(f"started {name} (pid {child.pid}, log {child.log_path})")
+    return list(stack.children)
+
+
+def _banner(settings: Settings, stack: _Stack, elapsed: float) -> None:
+    host = _display_host(settings.api.host)
+    stream = settings.stream
+    lines = [
+        f"ready in {elapsed:.1f}s",
+        f"  API docs        http://{host}:{settings.api.port}/schema/swagger",
+        f"  broker          {settings.kafka.bootstrap}" + (" (embedded)" if stack.broker else ""),
+        f"  redis           {settings.redis.url}" + (" (private)" if stack.redis else ""),
+    ]
+    if stream.health_port:
+        lines.append(f"  consumer health http://{_display_host(stream.health_host)}:{stream.health_port}/health/ready")
+    lines.append(f"  logs            {stack.run_dir}/")
+    lines.append("classify a ticket of a demo customer:")
+    for line in lines:
+        _say(line)
+    print(example_request(settings), flush=True)
+    _say("Ctrl-C stops everything")
+
+
+def _show_tails(children: list[ManagedProcess]) -> None:
+    for child in children:
+        tail = child.tail(10)
+        if tail:
+            print(f"--- {child.name} ({child.log_path})", file=sys.stderr)
+            print(_indent(tail), file=sys.stderr, flush=True)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())

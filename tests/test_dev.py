@@ -1,0 +1,152 @@
+"""`router dev` brings the whole stack up, answers the example it prints, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import psutil
+import pytest
+
+from router.infra import free_port
+
+READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 30.0
+
+
+def _lines(stream: IO[str], into: queue.Queue[str | None]) -> None:
+    for line in stream:
+        into.put(line)
+    into.put(None)
+
+
+def _running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    # Zombies count as gone: they are dead, and init here reaps orphans lazily.
+    running = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.status() != psutil.STATUS_ZOMBIE:
+                running.append(p)
+    return running
+
+
+def _logs(run_dir: Path) -> str:
+    parts = []
+    for log in sorted(run_dir.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        parts.append(f"--- {log.name}\n" + "\n".join(tail))
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """`router dev` in its own session, its .run/ in tmp_path, with free ports everywhere.
+
+    ROUTER_REDIS_URL points at a port where nothing listens, so dev must start its own
+    redis-server (and the machine's shared Redis is never touched).
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and k != "REDIS_URL"}
+    env.update(
+        ROUTER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        ROUTER_API_PORT=str(free_port()),
+        ROUTER_STREAM_HEALTH_PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "router", "dev", "--customers", "200", "--rate", "20", "--duration", "240"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen: list[psutil.Process] = []
+    try:
+        yield proc, tmp_path
+    finally:
+        # Whatever the test's outcome, leave nothing running: dev, then anything it started.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            seen = psutil.Process(proc.pid).children(recursive=True)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for p in _running(seen):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_dev_serves_the_printed_example_and_leaves_no_orphans(
+    dev_process: tuple[subprocess.Popen[str], Path],
+) -> None:
+    proc, run_dir = dev_process
+    assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
+
+    output: list[str] = []
+    curl: str | None = None
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while curl is None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            pytest.fail("no example printed in time:\n" + "".join(output) + _logs(run_dir / ".run"))
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if line is None:
+            pytest.fail(
+                f"router dev exited ({proc.wait()}) before it was ready:\n" + "".join(output) + _logs(run_dir / ".run")
+            )
+        output.append(line)
+        if line.startswith("curl "):
+            curl = line
+
+    assert "/schema/swagger" in "".join(output), "the API docs URL is printed"
+
+    # Run the printed command as a user would paste it: same URL, headers and body.
+    argv = shlex.split(curl)
+    url = next(a for a in argv if a.startswith("http://"))
+    body = argv[argv.index("-d") + 1]
+    request = urllib.request.Request(
+        url, data=body.encode(), headers={"content-type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        decision = json.loads(response.read())
+    assert "tier" in decision, decision
+
+    family = psutil.Process(proc.pid).children(recursive=True)
+    names = " ".join(" ".join(p.cmdline()) for p in family)
+    for part in ("broker", "redis-server", "router consume", "router serve", "router produce-demo"):
+        assert part in names, f"{part!r} not among the children of router dev: {names}"
+
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends: only dev's own process group
+    assert proc.wait(STOP_TIMEOUT_S) == 0, "a clean stop exits 0:\n" + _logs(run_dir / ".run")
+    stop_s = time.monotonic() - started
+    gone_by = time.monotonic() + 5.0
+    while _running(family) and time.monotonic() < gone_by:
+        time.sleep(0.05)
+    assert _running(family) == [], f"orphans after router dev stopped: {_running(family)}"
+    assert stop_s < 15.0, f"stopping took {stop_s:.1f}s"
