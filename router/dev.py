@@ -22,10 +22,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import msgspec
 
@@ -101,11 +102,60 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+class _SignalGate:
+    """Turns SIGINT/SIGTERM into :class:`_Stopped`, except inside :meth:`hold`.
+
+    Holding covers "start a process and record it": a signal in between would leave a
+    process that nobody stops. Inside a hold the signal is remembered and raised when
+    the hold ends.
+    """
+
+    def __init__(self) -> None:
+        self._holds = 0
+        self._pending: int | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self._holds:
+            self._pending = signum
+            return
+        raise _Stopped(signum)
+
+    def install(self) -> None:
+        """Install the handlers (only possible from the main thread; elsewhere a no-op)."""
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def ignore(self) -> None:
+        """Ignore further signals: cleanup must not be cut short by an impatient second
+        Ctrl-C (that is how orphans happen), and it is bounded by the SIGKILL timeout."""
+        for sig in self._previous:
+            signal.signal(sig, signal.SIG_IGN)
+
+    def restore(self) -> None:
+        """Put the handlers back as they were before :meth:`install`."""
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+        self._previous = {}
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Defer SIGINT/SIGTERM until the block ends."""
+        self._holds += 1
+        try:
+            yield
+        finally:
+            self._holds -= 1
+        if not self._holds and self._pending is not None:
+            raise _Stopped(self._pending)
+
+
 @dataclass
 class _Stack:
     """Everything ``run_dev`` started, in start order, so it can stop it in reverse."""
 
     run_dir: Path
+    gate: _SignalGate = field(default_factory=_SignalGate)
     broker: Broker | None = None
     redis: RedisServer | None = None
     children: list[ManagedProcess] = field(default_factory=list)
@@ -136,33 +186,6 @@ def _log_path(run_dir: Path, name: str) -> Path:
     # Fresh logs per run, so a tail shown after a crash belongs to this run.
     path.unlink(missing_ok=True)
     return path
-
-
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[Callable[[], None]]:
-    """Turn SIGINT/SIGTERM into :class:`_Stopped`; yields a function that ignores them again.
-
-    Cleanup must not be cut short by an impatient second Ctrl-C (that is how orphans
-    happen), and it is bounded anyway by the SIGKILL timeout.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: None  # signal handlers can only be installed from the main thread
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise _Stopped(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def ignore() -> None:
-        for sig in previous:
-            signal.signal(sig, signal.SIG_IGN)
-
-    try:
-        yield ignore
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _check_children(stack: _Stack, watched: list[ManagedProcess]) -> None:
@@ -204,7 +227,8 @@ def run_dev(
     run_dir.mkdir(parents=True, exist_ok=True)
     stack = _Stack(run_dir)
     started = time.monotonic()
-    with _signals_raise() as ignore_signals:
+    stack.gate.install()
+    try:
         try:
             settings = _start_infrastructure(settings, stack)
             watched = _start_children(settings, stack, customers=customers, rate=rate)
@@ -229,15 +253,17 @@ def run_dev(
             return 0
         except _ChildDied as died:
             _complain(f"{died}; last lines of {died.child.log_path}:")
-            print(_indent(died.child.tail()), file=sys.stderr, flush=True)
+            print(_indent(died.child.tail() or "(no output)"), file=sys.stderr, flush=True)
             return 1
         except InfraError as exc:
             _complain(str(exc))
             return 1
         finally:
-            ignore_signals()
+            stack.gate.ignore()
             stack.stop()
             _say("stopped")
+    finally:
+        stack.gate.restore()
 
 
 def _start_infrastructure(settings: Settings, stack: _Stack) -> Settings:
@@ -245,10 +271,12 @@ def _start_infrastructure(settings: Settings, stack: _Stack) -> Settings:
     kafka = settings.kafka
     if not kafka.bootstrap:
         t0 = time.monotonic()
-        stack.broker = start_broker(log_path=_log_path(stack.run_dir, "broker"))
+        with stack.gate.hold():
+            stack.broker = start_broker(log_path=_log_path(stack.run_dir, "broker"))
         kafka = msgspec.structs.replace(kafka, bootstrap=stack.broker.bootstrap)
         _say(f"embedded broker at {stack.broker.bootstrap} ({time.monotonic() - t0:.2f}s, in memory)")
-    redis_url, stack.redis = ensure_redis(settings.redis.url, log_path=_log_path(stack.run_dir, "redis"))
+    with stack.gate.hold():
+        redis_url, stack.redis = ensure_redis(settings.redis.url, log_path=_log_path(stack.run_dir, "redis"))
     if stack.redis is not None:
         _say(f"{settings.redis.url} does not answer; private redis-server at {redis_url}")
     settings = msgspec.structs.replace(
@@ -281,15 +309,16 @@ def _start_children(settings: Settings, stack: _Stack, *, customers: int, rate: 
         "demo": ["produce-demo", "--customers", str(customers), "--rate", f"{rate:g}"],
     }
     for name, args in commands.items():
-        child = ManagedProcess(
-            name,
-            [sys.executable, "-m", "router", *args],
-            log_path=_log_path(stack.run_dir, name),
-            env=env,
-            # If `router dev` itself is SIGKILLed, the kernel asks the children to stop.
-            parent_death_signal=signal.SIGTERM,
-        )
-        stack.children.append(child)
+        with stack.gate.hold():
+            child = ManagedProcess(
+                name,
+                [sys.executable, "-m", "router", *args],
+                log_path=_log_path(stack.run_dir, name),
+                env=env,
+                # If `router dev` itself is SIGKILLed, the kernel asks the children to stop.
+                parent_death_signal=signal.SIGTERM,
+            )
+            stack.children.append(child)
         _say(f"started {name} (pid {child.pid}, log {child.log_path})")
     return list(stack.children)
 

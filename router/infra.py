@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -75,13 +75,25 @@ def _port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    # Looked up once in the parent: dlopen between fork and exec of a threaded
+    # process can deadlock on the loader lock.
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux
+    return prctl
+
+
+_PRCTL = _load_prctl()
+
+
 def _die_with_parent(sig: signal.Signals) -> None:
     # Runs in the child between fork and exec. If the supervisor is SIGKILLed it gets
     # no chance to clean up; the kernel then signals the child instead, so nothing is
     # orphaned. Linux only; elsewhere this is a no-op.
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
 def _live_group_member(pgid: int) -> bool:
