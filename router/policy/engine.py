@@ -111,9 +111,9 @@ def _compile(cond: Condition) -> Check:
     if cond.tiers is not None:
         terms.append(f"t in {bind(frozenset(cond.tiers))}")
     if cond.known is not None:
-        terms.append(f"i.known is {bind(cond.known)}")
+        terms.append(f"i.known == {bind(cond.known)}")
     if cond.subscription_active is not None:
-        terms.append(f"i.subscription_active is {bind(cond.subscription_active)}")
+        terms.append(f"i.subscription_active == {bind(cond.subscription_active)}")
     for name, lo, hi in cond.ranges():
         attr = _INPUT_ATTR.get(name, name)
         # A missing score never satisfies a threshold.
@@ -328,7 +328,7 @@ def load_policy(path: str | Path) -> Policy:
 
 # ----------------------------------------------------------------------------------- decide
 
-_TIER_SET: frozenset[str] = frozenset(TIERS)
+_TIER_BY_NAME: dict[str, Tier] = {t: t for t in TIERS}
 _PRIORITY_SET: frozenset[str] = frozenset(PRIORITIES)
 
 
@@ -346,10 +346,11 @@ def decide(policy: Policy, inp: DecisionInput, received_at: datetime) -> PolicyD
     pct = inp.clv_percentile
     if pct is not None and pct != pct:  # NaN: no usable value score
         pct = None
-    override = inp.override_tier
+    # An override that is not a tier name is ignored rather than trusted.
+    override = _TIER_BY_NAME.get(inp.override_tier) if inp.override_tier is not None else None
     tier: Tier
-    if override is not None and override in _TIER_SET:
-        tier = override  # type: ignore[assignment]  # checked against TIERS just above
+    if override is not None:
+        tier = override
         reasons.append(f"Tier set by a person: {tier}")
     elif not inp.known:
         tier = p._unknown_tier
