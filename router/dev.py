@@ -188,7 +188,7 @@ def _log_path(run_dir: Path, name: str) -> Path:
     return path
 
 
-def _check_children(stack: _Stack, watched: list[ManagedProcess]) -> None:
+def _check_children(watched: list[ManagedProcess]) -> None:
     for child in list(watched):
         code = child.poll()
         if code is None:
@@ -235,7 +235,7 @@ def run_dev(
             ready_url = f"http://{_display_host(settings.api.host)}:{settings.api.port}/health/ready"
             deadline = started + ready_timeout_s
             while not _ready(ready_url):
-                _check_children(stack, watched)
+                _check_children(watched)
                 if time.monotonic() > deadline:
                     _complain(f"the API was not ready after {ready_timeout_s:.0f}s ({ready_url})")
                     _show_tails(stack.children)
@@ -244,7 +244,7 @@ def run_dev(
             _banner(settings, stack, time.monotonic() - started)
             end = None if duration_s is None else time.monotonic() + duration_s
             while end is None or time.monotonic() < end:
-                _check_children(stack, watched)
+                _check_children(watched)
                 time.sleep(_POLL_S)
             _say(f"{duration_s:g}s elapsed, stopping")
             return 0

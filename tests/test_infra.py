@@ -22,7 +22,7 @@ from router.infra import (
 from router.kafka import consumer_config, ensure_topics, producer_config, topic_partitions
 
 if TYPE_CHECKING:
-    from conftest import SettingsFactory
+    from tests.conftest import SettingsFactory
 
 # Tansu completes a group join only after about one session timeout (5 s first join and
 # ~18 s rejoin with aiokafka's 10 s default), so group tests use a short one.
