@@ -91,6 +91,14 @@ def test_berlin_fall_back_over_weekend() -> None:
     assert biz(at(BERLIN, 2026, 10, 23, 17), 2) == utc(2026, 10, 26, 8)
 
 
+@pytest.mark.parametrize("switch_day", [date(2026, 3, 29), date(2026, 10, 25)])
+def test_office_day_on_a_switch_day_is_ten_real_hours(switch_day: date) -> None:
+    every_day = Calendar("every_day", BERLIN, [[(8 * H, 18 * H)]] * 7)
+    opening = at(BERLIN, switch_day.year, switch_day.month, switch_day.day, 8)
+    assert biz(opening, 10, every_day) == at(BERLIN, switch_day.year, switch_day.month, switch_day.day, 18)
+    assert biz(opening, 10, every_day) - opening == timedelta(hours=10)
+
+
 def test_spring_forward_night_is_one_hour_shorter() -> None:
     # 01:00-05:00 local on 29 Mar 2026 is only 3 real hours (02:00-03:00 does not exist).
     start = at(BERLIN, 2026, 3, 29, 1)
@@ -105,6 +113,22 @@ def test_fall_back_night_is_one_hour_longer() -> None:
     assert start == utc(2026, 10, 24, 23)
     assert biz(start, 5, NIGHT) == utc(2026, 10, 25, 4)
     assert biz(start, 5.5, NIGHT) == at(BERLIN, 2026, 10, 26, 1, 30)
+
+
+def test_hours_inside_the_spring_gap_count_from_the_jump() -> None:
+    # 29 Mar 2026 the clock jumps from 02:00 CET to 03:00 CEST (01:00 UTC). An office opening
+    # at 02:30 opens at the jump; one closing at 02:30 closes at the jump.
+    late_opener = Calendar("late", BERLIN, [[(150, 4 * H)]] * 7)  # 02:30-04:00
+    [(opens, closes)] = late_opener.open_intervals(date(2026, 3, 29))
+    assert (opens, closes) == (_us(utc(2026, 3, 29, 1)), _us(utc(2026, 3, 29, 2)))
+    early_closer = Calendar("early", BERLIN, [[(0, 150)]] * 7)  # 00:00-02:30
+    [(opens, closes)] = early_closer.open_intervals(date(2026, 3, 29))
+    assert (opens, closes) == (_us(utc(2026, 3, 28, 23)), _us(utc(2026, 3, 29, 1)))
+    assert biz(at(BERLIN, 2026, 3, 29, 0), 2, early_closer) == utc(2026, 3, 29, 1)
+
+
+def _us(t: datetime) -> int:
+    return (t - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 @pytest.mark.parametrize(
@@ -180,12 +204,23 @@ def test_unreachable_target_terminates() -> None:
 
 # ----------------------------------------------------------------------------- properties
 
-CALENDARS = st.sampled_from([DE, NY_LUNCH, NIGHT, ALWAYS, ALWAYS_BERLIN])
-STARTS = st.datetimes(
-    min_value=datetime(2025, 1, 1),
-    max_value=datetime(2028, 12, 31),
-    timezones=st.sampled_from([UTC, BERLIN, NEW_YORK]),
-    allow_imaginary=False,
+# Every day has edges inside 02:00-03:00, the hour that does not exist on 29 Mar 2026.
+GAPPY = Calendar("gappy", BERLIN, [[(1 * H, 150), (170, 4 * H), (23 * H, 24 * H)]] * 7)
+CALENDARS = st.sampled_from([DE, NY_LUNCH, NIGHT, ALWAYS, ALWAYS_BERLIN, GAPPY])
+DST_SWITCHES = [utc(2026, 3, 29, 1), utc(2026, 10, 25, 1), utc(2026, 3, 8, 7), utc(2026, 11, 1, 6)]
+STARTS = st.one_of(
+    st.datetimes(
+        min_value=datetime(2025, 1, 1),
+        max_value=datetime(2028, 12, 31),
+        timezones=st.sampled_from([UTC, BERLIN, NEW_YORK]),
+        allow_imaginary=False,
+    ),
+    # Uniform starts seldom land near a DST switch, so aim at the switches on purpose.
+    st.builds(
+        lambda switch, minutes: switch + timedelta(minutes=minutes),
+        st.sampled_from(DST_SWITCHES),
+        st.integers(min_value=-3 * 24 * 60, max_value=3 * 24 * 60),
+    ),
 )
 # Whole minutes keep float hours exact enough to compare deadlines for equality.
 HOURS = st.integers(min_value=0, max_value=200 * 60).map(lambda m: m / 60)

@@ -9,9 +9,10 @@ Two clocks, as in real helpdesks:
 Instants are handled as integer microseconds since the Unix epoch, so adding the hours of
 two deadlines one after the other gives exactly the deadline of their sum (no float drift),
 and daylight-saving changes are handled by converting every opening and closing wall time
-to UTC once (a day of 08:00-18:00 is ten real hours on either side of a change, and a
-00:00-24:00 day is 23 or 25 real hours on the change days, which is what a clock on the wall
-shows the agents).
+to UTC once per day: an interval opens at the first instant the wall clock shows its
+opening time and closes likewise (a day of 08:00-18:00 is ten real hours on either side of
+a change, a 00:00-24:00 day is 23 or 25 real hours on the change days, and a time the clock
+jumps over in spring counts from the jump).
 """
 
 from __future__ import annotations
@@ -96,12 +97,26 @@ class Calendar:
         return spans
 
     def _instant(self, day: date, minute: int) -> int:
+        """The first instant at which the wall clock shows ``minute`` of ``day`` (or later)."""
         if minute == _DAY_MINUTES:
             day, minute = day + timedelta(days=1), 0
-        # fold=0: an ambiguous wall time (autumn) is its first occurrence; a wall time in the
-        # spring gap is read with the pre-change offset, i.e. it lands just after the jump.
         local = datetime(day.year, day.month, day.day, minute // 60, minute % 60, tzinfo=self.tz)
-        return (local - _EPOCH) // _US
+        first = (local - _EPOCH) // _US  # fold=0: an autumn wall time that happens twice -> first time
+        other = (local.replace(fold=1) - _EPOCH) // _US
+        if first <= other:
+            return first
+        # The wall time falls in the spring-forward gap (the clock jumps over it): the office
+        # opens or closes at the jump, when the clock first shows a later time. The jump lies
+        # between the two readings; find it by bisection (once per such day, then cached).
+        wall = local.replace(tzinfo=None)
+        lo, hi = other, first
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if (_EPOCH + timedelta(microseconds=mid)).astimezone(self.tz).replace(tzinfo=None) >= wall:
+                hi = mid
+            else:
+                lo = mid
+        return hi
 
     def add(self, start_us: int, need_us: int) -> int:
         """Instant (epoch us) when ``need_us`` microseconds of open time after ``start_us`` are used up."""
