@@ -35,17 +35,44 @@ def _dev(args: argparse.Namespace, settings: Settings) -> int:
 def _produce_demo(args: argparse.Namespace, settings: Settings) -> int:
     from router.demo import produce_demo
 
-    asyncio.run(
-        produce_demo(
-            settings,
-            customers=args.customers,
-            history_days=args.history_days,
-            rate=args.rate,
-            duration_s=args.duration,
-            seed=args.seed,
+    try:
+        asyncio.run(
+            produce_demo(
+                settings,
+                customers=args.customers,
+                history_days=args.history_days,
+                rate=args.rate,
+                duration_s=args.duration,
+                seed=args.seed,
+            )
         )
+    except KeyboardInterrupt:  # the producer was flushed and closed on the way out
+        return 130
+    return 0
+
+
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+    from datetime import UTC, datetime
+
+    from router.demo import generate_history, history_window, write_jsonl
+
+    end = datetime.fromisoformat(args.end).replace(tzinfo=UTC) if args.end else None
+    start, stop = history_window(args.months, end)
+    began = time.monotonic()
+    n = write_jsonl(generate_history(args.customers, start, stop, args.seed), args.out)
+    print(
+        f"wrote {n:,} events of {args.customers:,} customers ({start:%Y-%m-%d} .. {stop:%Y-%m-%d}) "
+        f"to {args.out} in {time.monotonic() - began:.1f}s",
+        file=sys.stderr,
     )
     return 0
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from router.training.cli import run_train
+
+    return run_train(args, settings)
 
 
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
@@ -88,6 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop live traffic after N seconds")
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(func=_produce_demo)
+
+    gen = sub.add_parser("generate", help="write a synthetic event history as JSON Lines")
+    gen.add_argument("--customers", type=int, default=5000)
+    gen.add_argument("--months", type=int, default=18, help="months of history")
+    gen.add_argument("--end", default=None, help="end date (YYYY-MM-DD, UTC; default 2026-11-01)")
+    gen.add_argument("--out", required=True, help="output file (.jsonl)")
+    gen.add_argument("--seed", type=int, default=7)
+    gen.set_defaults(func=_generate)
+
+    train = sub.add_parser("train", help="train the churn model from an event log (JSON Lines)")
+    from router.training.cli import add_train_arguments
+
+    add_train_arguments(train)
+    train.set_defaults(func=_train)
 
     schemas = sub.add_parser("export-schemas", help="write JSON Schemas of the contracts to schemas/json")
     schemas.add_argument("--check", action="store_true", help="fail if the committed files differ")

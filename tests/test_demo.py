@@ -1,0 +1,170 @@
+"""The synthetic business: reproducible, valid on the wire, plausible, and producible to Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import io
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from router.demo import generate_history, history_window, produce_demo, write_jsonl
+from router.identity import IdentityHasher, normalise_phone
+from router.settings import Settings
+from schemas.events import (
+    CustomerEvent,
+    CustomerProfile,
+    Outcome,
+    SubscriptionChanged,
+    TicketOpened,
+    Usage,
+    event_decoder,
+    event_encoder,
+)
+
+START, END = history_window(6)
+
+
+@pytest.fixture(scope="module")
+def history() -> list[CustomerEvent]:
+    return list(generate_history(300, START, END, seed=11))
+
+
+def test_same_seed_same_events_other_seed_other_events(history: list[CustomerEvent]) -> None:
+    again = list(generate_history(300, START, END, seed=11))
+    assert [event_encoder.encode(e) for e in again] == [event_encoder.encode(e) for e in history]
+    other = list(generate_history(300, START, END, seed=12))
+    assert [event_encoder.encode(e) for e in other[:200]] != [event_encoder.encode(e) for e in history[:200]]
+
+
+def test_every_event_survives_the_wire_decoder(history: list[CustomerEvent]) -> None:
+    buf = io.BytesIO()
+    assert write_jsonl(history, buf) == len(history)
+    lines = buf.getvalue().splitlines()
+    decoded = [event_decoder.decode(line) for line in lines]
+    assert decoded == history
+
+
+def test_sorted_unique_and_inside_the_window(history: list[CustomerEvent]) -> None:
+    times = [e.occurred_at for e in history]
+    assert times == sorted(times)
+    assert times[0] >= START and times[-1] < END
+    assert len({e.event_id for e in history}) == len(history)
+
+
+def test_every_customer_starts_with_a_profile_and_a_subscription(history: list[CustomerEvent]) -> None:
+    by_customer: dict[str, list[CustomerEvent]] = collections.defaultdict(list)
+    for e in history:
+        by_customer[e.customer_id].append(e)
+    assert len(by_customer) == 300
+    hasher = IdentityHasher(b"test-key-0123456789abcdef")
+    e164: dict[str, str] = {}
+    for cid, events in by_customer.items():
+        assert cid.startswith("C") and len(cid) == 7
+        first = events[0]
+        assert isinstance(first, CustomerProfile)
+        assert 1 <= len(first.phones) <= 3 and first.emails and first.signup_date is not None
+        for phone in first.phones:
+            assert hasher.phone_key(phone) is not None, phone
+            number = normalise_phone(phone, "DE")
+            assert e164.setdefault(number, cid) == cid, f"{number} shared by {cid} and {e164[number]}"
+        assert any(isinstance(e, SubscriptionChanged) and e.change == "new" for e in events[:3])
+
+
+def test_population_is_plausible(history: list[CustomerEvent]) -> None:
+    kinds = collections.Counter(type(e).__name__ for e in history)
+    assert kinds["Usage"] > kinds["Payment"] > kinds["TicketOpened"] > 0
+    cancels = {e.customer_id for e in history if isinstance(e, SubscriptionChanged) and e.change == "cancel"}
+    assert 0.03 < len(cancels) / 300 < 0.35
+    assert {e.customer_id for e in history if isinstance(e, Outcome) and e.outcome == "churned"} <= cancels
+    mrr: dict[str, float] = collections.Counter()
+    segment = {e.customer_id: e.segment for e in history if isinstance(e, CustomerProfile)}
+    for e in history:
+        if isinstance(e, SubscriptionChanged):
+            mrr[e.customer_id] += e.mrr_delta
+    by_segment: dict[str, list[float]] = collections.defaultdict(list)
+    for cid, value in mrr.items():
+        by_segment[segment[cid]].append(value)
+    assert max(by_segment["enterprise"], default=0) > 50 * max(by_segment["consumer"])
+    assert len(by_segment["consumer"]) > len(by_segment.get("enterprise", []))
+    # Fading usage precedes cancellation: the month before a warned cancel has fewer logins.
+    logins: dict[str, list[tuple[datetime, int]]] = collections.defaultdict(list)
+    for e in history:
+        if isinstance(e, Usage):
+            logins[e.customer_id].append((e.occurred_at, e.logins))
+    drops = 0
+    for e in history:
+        if isinstance(e, SubscriptionChanged) and e.change == "cancel" and e.occurred_at - START > timedelta(90):
+            before = [n for t, n in logins[e.customer_id] if timedelta(0) < e.occurred_at - t <= timedelta(30)]
+            earlier = [n for t, n in logins[e.customer_id] if timedelta(60) < e.occurred_at - t <= timedelta(90)]
+            drops += sum(before) < sum(earlier)
+    assert drops >= 3
+
+
+def test_ten_times_more_customers_stays_fast() -> None:
+    began = time.monotonic()
+    n = sum(1 for _ in generate_history(600, *history_window(3), seed=3))
+    assert n > 10_000
+    assert time.monotonic() - began < 10
+
+
+async def _consume_all(settings: Settings, expect_at_least: int, timeout_s: float = 30.0) -> list[tuple[bytes, bytes]]:
+    consumer = AIOKafkaConsumer(
+        settings.kafka.events_topic,
+        bootstrap_servers=settings.kafka.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    got: list[tuple[bytes, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                got.extend((r.key, r.value) for r in records if r.key is not None and r.value is not None)
+            if not batch and len(got) >= expect_at_least:
+                break
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_produce_demo_backfills_then_goes_live(settings: Callable[..., Settings]) -> None:
+    s = settings()
+    began = datetime.now(UTC)
+    await produce_demo(s, customers=60, history_days=30, rate=100.0, duration_s=1.5, seed=5)
+    records = await _consume_all(s, expect_at_least=500)
+    events = [event_decoder.decode(v) for _, v in records]
+    assert all(k == e.customer_id.encode() for (k, _), e in zip(records, events, strict=True))
+    assert {e.customer_id for e in events} == {f"C{i:06d}" for i in range(1, 61)}
+    live = [e for e in events if e.occurred_at >= began]
+    backfill = [e for e in events if e.occurred_at < began]
+    assert backfill and min(e.occurred_at for e in backfill) >= began - timedelta(days=30, minutes=1)
+    assert 50 <= len(live) <= 200  # ~100/s for 1.5 s
+    # Per customer (= per partition), event times never go backwards: nothing is "too late".
+    last: dict[str, datetime] = {}
+    for e in events:
+        assert e.occurred_at >= last.get(e.customer_id, e.occurred_at)
+        last[e.customer_id] = e.occurred_at
+    assert len({e.event_id for e in events}) == len(events)
+
+
+async def test_produce_demo_stops_cleanly_when_cancelled(settings: Callable[..., Settings]) -> None:
+    s = settings()
+    task = asyncio.create_task(produce_demo(s, customers=20, history_days=10, rate=50.0, duration_s=None, seed=1))
+    await asyncio.sleep(3.0)
+    assert not task.done()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert task.cancelled()
+    records = await _consume_all(s, expect_at_least=1)
+    assert any(isinstance(event_decoder.decode(v), TicketOpened | Usage) for _, v in records)
+    msgspec.json.decode(records[0][1])
