@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import msgspec
 
@@ -106,6 +107,6 @@ class AuditWriter:
 
     async def for_customer(self, customer_key: str, count: int = 50) -> list[AuditRecord]:
         """Most recent records of one customer, newest first."""
-        rows = await self.client.xrevrange(self.customer_stream(customer_key), count=count)
+        rows: Any = await self.client.xrevrange(self.customer_stream(customer_key), count=count)
         dec = msgspec.json.Decoder(AuditRecord)
         return [dec.decode(fields[b"r"]) for _, fields in rows]

@@ -24,7 +24,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import msgspec
 import numpy as np
@@ -35,15 +34,16 @@ from router import metrics
 from router.features import features
 from router.health import HealthServer
 from router.identity import IdentityHasher
+from router.kafka import consumer_config, producer_config
 from router.model import ChurnModel, ModelError
-from router.reducer import Applied, Snapshot, fold
+from router.reducer import Applied, fold
 from router.scoring import clv, clv_bin
 from router.settings import Settings
 from router.store import Scores, StateStore, WriteOp, connect
 from schemas.alerts import ChurnAlert
 from schemas.events import CustomerEvent, event_decoder
 
-__all__ = ["StateConsumer", "run_consumer"]
+__all__ = ["StateConsumer", "consumer_stack", "run_consumer"]
 
 log = logging.getLogger("router.consumer")
 
@@ -319,7 +319,9 @@ class StateConsumer:
             ]
             futures.append(
                 await self.producer.send(
-                    kafka.dead_letter_topic, value=rec.value, key=rec.key,
+                    kafka.dead_letter_topic,
+                    value=rec.value,
+                    key=rec.key,
                     timestamp_ms=rec.timestamp if rec.timestamp and rec.timestamp > 0 else None,
                     headers=headers,
                 )
@@ -327,7 +329,11 @@ class StateConsumer:
             metrics.DEAD_LETTERED.labels(d.reason).inc()
             log.warning(
                 "dead-lettered %s:%d@%d reason=%s error=%s",
-                rec.topic, rec.partition, rec.offset, d.reason, type(d.error).__name__,
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                d.reason,
+                type(d.error).__name__,
             )
         for alert in out.alerts:
             futures.append(
@@ -366,7 +372,7 @@ async def run_consumer(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with _consumer_stack(settings) as worker:
+    async with consumer_stack(settings) as worker:
         task = asyncio.create_task(worker.run(stop), name="state-consumer")
         stopper = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -383,7 +389,7 @@ async def run_consumer(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
+async def consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
     hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
     client = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=5.0)
     store = StateStore(client, settings.redis.prefix, hasher)
@@ -394,12 +400,11 @@ async def _consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
         log.error("churn model unavailable, scores keep their last values: %s", exc)
         model = None
     kafka = settings.kafka
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**producer_config(kafka))
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap,
-        group_id=kafka.group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        **consumer_config(kafka),
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=max(100, kafka.session_timeout_ms // 4),
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
     worker = StateConsumer(settings, store, model, consumer, producer)

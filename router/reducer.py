@@ -41,10 +41,10 @@ from schemas.events import (
 )
 
 __all__ = [
-    "B",
     "DAY",
     "WINDOW_DAYS",
     "Applied",
+    "B",
     "Snapshot",
     "day_of",
     "event_hash",
@@ -83,7 +83,7 @@ class Applied(enum.Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
     TOO_LATE = "too_late"
-    ERASED = "erased"  # older than the customer's erasure: ignored on purpose
+    ERASED = "erased"  # before (or within the lateness bound after) an erasure: ignored on purpose
 
 
 class Snapshot(msgspec.Struct, kw_only=True, array_like=True, omit_defaults=False):
@@ -141,7 +141,7 @@ class Snapshot(msgspec.Struct, kw_only=True, array_like=True, omit_defaults=Fals
     seen: dict[int, int] = {}
     """Recent event hashes -> event time, for de-duplication within the lateness bound."""
     erased_at: int = 0
-    """Erasure time; events at or before it are ignored. A tombstone keeps only this."""
+    """Erasure time; events up to it plus the lateness bound are ignored. A tombstone keeps only this."""
     events_applied: int = 0
 
 
@@ -169,7 +169,7 @@ def _bump(days: dict[int, list[int]], day: int, pos: int, amount: int) -> None:
 
 
 def _cents(amount: float) -> int:
-    return int(round(amount * 100))
+    return round(amount * 100)
 
 
 def fold(
@@ -184,15 +184,20 @@ def fold(
         snap = Snapshot()
     t = _ts(event.occurred_at)
     h = event_hash(event.event_id)
-    if t <= snap.erased_at:
+    if isinstance(event, ErasureRequested):
+        # Never too late, never undone: it wipes everything and leaves a tombstone without PII.
+        if snap.erased_at and t <= snap.erased_at:
+            return snap, Applied.DUPLICATE
+        erased_at = max(t, snap.erased_at)
+        return Snapshot(erased_at=erased_at, last_event_at=erased_at), Applied.APPLIED
+    if snap.erased_at and t <= snap.erased_at + lateness_s:
+        # Events up to the lateness bound after the erasure could have arrived before it and been
+        # wiped; ignoring them here too keeps the result independent of arrival order.
         return snap, Applied.ERASED
     if snap.last_event_at and t < snap.last_event_at - lateness_s:
         return snap, Applied.TOO_LATE
     if h in snap.seen:
         return snap, Applied.DUPLICATE
-
-    if isinstance(event, ErasureRequested):
-        return Snapshot(erased_at=t, last_event_at=max(t, snap.last_event_at)), Applied.APPLIED
 
     if not snap.customer_id:
         snap.customer_id = event.customer_id
@@ -254,7 +259,7 @@ def fold(
             _bump(days, day, B.SEVERE_TICKETS, 1)
     elif isinstance(event, TicketResolved):
         snap.tickets_resolved += 1
-        _bump(days, day, B.SENTIMENT_SUM, int(round(event.sentiment * 100)))
+        _bump(days, day, B.SENTIMENT_SUM, round(event.sentiment * 100))
         _bump(days, day, B.SENTIMENT_N, 1)
         if not event.resolved:
             _bump(days, day, B.UNRESOLVED, 1)
@@ -268,10 +273,9 @@ def fold(
         if key > snap.nps_key:
             snap.nps_key = key
             snap.nps = event.score
-    elif isinstance(event, Outcome):
-        if key > snap.outcome_key:
-            snap.outcome_key = key
-            snap.outcome = event.outcome
+    elif isinstance(event, Outcome) and key > snap.outcome_key:
+        snap.outcome_key = key
+        snap.outcome = event.outcome
 
     if not isinstance(event, (Outcome, CustomerProfile)) and key > (
         snap.last_interaction_at,
@@ -282,8 +286,9 @@ def fold(
         snap.last_interaction = _describe(event)
 
     if t > snap.last_event_at:
+        previous = snap.last_event_at
         snap.last_event_at = t
-        _prune(snap, lateness_s)
+        _prune(snap, lateness_s, previous)
     return snap, Applied.APPLIED
 
 
@@ -294,14 +299,21 @@ def plan_of(snap: Snapshot) -> str:
     return snap.profile_plan if snap.profile_plan != "none" else snap.sub_plan
 
 
-def _prune(snap: Snapshot, lateness_s: int) -> None:
+def _prune(snap: Snapshot, lateness_s: int, previous_max: int) -> None:
     # Order-independent: what is kept depends only on the maximum event time seen.
     oldest_day = day_of(snap.last_event_at - lateness_s) - WINDOW_DAYS
-    for d in [d for d in snap.days if d < oldest_day]:
-        del snap.days[d]
+    if oldest_day > day_of(previous_max - lateness_s) - WINDOW_DAYS or not previous_max:
+        for d in [d for d in snap.days if d < oldest_day]:
+            del snap.days[d]
     oldest_seen = snap.last_event_at - lateness_s
-    for h in [h for h, t in snap.seen.items() if t < oldest_seen]:
-        del snap.seen[h]
+    if len(snap.seen) > 1:
+        for h in [h for h, t in snap.seen.items() if t < oldest_seen]:
+            del snap.seen[h]
+    elif snap.seen:
+        # the common case, one recent event: check it without building a list
+        ((h, t),) = snap.seen.items()
+        if t < oldest_seen:
+            del snap.seen[h]
 
 
 def _describe(event: CustomerEvent) -> str:

@@ -25,6 +25,7 @@ __all__ = [
     "Settings",
     "StreamSettings",
     "settings_table",
+    "to_env",
 ]
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,8 @@ class KafkaSettings(msgspec.Struct, kw_only=True):
     """Consumer group of the state consumers."""
     partitions: int = 6
     """Partitions created for the events topic by `router dev` / `router topics`."""
+    session_timeout_ms: int = 10_000
+    """Consumer group session timeout: how fast a dead consumer's partitions move to another."""
     replication_factor: int = 1
     """Replication factor of topics created by `router dev` / `router topics` (1 for a single broker)."""
 
@@ -146,8 +149,19 @@ class Settings(msgspec.Struct, kw_only=True):
             raise SystemExit(f"invalid configuration: {exc}") from None
 
 
+def to_env(settings: Settings) -> dict[str, str]:
+    """The ``ROUTER_*`` variables that reproduce ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for section in Settings.__struct_fields__:
+        sub = getattr(settings, section)
+        for field in sub.__struct_fields__:
+            value = getattr(sub, field)
+            env[f"ROUTER_{section}_{field}".upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
 def _section_type(section: str) -> type[msgspec.Struct]:
-    return {
+    types: dict[str, type[msgspec.Struct]] = {
         "kafka": KafkaSettings,
         "redis": RedisSettings,
         "stream": StreamSettings,
@@ -155,7 +169,8 @@ def _section_type(section: str) -> type[msgspec.Struct]:
         "policy": PolicySettings,
         "identity": IdentitySettings,
         "api": ApiSettings,
-    }[section]
+    }
+    return types[section]
 
 
 def settings_table() -> str:

@@ -17,7 +17,7 @@ effect exactly-once (see :mod:`router.consumer`). Nothing is keyed by a clear id
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -106,17 +106,33 @@ class Keys:
         return f"{self.prefix}:{{off}}:{group}:{topic}"
 
 
-# KEYS: customer hash, histogram shard.
-# ARGV: expected marks ('' = none), new marks, snapshot, scores, old bin ('' = none), new bin.
+# Many customers in one call. KEYS: (customer hash, histogram shard) pairs, all with one
+# hash tag on Redis Cluster. ARGV per customer: expected offsets ('' = none), new offsets,
+# snapshot, scores, old bin ('' = none), new bin ('' = none). Returns 1/0 per customer.
 _APPLY_LUA = """
-local cur = redis.call('HGET', KEYS[1], 'm')
-if (cur or '') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'm', ARGV[2], 's', ARGV[3], 'k', ARGV[4])
-if ARGV[5] ~= ARGV[6] then
-  if ARGV[5] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[5], -1) end
-  if ARGV[6] ~= '' then redis.call('HINCRBY', KEYS[2], ARGV[6], 1) end
+local ok = {}
+for i = 1, #KEYS / 2 do
+  local c, h, a = KEYS[2 * i - 1], KEYS[2 * i], 6 * (i - 1)
+  local cur = redis.call('HGET', c, 'm')
+  if (cur or '') == ARGV[a + 1] then
+    redis.call('HSET', c, 'm', ARGV[a + 2], 's', ARGV[a + 3], 'k', ARGV[a + 4])
+    if ARGV[a + 5] ~= ARGV[a + 6] then
+      if ARGV[a + 5] ~= '' then redis.call('HINCRBY', h, ARGV[a + 5], -1) end
+      if ARGV[a + 6] ~= '' then redis.call('HINCRBY', h, ARGV[a + 6], 1) end
+    end
+    ok[i] = 1
+  else
+    ok[i] = 0
+  end
 end
-return 1
+return ok
+"""
+
+# Many customers' records in one call (KEYS share a hash tag on Redis Cluster).
+_READ_LUA = """
+local out = {}
+for i, k in ipairs(KEYS) do out[i] = redis.call('HMGET', k, 's', 'm', 'k') end
+return out
 """
 
 # Delete an index entry only if it still names this customer (numbers can be shared).
@@ -125,7 +141,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-_snapshot_enc = msgspec.msgpack.Encoder()
+_enc = msgspec.msgpack.Encoder()
 _snapshot_dec = msgspec.msgpack.Decoder(Snapshot)
 _scores_dec = msgspec.msgpack.Decoder(Scores)
 _marks_dec = msgspec.msgpack.Decoder(dict[int, int])
@@ -146,11 +162,15 @@ class StateStore:
         self.keys = Keys(prefix)
         self.hasher = hasher
         self._apply_sha = ""
+        self._read_sha = ""
         self._unindex_sha = ""
+        # Standalone Redis takes a whole batch in one script call; a cluster one call per hash tag.
+        self._group: Callable[[str], str] = (lambda h: h[:2]) if isinstance(client, RedisCluster) else (lambda h: "")
 
     async def load_scripts(self) -> None:
         """Load the Lua scripts (again after a Redis restart flushed them)."""
         self._apply_sha = str(await self.client.script_load(_APPLY_LUA))
+        self._read_sha = str(await self.client.script_load(_READ_LUA))
         self._unindex_sha = str(await self.client.script_load(_UNINDEX_LUA))
 
     def customer_key(self, customer_id: str) -> str:
@@ -158,22 +178,39 @@ class StateStore:
         return self.hasher.customer_key(customer_id)
 
     async def read_customers(self, customer_keys: Sequence[str]) -> list[CustomerRecord]:
-        """Read many customers' records in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for h in customer_keys:
-            pipe.hmget(self.keys.customer(h), ["s", "m", "k"])
-        rows: list[list[bytes | None]] = await pipe.execute()
+        """Read many customers' records in one round trip (one script call per hash tag group)."""
+        if not self._read_sha:
+            await self.load_scripts()
+        groups: dict[str, list[int]] = {}
+        for i, h in enumerate(customer_keys):
+            groups.setdefault(self._group(h), []).append(i)
+        try:
+            rows = await self._read_groups(customer_keys, groups)
+        except NoScriptError:
+            await self.load_scripts()
+            rows = await self._read_groups(customer_keys, groups)
         return [_record(row) for row in rows]
+
+    async def _read_groups(self, customer_keys: Sequence[str], groups: dict[str, list[int]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for members in groups.values():
+            keys = [self.keys.customer(customer_keys[i]) for i in members]
+            pipe.evalsha(self._read_sha, len(keys), *keys)
+        rows: list[Any] = [None] * len(customer_keys)
+        for members, result in zip(groups.values(), await pipe.execute(), strict=True):
+            for i, row in zip(members, result, strict=True):
+                rows[i] = row
+        return rows
 
     async def read_customer(self, customer_key: str) -> CustomerRecord:
         """Read one customer's record (one round trip)."""
-        row: list[bytes | None] = await self.client.hmget(self.keys.customer(customer_key), ["s", "m", "k"])
+        row: list[Any] = await self.client.hmget(self.keys.customer(customer_key), ["s", "m", "k"])
         return _record(row)
 
     async def resolve_index(self, index_key: str) -> str | None:
         """Customer id behind a phone or e-mail index key, if any."""
-        value: bytes | None = await self.client.get(index_key)
-        return value.decode() if value is not None else None
+        value: Any = await self.client.get(index_key)
+        return value.decode() if isinstance(value, bytes) else value
 
     async def apply(self, ops: Sequence[WriteOp], offsets: dict[str, dict[int, int]]) -> list[bool]:
         """Write ``ops`` in one pipeline; returns per op whether its compare-and-set succeeded.
@@ -200,29 +237,38 @@ class StateStore:
             for key, cid in op.index_add:
                 pipe.set(key, cid)
                 n_index += 1
-        for op in ops:
-            new_bin = op.scores.clv_bin
-            pipe.evalsha(
-                self._apply_sha,
-                2,
-                self.keys.customer(op.customer_key),
-                self.keys.histogram(op.customer_key),
-                op.expected_marks or b"",
-                _snapshot_enc.encode(op.marks),
-                _snapshot_enc.encode(op.snapshot),
-                _snapshot_enc.encode(op.scores),
-                "" if op.old_bin is None else str(op.old_bin),
-                "" if new_bin is None else str(new_bin),
-            )
+        groups: dict[str, list[int]] = {}
+        for i, op in enumerate(ops):
+            groups.setdefault(self._group(op.customer_key), []).append(i)
+        for members in groups.values():
+            keys: list[str] = []
+            args: list[bytes | str] = []
+            for i in members:
+                op = ops[i]
+                keys += (self.keys.customer(op.customer_key), self.keys.histogram(op.customer_key))
+                new_bin = op.scores.clv_bin
+                args += (
+                    op.expected_marks or b"",
+                    _enc.encode(op.marks),
+                    _enc.encode(op.snapshot),
+                    _enc.encode(op.scores),
+                    "" if op.old_bin is None else str(op.old_bin),
+                    "" if new_bin is None else str(new_bin),
+                )
+            pipe.evalsha(self._apply_sha, len(keys), *keys, *args)
         for key, parts in offsets.items():
             if parts:
                 pipe.hset(key, mapping={str(p): str(o) for p, o in parts.items()})
         results: list[Any] = await pipe.execute()
-        return [bool(r) for r in results[n_index : n_index + len(ops)]]
+        ok = [False] * len(ops)
+        for members, flags in zip(groups.values(), results[n_index : n_index + len(groups)], strict=True):
+            for i, flag in zip(members, flags, strict=True):
+                ok[i] = bool(flag)
+        return ok
 
     async def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
         """Next offsets per partition as last written with the state they cover."""
-        raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.offsets(group, topic))
+        raw: dict[Any, Any] = await self.client.hgetall(self.keys.offsets(group, topic))
         return {int(k): int(v) for k, v in raw.items()}
 
     async def histogram(self) -> dict[int, int]:

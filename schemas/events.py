@@ -7,12 +7,13 @@ land in one partition, in the order the producer sent them.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Annotated, Literal, TypeAlias
 
 import msgspec
 
 __all__ = [
+    "EVENT_TYPES",
     "SCHEMA_VERSION",
     "AwareDatetime",
     "CustomerEvent",
@@ -27,7 +28,6 @@ __all__ = [
     "TicketOpened",
     "TicketResolved",
     "Usage",
-    "EVENT_TYPES",
     "event_decoder",
     "event_encoder",
 ]
@@ -56,9 +56,9 @@ class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", for
     schema_version: Annotated[int, msgspec.Meta(ge=1, le=SCHEMA_VERSION)] = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        if self.occurred_at.utcoffset() != timezone.utc.utcoffset(None):
+        if self.occurred_at.utcoffset() != UTC.utcoffset(None):
             # Normalise once at the edge so the reducer only ever sees UTC.
-            msgspec.structs.force_setattr(self, "occurred_at", self.occurred_at.astimezone(timezone.utc))
+            msgspec.structs.force_setattr(self, "occurred_at", self.occurred_at.astimezone(UTC))
 
 
 class CustomerProfile(EventBase, frozen=True, tag="customer_profile"):

@@ -68,14 +68,13 @@ def _router_error(request: Request[object, object, State], exc: RouterError) -> 
     )
 
 
-def _validation_error(
-    request: Request[object, object, State], exc: ValidationException
-) -> Response[dict[str, object]]:
+def _validation_error(request: Request[object, object, State], exc: ValidationException) -> Response[dict[str, object]]:
     # Say which field is wrong and why; never echo the submitted value (it may be personal data).
     problems = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
             key = item.get("key")
+            key = "body" if key == "data" else key
             message = str(item.get("message", "invalid"))
             problems.append(f"{key}: {message}" if key else message)
     detail = "; ".join(problems) or exc.detail
@@ -92,11 +91,24 @@ def _http_error(request: Request[object, object, State], exc: HTTPException) -> 
         detail = "internal error"
     else:
         detail = exc.detail
+    code = _CODES.get(exc.status_code, "error")
     return Response(
-        {"status_code": exc.status_code, "error": "error", "detail": detail},
+        {"status_code": exc.status_code, "error": code, "detail": detail},
         status_code=exc.status_code,
         media_type=MediaType.JSON,
     )
+
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
 
 
 def serve(settings: Settings) -> None:

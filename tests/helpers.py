@@ -1,0 +1,103 @@
+"""Shared test helpers: produce events, run a consumer in-process, read state back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from router.consumer import StateConsumer, consumer_stack
+from router.identity import IdentityHasher
+from router.reducer import Snapshot
+from router.settings import Settings
+from router.store import CustomerRecord, StateStore, connect
+from schemas.events import CustomerEvent
+
+_enc = msgspec.json.Encoder()
+
+
+def hasher_of(settings: Settings) -> IdentityHasher:
+    return IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+
+
+async def produce(settings: Settings, events: Sequence[CustomerEvent | tuple[bytes | None, bytes | None]]) -> None:
+    """Send events (keyed by customer) or raw (key, value) pairs, in order, and wait for acks."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for e in events:
+            if isinstance(e, tuple):
+                key, value = e
+            else:
+                key, value = e.customer_id.encode(), _enc.encode(e)
+            futures.append(await producer.send(settings.kafka.events_topic, value=value, key=key))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_consumer(settings: Settings) -> AsyncIterator[StateConsumer]:
+    """A state consumer running in this event loop; stopped and awaited on exit."""
+    stop = asyncio.Event()
+    async with consumer_stack(settings) as worker:
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            yield worker
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+
+
+async def wait_until_caught_up(
+    worker: StateConsumer, settings: Settings, expected_next: int, timeout: float = 60
+) -> None:
+    """Wait until the offsets stored in Redis cover ``expected_next`` records of the events topic."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stored = await worker.store.stored_offsets(settings.kafka.group_id, settings.kafka.events_topic)
+        if sum(stored.values()) >= expected_next:
+            return
+        await asyncio.sleep(0.1)
+    stored = await worker.store.stored_offsets(settings.kafka.group_id, settings.kafka.events_topic)
+    raise AssertionError(f"consumer did not catch up: stored offsets {stored}, want {expected_next} records")
+
+
+@contextlib.asynccontextmanager
+async def state_store(settings: Settings) -> AsyncIterator[StateStore]:
+    client = connect(settings.redis.url, cluster=settings.redis.cluster)
+    try:
+        yield StateStore(client, settings.redis.prefix, hasher_of(settings))
+    finally:
+        await client.aclose()
+
+
+async def read_snapshot(store: StateStore, customer_id: str) -> Snapshot | None:
+    rec: CustomerRecord = await store.read_customer(store.customer_key(customer_id))
+    return rec.snapshot
+
+
+async def drain_topic(settings: Settings, topic: str, expected: int, timeout: float = 30) -> list[object]:
+    """Read a whole topic from the beginning until ``expected`` records (or the timeout)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=settings.kafka.bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[object] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(out) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                out.extend(records)
+        # a little longer, to see anything beyond what was expected
+        for records in (await consumer.getmany(timeout_ms=1000)).values():
+            out.extend(records)
+    finally:
+        await consumer.stop()
+    return out

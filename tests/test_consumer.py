@@ -1,0 +1,177 @@
+"""The state consumer on a real broker and a real Redis: exactly-once effect, dead letters, erasure."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from router.reducer import DAY, fold_all
+from schemas.alerts import ChurnAlert
+from schemas.events import (
+    CustomerEvent,
+    CustomerProfile,
+    ErasureRequested,
+    OrderPlaced,
+    SubscriptionChanged,
+    TicketOpened,
+    Usage,
+)
+from tests.conftest import SettingsFactory
+from tests.helpers import (
+    drain_topic,
+    hasher_of,
+    produce,
+    read_snapshot,
+    running_consumer,
+    state_store,
+    wait_until_caught_up,
+)
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def _history(customer: str, n: int, rnd: random.Random) -> list[CustomerEvent]:
+    t = NOW - timedelta(days=60)
+    events: list[CustomerEvent] = [
+        CustomerProfile(event_id=f"{customer}-p", customer_id=customer, occurred_at=t, phones=["+49 30 5550100"])
+    ]
+    for i in range(n):
+        t += timedelta(minutes=rnd.randint(1, 600))
+        kind = rnd.random()
+        eid = f"{customer}-{i}"
+        if kind < 0.4:
+            events.append(Usage(event_id=eid, customer_id=customer, occurred_at=t, logins=rnd.randint(0, 9)))
+        elif kind < 0.7:
+            amount = float(rnd.randint(5, 500))
+            events.append(OrderPlaced(event_id=eid, customer_id=customer, occurred_at=t, order_id=eid, amount=amount))
+        elif kind < 0.9:
+            events.append(TicketOpened(event_id=eid, customer_id=customer, occurred_at=t, ticket_id=eid))
+        else:
+            events.append(
+                SubscriptionChanged(event_id=eid, customer_id=customer, occurred_at=t, change="upgrade", mrr_delta=5.0)
+            )
+    return events
+
+
+async def test_snapshots_equal_the_reference_fold_despite_redelivery_and_producer_retries(
+    settings: SettingsFactory,
+) -> None:
+    s = settings(stream={"batch_max": 37})
+    rnd = random.Random(11)
+    per_customer = {f"C{i:03d}": _history(f"C{i:03d}", 40, rnd) for i in range(25)}
+    stream: list[CustomerEvent] = [e for evs in per_customer.values() for e in evs]
+    # producer retries: the same event (same event_id) sent again a little later
+    retries = [e for e in stream if rnd.random() < 0.1]
+    interleaved = sorted(stream + retries, key=lambda e: e.occurred_at)
+    await produce(s, interleaved)
+
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, len(interleaved))
+    # second run of a fresh consumer: Redis offsets are deleted so Kafka redelivers everything
+    async with state_store(s) as store:
+        await store.client.delete(store.keys.offsets(s.kafka.group_id, s.kafka.events_topic))
+    s2 = msgspec.structs.replace(s, kafka=msgspec.structs.replace(s.kafka, group_id=s.kafka.group_id + "-again"))
+    async with running_consumer(s2) as worker:
+        await wait_until_caught_up(worker, s2, len(interleaved))
+
+    hasher = hasher_of(s)
+    async with state_store(s) as store:
+        for cid, events in per_customer.items():
+            expected = fold_all(events, lateness_s=s.stream.lateness_s, hasher=hasher)
+            got = await read_snapshot(store, cid)
+            assert got == expected, cid
+        # the phone index points at the customer; the key is a keyed hash, not the number
+        keys = [k async for k in store.client.scan_iter(match=f"{s.redis.prefix}:*:p:*")]
+        assert len(keys) == 1 and b"5550100" not in keys[0]
+        assert await store.client.get(keys[0]) in {cid.encode() for cid in per_customer}
+
+
+async def test_poison_events_go_to_the_dead_letter_topic_once_with_headers(settings: SettingsFactory) -> None:
+    s = settings()
+    good = [
+        OrderPlaced(event_id=f"g{i}", customer_id="C1", occurred_at=NOW - timedelta(hours=5 - i), order_id=f"o{i}",
+                    amount=10.0)
+        for i in range(4)
+    ]  # fmt: skip
+    bad: list[tuple[bytes | None, bytes | None]] = [
+        (b"C1", b"{not json"),
+        (b"C1", b'{"type":"refund","event_id":"x","customer_id":"C1","occurred_at":"2026-01-01T00:00:00Z"}'),
+        (b"C1", b'{"type":"order_placed","event_id":"y","customer_id":"C1","occurred_at":"2026-01-01T00:00:00",'
+                b'"order_id":"o","amount":5}'),
+        (b"C1", b'{"type":"order_placed","event_id":"z","customer_id":"C1","occurred_at":"2026-01-01T00:00:00Z",'
+                b'"order_id":"o","amount":-5}'),
+        (b"C1", None),
+        (b"C1", b"\xff\xfe\x00garbage"),
+    ]  # fmt: skip
+    # too late: two days before the customer's newest event, beyond the 1-day bound
+    too_late = OrderPlaced(event_id="late", customer_id="C1", occurred_at=NOW - timedelta(days=3), order_id="L",
+                           amount=99.0)  # fmt: skip
+    await produce(s, [good[0], bad[0], good[1], *bad[1:], good[2], too_late, good[3]])
+    total = len(good) + len(bad) + 1
+
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, total)
+        dead = await drain_topic(s, s.kafka.dead_letter_topic, expected=len(bad) + 1)
+    assert len(dead) == len(bad) + 1
+    reasons = sorted(dict(r.headers)["dlq.error.reason"].decode() for r in dead)  # type: ignore[attr-defined]
+    assert reasons == sorted(["undecodable", "schema_invalid", "schema_invalid", "schema_invalid", "empty_value",
+                              "undecodable", "too_late"])  # fmt: skip
+    for r in dead:
+        headers = dict(r.headers)  # type: ignore[attr-defined]
+        assert headers["dlq.origin.topic"] == s.kafka.events_topic.encode()
+        assert int(headers["dlq.origin.offset"]) >= 0 and headers["dlq.error.class"]
+    originals = {v for _, v in bad if v is not None}
+    assert {r.value for r in dead if r.value is not None} >= originals  # type: ignore[attr-defined]
+    async with state_store(s) as store:
+        snap = await read_snapshot(store, "C1")
+    assert snap is not None and snap.orders_total == 4  # every good event applied, the late one not
+
+
+async def test_erasure_removes_snapshot_index_and_histogram_and_replay_does_not_resurrect(
+    settings: SettingsFactory,
+) -> None:
+    s = settings()
+    profile = CustomerProfile(event_id="p", customer_id="C9", occurred_at=NOW - timedelta(days=2),
+                              phones=["+44 20 7946 0018"], emails=["Jane.Doe@example.com"])  # fmt: skip
+    order = OrderPlaced(event_id="o", customer_id="C9", occurred_at=NOW - timedelta(days=1), order_id="o", amount=50)
+    erase = ErasureRequested(event_id="x", customer_id="C9", occurred_at=NOW - timedelta(hours=1))
+    await produce(s, [profile, order])
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, 2)
+        async with state_store(s) as store:
+            assert len([k async for k in store.client.scan_iter(match=f"{s.redis.prefix}:*")]) >= 4
+        await produce(s, [erase, profile, order])  # erasure, then a replay of the old events
+        await wait_until_caught_up(worker, s, 5)
+    async with state_store(s) as store:
+        rec = await store.read_customer(store.customer_key("C9"))
+        assert rec.snapshot is not None and rec.snapshot.customer_id == "" and rec.snapshot.erased_at
+        keys = [k async for k in store.client.scan_iter(match=f"{s.redis.prefix}:*")]
+        # only the tombstone hash and the offsets remain; no index, no histogram count
+        kinds = sorted(k.decode().split(":")[-2] if b":c:" in k else k.decode().split(":")[-1] for k in keys)
+        hist = await store.histogram()
+        assert sum(hist.values()) == 0, hist
+        assert not [k for k in keys if b":p:" in k or b":e:" in k], kinds
+        raw = b"".join([await store.client.hget(k, "s") or b"" for k in keys if b":c:" in k])
+        assert b"C9" not in raw and b"Jane" not in raw
+
+
+async def test_churn_alert_once_per_crossing(settings: SettingsFactory) -> None:
+    # threshold 0: every scored customer is "above"; an alert fires on the first crossing only
+    s = settings(stream={"churn_alert_threshold": 0.0})
+    events: list[CustomerEvent] = []
+    for c in range(3):
+        for i in range(5):
+            events.append(Usage(event_id=f"a{c}-{i}", customer_id=f"A{c}", occurred_at=NOW - timedelta(hours=10 - i),
+                                logins=1))  # fmt: skip
+    await produce(s, events[:8])
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, 8)
+        await produce(s, events[8:])
+        await wait_until_caught_up(worker, s, len(events))
+        alerts = await drain_topic(s, s.kafka.alerts_topic, expected=3, timeout=10)
+    decoded = [msgspec.json.decode(r.value, type=ChurnAlert) for r in alerts]  # type: ignore[attr-defined]
+    assert sorted(a.customer_id for a in decoded) == ["A0", "A1", "A2"]
+    assert all(a.reasons and a.model_version for a in decoded)
+    _ = DAY
