@@ -22,6 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from types import FrameType
 from typing import Any
 
 import msgspec
+import redis
 
 from router.infra import (
     Broker,
@@ -40,7 +42,7 @@ from router.infra import (
     start_broker,
 )
 from router.kafka import ensure_topics
-from router.settings import Settings
+from router.settings import RedisSettings, Settings
 
 __all__ = ["DEMO_CUSTOMER_ID", "example_request", "run_dev", "settings_env"]
 
@@ -124,7 +126,9 @@ class _SignalGate:
     def install(self) -> None:
         """Install the handlers (only possible from the main thread; elsewhere a no-op)."""
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self._previous = {
+                sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
 
     def ignore(self) -> None:
         """Ignore further signals: cleanup must not be cut short by an impatient second
@@ -158,6 +162,8 @@ class _Stack:
     gate: _SignalGate = field(default_factory=_SignalGate)
     broker: Broker | None = None
     redis: RedisServer | None = None
+    scratch_redis: RedisSettings | None = None
+    """An external Redis whose per-run keys (under its prefix) are removed at exit."""
     children: list[ManagedProcess] = field(default_factory=list)
 
     def stop(self) -> None:
@@ -167,10 +173,45 @@ class _Stack:
             child.terminate()
         for child in reversed(self.children):
             child.stop(_STOP_TIMEOUT_S)
+        if self.scratch_redis is not None:
+            _delete_prefix(self.scratch_redis)
         if self.redis is not None:
             self.redis.close()
         if self.broker is not None:
             self.broker.stop()
+
+
+def _delete_prefix(redis_settings: RedisSettings) -> None:
+    """Delete every key under the prefix of ``redis_settings`` (a run's keys in an external Redis)."""
+    prefix = redis_settings.prefix
+    client: redis.Redis | redis.RedisCluster
+    if redis_settings.cluster:
+        client = redis.RedisCluster.from_url(redis_settings.url)
+    else:
+        client = redis.Redis.from_url(redis_settings.url)
+    removed = 0
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                removed += _unlink(client, batch)
+                batch = []
+        removed += _unlink(client, batch)
+    except redis.RedisError as exc:
+        _complain(f"could not remove the keys under {prefix!r} from {redis_settings.url}: {exc}")
+    finally:
+        client.close()
+    _say(f"removed {removed} keys under {prefix!r}")
+
+
+def _unlink(client: redis.Redis | redis.RedisCluster, keys: list[bytes]) -> int:
+    if not keys:
+        return 0
+    if isinstance(client, redis.RedisCluster):
+        # Keys of several hash slots cannot go into one command on a cluster.
+        return sum(int(client.unlink(key)) for key in keys)
+    return int(client.unlink(*keys))
 
 
 def _say(message: str) -> None:
@@ -277,13 +318,18 @@ def _start_infrastructure(settings: Settings, stack: _Stack) -> Settings:
         _say(f"embedded broker at {stack.broker.bootstrap} ({time.monotonic() - t0:.2f}s, in memory)")
     with stack.gate.hold():
         redis_url, stack.redis = ensure_redis(settings.redis.url, log_path=_log_path(stack.run_dir, "redis"))
+    redis_settings = msgspec.structs.replace(settings.redis, url=redis_url)
     if stack.redis is not None:
         _say(f"{settings.redis.url} does not answer; private redis-server at {redis_url}")
-    settings = msgspec.structs.replace(
-        settings,
-        kafka=kafka,
-        redis=msgspec.structs.replace(settings.redis, url=redis_url),
-    )
+    elif stack.broker is not None:
+        # Redis holds the consumer's offsets next to the state they cover. A fresh
+        # in-memory log with the state of an earlier run would make the consumer seek
+        # to offsets of another log, so this run gets keys of its own, removed at exit.
+        prefix = f"{settings.redis.prefix}-dev-{uuid.uuid4().hex[:8]}"
+        redis_settings = msgspec.structs.replace(redis_settings, prefix=prefix)
+        stack.scratch_redis = redis_settings
+        _say(f"using {redis_url} with key prefix {prefix!r} for this run (removed on exit)")
+    settings = msgspec.structs.replace(settings, kafka=kafka, redis=redis_settings)
     # Topics before any client: Tansu auto-creates a topic a metadata request names,
     # with its own partition count.
     asyncio.run(ensure_topics(settings.kafka))
@@ -299,7 +345,9 @@ def _start_infrastructure(settings: Settings, stack: _Stack) -> Settings:
     return settings
 
 
-def _start_children(settings: Settings, stack: _Stack, *, customers: int, rate: float) -> list[ManagedProcess]:
+def _start_children(
+    settings: Settings, stack: _Stack, *, customers: int, rate: float
+) -> list[ManagedProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and k != "REDIS_URL"}
     env.update(settings_env(settings))
     env["PYTHONUNBUFFERED"] = "1"  # so a crash's last words reach the log
@@ -330,10 +378,13 @@ def _banner(settings: Settings, stack: _Stack, elapsed: float) -> None:
         f"ready in {elapsed:.1f}s",
         f"  API docs        http://{host}:{settings.api.port}/schema/swagger",
         f"  broker          {settings.kafka.bootstrap}" + (" (embedded)" if stack.broker else ""),
-        f"  redis           {settings.redis.url}" + (" (private)" if stack.redis else ""),
+        f"  redis           {settings.redis.url}"
+        + (" (private)" if stack.redis else f" (key prefix {settings.redis.prefix!r})"),
     ]
     if stream.health_port:
-        lines.append(f"  consumer health http://{_display_host(stream.health_host)}:{stream.health_port}/health/ready")
+        lines.append(
+            f"  consumer health http://{_display_host(stream.health_host)}:{stream.health_port}/health/ready"
+        )
     lines.append(f"  logs            {stack.run_dir}/")
     lines.append("classify a ticket of a demo customer:")
     for line in lines:

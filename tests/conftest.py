@@ -22,7 +22,15 @@ import msgspec
 import pytest
 import redis.asyncio
 
-from router.infra import Broker, RedisServer, RedisServerError, free_port, redis_answers, start_broker, start_redis
+from router.infra import (
+    Broker,
+    RedisServer,
+    RedisServerError,
+    free_port,
+    redis_answers,
+    start_broker,
+    start_redis,
+)
 from router.kafka import ensure_topics
 from router.settings import Settings
 
@@ -154,7 +162,9 @@ def settings(
             if section not in Settings.__struct_fields__:
                 raise TypeError(f"unknown settings section {section!r}")
             current = getattr(result, section)
-            replaced = value if isinstance(value, msgspec.Struct) else msgspec.structs.replace(current, **value)
+            replaced = (
+                value if isinstance(value, msgspec.Struct) else msgspec.structs.replace(current, **value)
+            )
             result = msgspec.structs.replace(result, **{section: replaced})
         run_sync(ensure_topics(result.kafka))
         return result

@@ -19,6 +19,7 @@ from typing import IO
 
 import psutil
 import pytest
+import redis
 
 from router.infra import free_port
 
@@ -50,16 +51,23 @@ def _logs(run_dir: Path) -> str:
     return "\n".join(parts)
 
 
-@pytest.fixture
-def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+@pytest.fixture(params=["private-redis", "external-redis"])
+def dev_process(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     """`router dev` in its own session, its .run/ in tmp_path, with free ports everywhere.
 
-    ROUTER_REDIS_URL points at a port where nothing listens, so dev must start its own
-    redis-server (and the machine's shared Redis is never touched).
+    private-redis: ROUTER_REDIS_URL points at a port where nothing listens, so dev must
+    start its own redis-server. external-redis: it points at the session's private
+    server (never the machine's shared Redis), which dev must leave as it found it.
     """
+    if request.param == "external-redis":
+        redis_url = request.getfixturevalue("redis_server").url
+    else:
+        redis_url = f"redis://127.0.0.1:{free_port()}/0"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and k != "REDIS_URL"}
     env.update(
-        ROUTER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        ROUTER_REDIS_URL=redis_url,
         ROUTER_API_PORT=str(free_port()),
         ROUTER_STREAM_HEALTH_PORT=str(free_port()),
         PYTHONUNBUFFERED="1",
@@ -96,9 +104,13 @@ def dev_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
 
 
 def test_dev_serves_the_printed_example_and_leaves_no_orphans(
-    dev_process: tuple[subprocess.Popen[str], Path],
+    dev_process: tuple[subprocess.Popen[str], Path], request: pytest.FixtureRequest
 ) -> None:
     proc, run_dir = dev_process
+    external = request.node.callspec.params["dev_process"] == "external-redis"
+    if external:
+        shared = redis.Redis.from_url(request.getfixturevalue("redis_server").url)
+        shared.set("someone-else:key", "kept")
     assert proc.stdout is not None
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
@@ -116,7 +128,9 @@ def test_dev_serves_the_printed_example_and_leaves_no_orphans(
             continue
         if line is None:
             pytest.fail(
-                f"router dev exited ({proc.wait()}) before it was ready:\n" + "".join(output) + _logs(run_dir / ".run")
+                f"router dev exited ({proc.wait()}) before it was ready:\n"
+                + "".join(output)
+                + _logs(run_dir / ".run")
             )
         output.append(line)
         if line.startswith("curl "):
@@ -138,7 +152,10 @@ def test_dev_serves_the_printed_example_and_leaves_no_orphans(
 
     family = psutil.Process(proc.pid).children(recursive=True)
     names = " ".join(" ".join(p.cmdline()) for p in family)
-    for part in ("broker", "redis-server", "router consume", "router serve", "router produce-demo"):
+    expected = ["broker", "router consume", "router serve", "router produce-demo"]
+    if not external:
+        expected.append("redis-server")
+    for part in expected:
         assert part in names, f"{part!r} not among the children of router dev: {names}"
 
     started = time.monotonic()
@@ -150,3 +167,10 @@ def test_dev_serves_the_printed_example_and_leaves_no_orphans(
         time.sleep(0.05)
     assert _running(family) == [], f"orphans after router dev stopped: {_running(family)}"
     assert stop_s < 15.0, f"stopping took {stop_s:.1f}s"
+
+    if external:
+        # The run's keys (under its own prefix) are gone; nobody else's were touched.
+        assert [k for k in shared.scan_iter(match="rt*")] == []
+        assert shared.get("someone-else:key") == b"kept"
+        shared.delete("someone-else:key")
+        shared.close()
