@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from router.reducer import B, DAY, Snapshot, day_of
+from router.reducer import DAY, B, Snapshot, day_of
 
 __all__ = ["FEATURE_NAMES", "N_FEATURES", "features"]
 
