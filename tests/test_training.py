@@ -1,0 +1,246 @@
+"""Training: rows come from the serving code path, nothing leaks, ONNX matches LightGBM."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+
+from router.demo import generate_history, write_jsonl
+from router.features import FEATURE_NAMES, features
+from router.identity import IdentityHasher
+from router.model import ChurnModel
+from router.reducer import Snapshot, fold
+from router.settings import Settings
+from router.training.dataset import Dataset, build_dataset, read_events
+from router.training.pipeline import TrainConfig, run, stacked_cutoffs
+from router.training.train import native_predict, train_model
+from schemas.events import (
+    CustomerEvent,
+    ErasureRequested,
+    SubscriptionChanged,
+    TicketOpened,
+    Usage,
+)
+
+LATENESS = Settings().stream.lateness_s
+START = datetime(2025, 1, 1, tzinfo=UTC)
+END = datetime(2026, 1, 1, tzinfo=UTC)
+CUTOFFS = stacked_cutoffs(datetime(2025, 7, 1, tzinfo=UTC), 2, 45)
+HOLDOUT = datetime(2025, 9, 29, tzinfo=UTC)
+
+
+@dataclass
+class Run:
+    events_path: Path
+    events: list[CustomerEvent]
+    card: dict[str, Any]
+    model: ChurnModel
+    data: Dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A real training run on a small history (fast, but every step of `router train`)."""
+    tmp = tmp_path_factory.mktemp("training")
+    events = list(generate_history(400, START, END, seed=21))
+    path = tmp / "history.jsonl"
+    write_jsonl(events, path)
+    out = tmp / "churn-test.onnx"
+    card = run(
+        TrainConfig(
+            events=path,
+            out=out,
+            cutoffs=CUTOFFS,
+            holdout=HOLDOUT,
+            folds=3,
+            command="test",
+            progress=False,
+            latency_repeat=200,
+        )
+    )
+    data = build_dataset(read_events(path), [*CUTOFFS, HOLDOUT], horizon_days=90, lateness_s=LATENESS)
+    return Run(path, events, card, ChurnModel.load(out), data)
+
+
+@pytest.fixture(scope="module")
+def few(trained: Run) -> list[CustomerEvent]:
+    """The events of the first 150 customers: enough for checks that replay several times."""
+    return [e for e in trained.events if int(e.customer_id[1:]) <= 150]
+
+
+def test_run_writes_model_card_and_report(trained: Run) -> None:
+    out = trained.model.path
+    assert out.stat().st_size < 5_000_000
+    for suffix in (".json", ".md"):
+        assert out.with_suffix(suffix).exists()
+    for plot in ("roc", "calibration", "lift", "importance"):
+        assert (out.parent / f"{out.stem}-{plot}.png").stat().st_size > 1000
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["feature_names"] == list(FEATURE_NAMES)
+    assert card["horizon_days"] == 90 and card["label"]["kind"] == "cancel"
+    assert card["training"]["cutoffs"] == [c.isoformat() for c in CUTOFFS]
+    assert card["training"]["holdout_cutoff"] == [HOLDOUT.isoformat()]
+    hold = card["metrics"]["holdout"]
+    assert hold["positives"] > 0 and 0.5 < hold["roc_auc"] <= 1.0
+    assert hold["brier"] < hold["brier_base_rate"]
+    assert card["metrics"]["cv"]["folds"] == 3
+    assert card["latency_us"]["onnx_predict_one_median"] > 0 and card["latency_us"]["native_median"] > 0
+
+
+def test_onnx_matches_native_lightgbm_on_the_holdout(trained: Run) -> None:
+    holdout = trained.data.select([len(CUTOFFS)])
+    train = trained.data.select(range(len(CUTOFFS)))
+    X = holdout.X.astype(np.float32)
+    model = train_model(train, folds=3)
+    from router.training.train import export_onnx
+
+    export_onnx(model, trained.model.path.parent / "parity.onnx")
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(trained.model.path.parent / "parity.onnx"))
+    onnx_p = session.run(["churn_probability"], {"features": X})[0]
+    assert np.max(np.abs(onnx_p - native_predict(model, X))) < 1e-5
+    # and the committed run recorded the same check
+    assert trained.card["parity"]["max_abs_diff_onnx_vs_native"] < 1e-5
+
+
+def _serving_features(events: list[CustomerEvent], customer_id: str, as_of: datetime) -> list[float]:
+    """What the consumer computes: fold with the *service's* key, store as msgpack, read, featurise."""
+    settings = Settings()
+    hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+    snap: Snapshot | None = None
+    for e in events:
+        if e.customer_id == customer_id and e.occurred_at <= as_of:
+            snap, _ = fold(snap, e, lateness_s=settings.stream.lateness_s, hasher=hasher)
+    assert snap is not None
+    stored = msgspec.msgpack.decode(msgspec.msgpack.encode(snap), type=Snapshot)
+    return features(stored, int(as_of.timestamp()))
+
+
+def test_training_rows_equal_what_serving_computes(trained: Run) -> None:
+    data = trained.data
+    rng = np.random.default_rng(0)
+    for i in rng.choice(len(data.y), size=25, replace=False):
+        cutoff = data.cutoffs[int(data.cutoff_index[i])]
+        served = _serving_features(trained.events, data.customer_ids[i], cutoff)
+        assert served == data.X[i].tolist()
+
+
+def test_future_events_do_not_change_features(few: list[CustomerEvent]) -> None:
+    cutoff = CUTOFFS[-1]
+    base = build_dataset(few, [cutoff], horizon_days=90, lateness_s=LATENESS)
+    victim = base.customer_ids[0]
+    after = cutoff + timedelta(hours=1)
+    future: list[CustomerEvent] = [
+        TicketOpened(
+            event_id=f"leak-{i}",
+            customer_id=victim,
+            occurred_at=after + timedelta(hours=i),
+            ticket_id=f"LT{i}",
+            severity="urgent",
+        )
+        for i in range(20)
+    ]
+    future.append(Usage(event_id="leak-u", customer_id=victim, occurred_at=after, logins=10_000))
+    future.append(
+        SubscriptionChanged(
+            event_id="leak-c",
+            customer_id=victim,
+            occurred_at=after + timedelta(days=2),
+            change="cancel",
+            mrr_delta=-10.0,
+        )
+    )
+    mixed = sorted([*few, *future], key=lambda e: e.occurred_at)
+    leaked = build_dataset(mixed, [cutoff], horizon_days=90, lateness_s=LATENESS)
+    assert leaked.customer_ids == base.customer_ids
+    np.testing.assert_array_equal(leaked.X, base.X)
+    # ...only the label may change (the customer cancels within the horizon)
+    i = base.customer_ids.index(victim)
+    assert leaked.y[i] == 1
+
+
+def test_labels_and_exclusions_follow_the_definition(few: list[CustomerEvent]) -> None:
+    cutoff = CUTOFFS[0]
+    horizon = timedelta(days=90)
+    cancels: dict[str, list[datetime]] = {}
+    for e in few:
+        if isinstance(e, SubscriptionChanged) and e.change == "cancel":
+            cancels.setdefault(e.customer_id, []).append(e.occurred_at)
+    data = build_dataset(few, [cutoff], horizon_days=90, lateness_s=LATENESS)
+    assert data.y.sum() > 0
+    for cid, label in zip(data.customer_ids, data.y, strict=True):
+        times = cancels.get(cid, [])
+        assert not any(t <= cutoff for t in times), "cancelled customers are excluded"
+        assert label == any(cutoff < t <= cutoff + horizon for t in times)
+    assert data.skipped["already_churned"] > 0
+
+
+def test_erased_customers_are_forgotten(few: list[CustomerEvent]) -> None:
+    cutoff = CUTOFFS[0]
+    base = build_dataset(few, [cutoff], horizon_days=90, lateness_s=LATENESS)
+    victim = base.customer_ids[3]
+    erase = ErasureRequested(event_id="erase-1", customer_id=victim, occurred_at=END - timedelta(days=1))
+    data = build_dataset([*few, erase], [cutoff], horizon_days=90, lateness_s=LATENESS)
+    assert victim not in data.customer_ids
+    assert len(data.customer_ids) == len(base.customer_ids) - 1
+
+
+def test_inactivity_label_for_businesses_without_subscriptions(few: list[CustomerEvent]) -> None:
+    data = build_dataset(few, [CUTOFFS[0]], horizon_days=90, label="inactivity", lateness_s=LATENESS)
+    assert len(data.y) > 0 and 0 < data.y.sum() < len(data.y)
+
+
+def test_censored_labels_are_refused(few: list[CustomerEvent]) -> None:
+    with pytest.raises(ValueError, match="label window"):
+        build_dataset(few, [END - timedelta(days=30)], horizon_days=90, lateness_s=LATENESS)
+
+
+def test_holdout_must_be_out_of_time(trained: Run, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="holdout"):
+        run(
+            TrainConfig(
+                events=trained.events_path,
+                out=tmp_path / "x.onnx",
+                cutoffs=CUTOFFS,
+                holdout=CUTOFFS[-1] + timedelta(days=30),
+                progress=False,
+            )
+        )
+
+
+def test_cli_train_end_to_end(trained: Run, tmp_path: Path) -> None:
+    from router.cli import main
+
+    out = tmp_path / "churn-cli.onnx"
+    code = main(
+        [
+            "train",
+            "--events",
+            str(trained.events_path),
+            "--cutoff",
+            "2025-07-01",
+            "--stack",
+            "2",
+            "--step",
+            "45d",
+            "--horizon",
+            "90d",
+            "--folds",
+            "3",
+            "--no-report",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    model = ChurnModel.load(out)
+    assert model.version == "churn-cli"
+    assert model.card["training"]["holdout_cutoff"] == ["2025-09-29T00:00:00+00:00"]
