@@ -36,12 +36,12 @@ from router.health import HealthServer
 from router.identity import IdentityHasher
 from router.kafka import consumer_config, producer_config
 from router.model import ChurnModel, ModelError
-from router.reducer import Applied, fold
+from router.reducer import DAY, Applied, Snapshot, fold
 from router.scoring import clv, clv_bin
 from router.settings import Settings
 from router.store import Scores, StateStore, WriteOp, connect
 from schemas.alerts import ChurnAlert
-from schemas.events import CustomerEvent, event_decoder
+from schemas.events import CustomerEvent, SubscriptionChanged, event_decoder
 
 __all__ = ["StateConsumer", "consumer_stack", "run_consumer"]
 
@@ -208,12 +208,15 @@ class StateConsumer:
         keys = [self.hasher.customer_key(cid) for cid in ids]
         records = await self.store.read_customers(keys) if ids else []
         lateness = self.settings.stream.lateness_s
-        scored: list[tuple[WriteOp, Scores | None]] = []
+        scored: list[tuple[WriteOp, Scores | None, bool]] = []
         for cid, h, rec in zip(ids, keys, records, strict=True):
             # A freshly decoded snapshot: folding may mutate it, nothing else holds it.
             snap = rec.snapshot
             old_phones = snap.phone_keys if snap else []
             old_emails = snap.email_keys if snap else []
+            was_live = snap is not None and bool(snap.customer_id)
+            before = _totals(snap) if snap is not None and was_live else _NO_TOTALS
+            kpi: dict[str, float] = {}
             marks = dict(rec.marks)
             changed = False
             for p in by_customer[cid]:
@@ -225,6 +228,7 @@ class StateConsumer:
                 changed = True
                 etype = p.event.__struct_config__.tag
                 try:
+                    live_before_event = snap is not None and bool(snap.customer_id)
                     snap, result = fold(snap, p.event, lateness_s=lateness, hasher=self.hasher)
                 except Exception as exc:  # a bug or an unforeseen value: keep the event, move on
                     out.dead.append(_Dead(p.record, "reducer_error", exc))
@@ -236,10 +240,16 @@ class StateConsumer:
                     out.dead.append(_Dead(p.record, "too_late", _TooLate(lateness)))
                 elif result is Applied.DUPLICATE:
                     metrics.DUPLICATES.labels("event_id").inc()
-                else:
+                elif result is Applied.APPLIED:
                     self.applied += 1
+                    _daily_kpis(kpi, p.event, created=not live_before_event and bool(snap.customer_id))
             if not changed or snap is None:
                 continue
+            after = _totals(snap) if snap.customer_id else _NO_TOTALS
+            for name, value in zip(_TOTAL_NAMES, after, strict=True):
+                delta = value - before[_TOTAL_NAMES.index(name)]
+                if delta:
+                    kpi[name] = kpi.get(name, 0.0) + delta
             new_phones = snap.phone_keys
             new_emails = snap.email_keys
             keys_ = self.store.keys
@@ -254,18 +264,21 @@ class StateConsumer:
                 + [(keys_.email(k), cid) for k in new_emails if k not in old_emails],
                 index_remove=[(keys_.phone(k), cid) for k in old_phones if k not in new_phones]
                 + [(keys_.email(k), cid) for k in old_emails if k not in new_emails],
+                kpi=kpi,
             )
-            scored.append((op, rec.scores))
+            scored.append((op, rec.scores if was_live else None, was_live))
         self._score(scored, out)
         return out
 
-    def _score(self, scored: list[tuple[WriteOp, Scores | None]], out: _Outcome) -> None:
+    def _score(self, scored: list[tuple[WriteOp, Scores | None, bool]], out: _Outcome) -> None:
         now = int(time.time())
-        out.ops.extend(op for op, _ in scored)
-        live = [(op, prev) for op, prev in scored if op.snapshot.customer_id]
-        for op, _ in scored:
-            if not op.snapshot.customer_id:  # erased: a tombstone has no scores and leaves the histogram
+        out.ops.extend(op for op, _, _ in scored)
+        for op, prev, was_live in scored:
+            if not op.snapshot.customer_id:  # erased: a tombstone has no scores and leaves the histograms
                 op.scores = Scores(scored_at=now)
+                if was_live and prev is not None:
+                    _move_score_kpis(op.kpi, prev, None)
+        live = [(op, prev) for op, prev, _ in scored if op.snapshot.customer_id]
         if not live:
             return
         rows = np.asarray(
@@ -289,6 +302,7 @@ class StateConsumer:
             if alerted and not was_alerted and churn is not None and self.model is not None:
                 out.alerts.append(self._alert(op, rows[i].tolist(), p, threshold))
             op.scores = Scores(churn=p, clv=value, clv_bin=clv_bin(value), alerted=alerted, scored_at=now)
+            _move_score_kpis(op.kpi, prev, op.scores)
 
     def _alert(self, op: WriteOp, row: list[float], churn: float, threshold: float) -> ChurnAlert:
         assert self.model is not None
@@ -344,6 +358,53 @@ class StateConsumer:
         if futures:
             await asyncio.gather(*futures)
             metrics.ALERTS.inc(len(out.alerts))
+
+
+_TOTAL_NAMES = ("customers", "active_subscriptions", "mrr", "cac_sum")
+_NO_TOTALS = (0.0, 0.0, 0.0, 0.0)
+
+
+def _totals(snap: Snapshot) -> tuple[float, float, float, float]:
+    """The snapshot's contribution to the portfolio totals."""
+    active = snap.subscription == "active"
+    return (1.0, 1.0 if active else 0.0, max(0, snap.mrr_cents) / 100.0 if active else 0.0, snap.acquisition_cost)
+
+
+def _daily_kpis(kpi: dict[str, float], event: CustomerEvent, *, created: bool) -> None:
+    """Per-day portfolio counters of an applied event (by event day)."""
+    day = int(event.occurred_at.timestamp()) // DAY
+    if created:
+        _add(kpi, f"d:{day}:new_customers", 1.0)
+    if isinstance(event, SubscriptionChanged):
+        change = event.change
+        if change == "new":
+            _add(kpi, f"d:{day}:new_subscriptions", 1.0)
+            _add(kpi, f"d:{day}:new_mrr", event.mrr_delta)
+        elif change in ("upgrade", "add_on"):
+            _add(kpi, f"d:{day}:expansion_mrr", event.mrr_delta)
+        elif change == "downgrade":
+            _add(kpi, f"d:{day}:contraction_mrr", -event.mrr_delta)
+        elif change == "cancel":
+            _add(kpi, f"d:{day}:cancellations", 1.0)
+            _add(kpi, f"d:{day}:churned_mrr", -event.mrr_delta)
+
+
+def _move_score_kpis(kpi: dict[str, float], old: Scores | None, new: Scores | None) -> None:
+    """Keep the CLV sum and the churn-risk histogram (20 bins of 5 points) in step with the scores."""
+    clv_delta = (new.clv if new else 0.0) - (old.clv if old else 0.0)
+    if clv_delta:
+        _add(kpi, "clv_sum", clv_delta)
+    old_bin = min(19, int(old.churn * 20)) if old else None
+    new_bin = min(19, int(new.churn * 20)) if new else None
+    if old_bin != new_bin:
+        if old_bin is not None:
+            _add(kpi, f"cb:{old_bin}", -1.0)
+        if new_bin is not None:
+            _add(kpi, f"cb:{new_bin}", 1.0)
+
+
+def _add(kpi: dict[str, float], field: str, delta: float) -> None:
+    kpi[field] = kpi.get(field, 0.0) + delta
 
 
 class _TooLate(Exception):

@@ -6,6 +6,7 @@ Key layout (``P`` is the configured prefix, ``H`` the keyed hash of the customer
     P:{T}:c:H      hash  s = snapshot (msgpack), m = applied offsets per partition,
                          k = derived scores (msgpack)
     P:{T}:clvh     hash  CLV histogram shard: bin -> customers (T = tag of the customers in it)
+    P:{T}:kpi      hash  portfolio counters of the shard's customers (totals, churn bins, per day)
     P:{T}:p:Hphone string customer id of a phone number (E.164, keyed hash)
     P:{T}:e:Hemail string customer id of an e-mail address
     P:{off}:G:topic hash  partition -> next offset to read (consumer group G)
@@ -30,8 +31,10 @@ from router.reducer import Snapshot
 
 __all__ = [
     "HIST_SHARDS",
+    "KPI_TOTALS",
     "CustomerRecord",
     "Keys",
+    "PortfolioCounters",
     "Scores",
     "StateStore",
     "WriteOp",
@@ -39,6 +42,7 @@ __all__ = [
 ]
 
 HIST_SHARDS = 256
+KPI_TOTALS = ("customers", "active_subscriptions", "mrr", "cac_sum", "clv_sum")
 
 RedisClient = aioredis.Redis | RedisCluster
 
@@ -77,6 +81,22 @@ class WriteOp(msgspec.Struct):
     """(index key, customer id) pairs to set."""
     index_remove: list[tuple[str, str]]
     """(index key, customer id) pairs to delete if they still point at this customer."""
+    kpi: dict[str, float] = {}
+    """Increments of portfolio counters (see :meth:`StateStore.portfolio`), applied with the snapshot."""
+
+
+class PortfolioCounters(msgspec.Struct):
+    """Portfolio counters summed over all shards (maintained exactly once by the consumer)."""
+
+    totals: dict[str, float]
+    """customers, active_subscriptions, mrr, cac_sum, clv_sum (current values)."""
+    daily: dict[int, dict[str, float]]
+    """Epoch day -> new_customers, new_subscriptions, cancellations, churned_mrr, expansion_mrr,
+    contraction_mrr, new_mrr (by event day)."""
+    churn_hist: dict[int, int]
+    """Churn-risk bin (0..19, 5 points each) -> customers."""
+    clv_hist: dict[int, int]
+    """CLV histogram bin -> customers (see :class:`router.scoring.ClvDistribution`)."""
 
 
 class Keys:
@@ -96,6 +116,12 @@ class Keys:
     def histogram_shard(self, shard: int) -> str:
         return f"{self.prefix}:{{{shard:02x}}}:clvh"
 
+    def kpi(self, h: str) -> str:
+        return f"{self.prefix}:{{{h[:2]}}}:kpi"
+
+    def kpi_shard(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard:02x}}}:kpi"
+
     def phone(self, h: str) -> str:
         return f"{self.prefix}:{{{h[:2]}}}:p:{h}"
 
@@ -106,13 +132,16 @@ class Keys:
         return f"{self.prefix}:{{off}}:{group}:{topic}"
 
 
-# Many customers in one call. KEYS: (customer hash, histogram shard) pairs, all with one
-# hash tag on Redis Cluster. ARGV per customer: expected offsets ('' = none), new offsets,
-# snapshot, scores, old bin ('' = none), new bin ('' = none). Returns 1/0 per customer.
+# Many customers in one call. KEYS: (customer hash, CLV histogram shard, KPI shard) triples,
+# all with one hash tag on Redis Cluster. ARGV per customer: expected offsets ('' = none), new
+# offsets, snapshot, scores, old bin ('' = none), new bin ('' = none), n, then n (field, delta)
+# KPI increments. Returns 1/0 per customer: 0 when the stored offsets changed since the read.
 _APPLY_LUA = """
 local ok = {}
-for i = 1, #KEYS / 2 do
-  local c, h, a = KEYS[2 * i - 1], KEYS[2 * i], 6 * (i - 1)
+local a = 0
+for i = 1, #KEYS / 3 do
+  local c, h, kpi = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local n = tonumber(ARGV[a + 7])
   local cur = redis.call('HGET', c, 'm')
   if (cur or '') == ARGV[a + 1] then
     redis.call('HSET', c, 'm', ARGV[a + 2], 's', ARGV[a + 3], 'k', ARGV[a + 4])
@@ -120,10 +149,14 @@ for i = 1, #KEYS / 2 do
       if ARGV[a + 5] ~= '' then redis.call('HINCRBY', h, ARGV[a + 5], -1) end
       if ARGV[a + 6] ~= '' then redis.call('HINCRBY', h, ARGV[a + 6], 1) end
     end
+    for j = 1, n do
+      redis.call('HINCRBYFLOAT', kpi, ARGV[a + 6 + 2 * j], ARGV[a + 7 + 2 * j])
+    end
     ok[i] = 1
   else
     ok[i] = 0
   end
+  a = a + 7 + 2 * n
 end
 return ok
 """
@@ -245,7 +278,8 @@ class StateStore:
             args: list[bytes | str] = []
             for i in members:
                 op = ops[i]
-                keys += (self.keys.customer(op.customer_key), self.keys.histogram(op.customer_key))
+                h = op.customer_key
+                keys += (self.keys.customer(h), self.keys.histogram(h), self.keys.kpi(h))
                 new_bin = op.scores.clv_bin
                 args += (
                     op.expected_marks or b"",
@@ -254,7 +288,10 @@ class StateStore:
                     _enc.encode(op.scores),
                     "" if op.old_bin is None else str(op.old_bin),
                     "" if new_bin is None else str(new_bin),
+                    str(len(op.kpi)),
                 )
+                for field, delta in op.kpi.items():
+                    args += (field, repr(delta))
             pipe.evalsha(self._apply_sha, len(keys), *keys, *args)
         for key, parts in offsets.items():
             if parts:
@@ -270,6 +307,36 @@ class StateStore:
         """Next offsets per partition as last written with the state they cover."""
         raw: dict[Any, Any] = await self.client.hgetall(self.keys.offsets(group, topic))
         return {int(k): int(v) for k, v in raw.items()}
+
+    async def portfolio(self) -> PortfolioCounters:
+        """All portfolio counters, summed over the shards in one round trip (not on the request path)."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard in range(HIST_SHARDS):
+            pipe.hgetall(self.keys.kpi_shard(shard))
+        for shard in range(HIST_SHARDS):
+            pipe.hgetall(self.keys.histogram_shard(shard))
+        results: list[Any] = await pipe.execute()
+        totals: dict[str, float] = dict.fromkeys(KPI_TOTALS, 0.0)
+        daily: dict[int, dict[str, float]] = {}
+        churn: dict[int, int] = {}
+        for shard_map in results[:HIST_SHARDS]:
+            for raw_field, raw_value in shard_map.items():
+                field = raw_field.decode() if isinstance(raw_field, bytes) else raw_field
+                value = float(raw_value)
+                kind, _, rest = field.partition(":")
+                if kind == "d":
+                    day, _, name = rest.partition(":")
+                    bucket = daily.setdefault(int(day), {})
+                    bucket[name] = bucket.get(name, 0.0) + value
+                elif kind == "cb":
+                    churn[int(rest)] = churn.get(int(rest), 0) + round(value)
+                else:
+                    totals[field] = totals.get(field, 0.0) + value
+        clv: dict[int, int] = {}
+        for shard_map in results[HIST_SHARDS:]:
+            for k, v in shard_map.items():
+                clv[int(k)] = clv.get(int(k), 0) + int(v)
+        return PortfolioCounters(totals=totals, daily=daily, churn_hist=churn, clv_hist=clv)
 
     async def histogram(self) -> dict[int, int]:
         """The whole CLV histogram (bin -> customers), summed over its shards, one round trip."""

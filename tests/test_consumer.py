@@ -175,3 +175,41 @@ async def test_churn_alert_once_per_crossing(settings: SettingsFactory) -> None:
     assert sorted(a.customer_id for a in decoded) == ["A0", "A1", "A2"]
     assert all(a.reasons and a.model_version for a in decoded)
     _ = DAY
+
+
+async def test_portfolio_counters_follow_subscriptions_exactly_once(settings: SettingsFactory) -> None:
+    s = settings()
+    t = NOW - timedelta(days=3)
+    day = int(t.timestamp()) // DAY
+    events: list[CustomerEvent] = []
+    for i in range(4):
+        cid = f"P{i}"
+        events += [
+            CustomerProfile(event_id=f"{cid}-p", customer_id=cid, occurred_at=t, acquisition_cost=100.0),
+            SubscriptionChanged(event_id=f"{cid}-n", customer_id=cid, occurred_at=t, change="new", mrr_delta=50.0),
+        ]
+    events += [
+        SubscriptionChanged(
+            event_id="P0-u", customer_id="P0", occurred_at=t + timedelta(minutes=1), change="upgrade", mrr_delta=20.0
+        ),
+        SubscriptionChanged(
+            event_id="P1-d", customer_id="P1", occurred_at=t + timedelta(minutes=1), change="downgrade", mrr_delta=-10.0
+        ),
+        SubscriptionChanged(
+            event_id="P2-c", customer_id="P2", occurred_at=t + timedelta(minutes=1), change="cancel", mrr_delta=-50.0
+        ),
+        ErasureRequested(event_id="P3-x", customer_id="P3", occurred_at=t + timedelta(hours=1)),
+    ]
+    await produce(s, events + events[:5])  # the repeats are producer retries: counted once
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, len(events) + 5)
+        counters = await worker.store.portfolio()
+    assert counters.totals["customers"] == 3  # P3 erased
+    assert counters.totals["active_subscriptions"] == 2  # P2 cancelled
+    assert counters.totals["mrr"] == 70 + 40
+    assert counters.totals["cac_sum"] == 300
+    d = counters.daily[day]
+    assert (d["new_customers"], d["new_subscriptions"], d["new_mrr"]) == (4, 4, 200)
+    assert (d["expansion_mrr"], d["contraction_mrr"], d["cancellations"], d["churned_mrr"]) == (20, 10, 1, 50)
+    assert sum(counters.churn_hist.values()) == 3
+    assert sum(counters.clv_hist.values()) == 3
