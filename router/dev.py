@@ -42,9 +42,9 @@ from router.infra import (
     start_broker,
 )
 from router.kafka import ensure_topics
-from router.settings import RedisSettings, Settings
+from router.settings import RedisSettings, Settings, to_env
 
-__all__ = ["DEMO_CUSTOMER_ID", "example_request", "run_dev", "settings_env"]
+__all__ = ["DEMO_CUSTOMER_ID", "example_request", "run_dev"]
 
 DEMO_CUSTOMER_ID = "C000001"
 """A customer the demo producer always creates (ids are ``C`` + six digits from 1)."""
@@ -66,18 +66,6 @@ class _ChildDied(Exception):
         super().__init__(f"{child.name} exited unexpectedly with code {code}")
         self.child = child
         self.code = code
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """Every setting as its ``ROUTER_<SECTION>_<FIELD>`` variable, so children see exactly ``settings``."""
-    env: dict[str, str] = {}
-    for section in Settings.__struct_fields__:
-        sub = getattr(settings, section)
-        for name in sub.__struct_fields__:
-            value = getattr(sub, name)
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            env[f"ROUTER_{section}_{name}".upper()] = text
-    return env
 
 
 def _display_host(host: str) -> str:
@@ -349,7 +337,7 @@ def _start_children(
     settings: Settings, stack: _Stack, *, customers: int, rate: float
 ) -> list[ManagedProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and k != "REDIS_URL"}
-    env.update(settings_env(settings))
+    env.update(to_env(settings))
     env["PYTHONUNBUFFERED"] = "1"  # so a crash's last words reach the log
     commands = {
         "consumer": ["consume"],

@@ -227,6 +227,11 @@ class ManagedProcess:
             time.sleep(0.02)
         self._signal_group(signal.SIGKILL)
         code = self.popen.wait()
+        # SIGKILL is delivered asynchronously; return only once the group is really gone,
+        # so "stopped" means nothing of it still runs.
+        killed_by = time.monotonic() + 2.0
+        while self._group_alive() and time.monotonic() < killed_by:
+            time.sleep(0.005)
         if not self._log.closed:
             self._log.close()
         if self._own_log:
