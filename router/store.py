@@ -228,7 +228,7 @@ class StateStore:
         pipe = self.client.pipeline(transaction=False)
         for members in groups.values():
             keys = [self.keys.customer(customer_keys[i]) for i in members]
-            pipe.evalsha(self._read_sha, len(keys), *keys)
+            pipe.execute_command("EVALSHA", self._read_sha, len(keys), *keys)
         rows: list[Any] = [None] * len(customer_keys)
         for members, result in zip(groups.values(), await pipe.execute(), strict=True):
             for i, row in zip(members, result, strict=True):
@@ -265,7 +265,7 @@ class StateStore:
         n_index = 0
         for op in ops:
             for key, cid in op.index_remove:
-                pipe.evalsha(self._unindex_sha, 1, key, cid)
+                pipe.execute_command("EVALSHA", self._unindex_sha, 1, key, cid)
                 n_index += 1
             for key, cid in op.index_add:
                 pipe.set(key, cid)
@@ -292,7 +292,7 @@ class StateStore:
                 )
                 for field, delta in op.kpi.items():
                     args += (field, repr(delta))
-            pipe.evalsha(self._apply_sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", self._apply_sha, len(keys), *keys, *args)
         for key, parts in offsets.items():
             if parts:
                 pipe.hset(key, mapping={str(p): str(o) for p, o in parts.items()})
