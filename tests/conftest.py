@@ -152,6 +152,9 @@ def settings(
                 dead_letter_topic=f"{token}.dlq",
                 alerts_topic=f"{token}.alerts",
                 group_id=f"{token}.group",
+                # Tansu completes a group join only after about one session timeout; the
+                # 10 s default would add ~5 s to every consumer start.
+                session_timeout_ms=3000,
             ),
             redis=msgspec.structs.replace(base.redis, url=redis_server.url, prefix=f"test:{token}"),
             api=msgspec.structs.replace(base.api, port=free_port()),
