@@ -374,6 +374,9 @@ def _banner(settings: Settings, stack: _Stack, elapsed: float) -> None:
             f"  consumer health http://{_display_host(stream.health_host)}:{stream.health_port}/health/ready"
         )
     lines.append(f"  logs            {stack.run_dir}/")
+    # The API is ready before the consumer has folded the backfill; say so, or the first
+    # answer ("customer not known yet") looks like a bug.
+    lines.append("the demo backfills history first: scores fill in as the consumer catches up")
     lines.append("classify a ticket of a demo customer:")
     for line in lines:
         _say(line)
