@@ -15,6 +15,7 @@ and alert rules see a series (at 0) before the first error rather than no data a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -44,6 +45,12 @@ __all__ = [
     "WEBHOOK_SIGNATURE_FAILURES",
     "InfoGauge",
 ]
+
+# Multiprocess mode writes a file per process and metric type as soon as a metric exists;
+# a configured directory that is not there yet (an emptyDir subfolder) must not crash the
+# import. Creating it is the only thing this module does besides defining metrics.
+if _multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(_multiproc_dir, exist_ok=True)
 
 # 100 us .. 50 ms finely, then a few coarse buckets for the tail.
 _LATENCY_BUCKETS = (
