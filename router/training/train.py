@@ -233,6 +233,10 @@ def export_onnx(trained: Trained, path: Path) -> bytes:
     graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [None]))
     graph.name = "churn"
     model.doc_string = "Churn probability within the horizon; LightGBM + Platt calibration"
+    # The converter lists opsets in set order (varies with the hash seed): sort for byte-identical reruns.
+    opsets = sorted((o.domain, o.version) for o in model.opset_import)
+    del model.opset_import[:]
+    model.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in opsets)
     onnx.checker.check_model(model)
     data: bytes = model.SerializeToString()
     path.parent.mkdir(parents=True, exist_ok=True)
