@@ -4,8 +4,8 @@
 refuses files that do not belong together or to this code's feature list, and keeps one
 ONNX Runtime session (single-threaded, sequential: the service parallelises across
 requests, not inside one). :meth:`ChurnModel.predict_one` is the request hot path; it
-reuses one input buffer, so one instance must not be shared between threads that score
-at the same time (asyncio handlers on one loop are fine).
+reuses a pre-allocated input buffer per thread, so one instance serves the event loop and
+worker threads alike.
 
 Explanations are faithful to the model: each feature is set back to the population
 reference stored in the card (the training median) and the change of the *model's*
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -70,7 +71,7 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
 class ChurnModel:
     """A loaded churn model (ONNX session + model card). Build with :meth:`load`."""
 
-    __slots__ = ("_buf", "_explain_buf", "_feed", "_input", "_outputs", "_ref", "_session", "card", "path", "version")
+    __slots__ = ("_input", "_local", "_outputs", "_ref", "_session", "card", "path", "version")
 
     def __init__(self, session: Any, card: dict[str, Any], path: Path) -> None:
         self._session = session
@@ -79,11 +80,9 @@ class ChurnModel:
         self.version: str = str(card["version"])
         self._input: str = session.get_inputs()[0].name
         self._outputs: list[str] = [session.get_outputs()[0].name]
-        self._buf = np.zeros((1, N_FEATURES), dtype=np.float32)
-        self._feed = {self._input: self._buf}
+        self._local = threading.local()
         values = card["reference"]["values"]
         self._ref = np.asarray([float(values[name]) for name in FEATURE_NAMES], dtype=np.float32)
-        self._explain_buf = np.empty((N_FEATURES + 1, N_FEATURES), dtype=np.float32)
 
     @property
     def horizon_days(self) -> int:
@@ -137,8 +136,14 @@ class ChurnModel:
 
     def predict_one(self, row: Sequence[float]) -> float:
         """Churn probability of one feature row (``router.features.features`` output)."""
-        self._buf[0] = row
-        return float(self._session.run(self._outputs, self._feed)[0][0])
+        try:
+            buf, feed = self._local.one
+        except AttributeError:  # first call on this thread
+            buf = np.zeros((1, N_FEATURES), dtype=np.float32)
+            feed = {self._input: buf}
+            self._local.one = (buf, feed)
+        buf[0] = row
+        return float(self._session.run(self._outputs, feed)[0][0])
 
     def explain(self, row: Sequence[float], top: int = 3) -> list[Factor]:
         """The ``top`` features that move this customer's score most, largest first.
@@ -146,7 +151,7 @@ class ChurnModel:
         Effect of a feature = score(row) - score(row with that feature at the reference).
         Features equal to the reference, or whose effect is below 0.1 points, are left out.
         """
-        buf = self._explain_buf
+        buf = np.empty((N_FEATURES + 1, N_FEATURES), dtype=np.float32)
         buf[:] = row
         ref = self._ref
         idx = np.arange(N_FEATURES)

@@ -185,3 +185,18 @@ def test_reload_is_cheap_and_shadow_comparison_works(
     assert diff.candidate_version == "churn-v2" and diff.rows == len(rows)
     assert diff.spearman == pytest.approx(1.0) and diff.top_decile_overlap == 1.0
     assert diff.mean_abs_diff > 0.01 and diff.alerts_candidate >= diff.alerts_live
+
+
+def test_predict_one_is_safe_from_several_threads(model: ChurnModel, rows: npt.NDArray[np.float32]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = model.predict(rows)
+    lists = [r.tolist() for r in rows]
+
+    def score(offset: int) -> list[float]:
+        return [model.predict_one(lists[(offset + i) % len(lists)]) for i in range(len(lists))]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(score, [0, 7, 13, 29]))
+    for offset, got in zip([0, 7, 13, 29], results, strict=True):
+        np.testing.assert_allclose(got, np.roll(expected, -offset), atol=1e-7)
