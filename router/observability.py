@@ -162,7 +162,7 @@ def _incoming_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # Digits with phone-like separators; the candidate is checked further in _phone().
 _PHONE = re.compile(r"(?<![\w.+/-])(?:\+|00)?\(?\d[\d ()./-]{5,}\d(?![\w])")
-_DATE_LIKE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}:\d{2}")
+_DATE = re.compile(r"(?:19|20)\d{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])")
 _DECIMAL = re.compile(r"\d+\.\d+")
 _DOTTED_QUAD = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 
@@ -177,7 +177,7 @@ def _phone(match: re.Match[str]) -> str:
     # A bare run of digits not starting like a phone number is an offset, an id, a time.
     if not (international or separated or text.startswith("0")):
         return text
-    if _DECIMAL.fullmatch(text) or _DOTTED_QUAD.fullmatch(text) or _DATE_LIKE.match(text):
+    if _DECIMAL.fullmatch(text) or _DOTTED_QUAD.fullmatch(text) or _DATE.search(text):
         return text
     return "<phone>"
 

@@ -41,7 +41,7 @@ from litestar.testing import TestClient
 from prometheus_client import REGISTRY
 
 from router.infra import ManagedProcess, free_port
-from router.observability import RequestMetricsMiddleware
+from router.observability import RequestMetricsMiddleware, prepare_multiprocess
 from router.settings import Settings, to_env
 from schemas.events import CustomerEvent, CustomerProfile, OrderPlaced, SubscriptionChanged, Usage
 from tests.conftest import SettingsFactory
@@ -493,3 +493,25 @@ def test_install_script_leaves_no_service_running(prom_tools: tuple[str, str]) -
     ps = subprocess.run(["ps", "-eo", "user:32,comm"], capture_output=True, text=True, timeout=10, check=True)
     service = [ln for ln in ps.stdout.splitlines() if ln.split() == ["prometheus", "prometheus"]]
     assert not service, f"a packaged Prometheus is running: {service}"
+
+
+def test_multiprocess_directory_is_prepared_before_workers_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    assert prepare_multiprocess(1) is None  # one process keeps its metrics in memory
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+    created = prepare_multiprocess(2)  # several workers: a private directory, exported
+    assert created is not None and created.is_dir()
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(created)
+
+    # a directory given by the operator loses the files of earlier processes, keeps ours
+    given = tmp_path / "given"
+    given.mkdir()
+    stale, own = given / "counter_1.db", given / f"counter_{os.getpid()}.db"
+    stale.write_bytes(b"x")
+    own.write_bytes(b"x")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(given))
+    assert prepare_multiprocess(4) == given
+    assert not stale.exists() and own.exists()
