@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -244,3 +245,25 @@ def test_cli_train_end_to_end(trained: Run, tmp_path: Path) -> None:
     model = ChurnModel.load(out)
     assert model.version == "churn-cli"
     assert model.card["training"]["holdout_cutoff"] == ["2025-09-29T00:00:00+00:00"]
+
+
+async def test_training_rows_equal_what_the_running_consumer_stores(
+    trained: Run, settings: Callable[..., Settings]
+) -> None:
+    """The real serving path: Kafka -> state consumer -> Redis snapshot -> features at the cutoff."""
+    from tests.helpers import produce, read_snapshot, running_consumer, state_store, wait_until_caught_up
+
+    s = settings()
+    cutoff = CUTOFFS[-1]
+    k = len(CUTOFFS) - 1
+    rows = {cid: i for i, cid in enumerate(trained.data.customer_ids) if trained.data.cutoff_index[i] == k}
+    chosen = sorted(rows)[:12]
+    events = [e for e in trained.events if e.customer_id in chosen and e.occurred_at <= cutoff]
+    await produce(s, events)
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, len(events))
+    async with state_store(s) as store:
+        for cid in chosen:
+            snap = await read_snapshot(store, cid)
+            assert snap is not None
+            assert features(snap, int(cutoff.timestamp())) == trained.data.X[rows[cid]].tolist(), cid
