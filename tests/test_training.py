@@ -50,7 +50,7 @@ class Run:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """A real training run on a small history (fast, but every step of `router train`)."""
     tmp = tmp_path_factory.mktemp("training")
-    events = list(generate_history(400, START, END, seed=21))
+    events = list(generate_history(300, START, END, seed=21))
     path = tmp / "history.jsonl"
     write_jsonl(events, path)
     out = tmp / "churn-test.onnx"
