@@ -9,6 +9,7 @@ import io
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -168,3 +169,12 @@ async def test_produce_demo_stops_cleanly_when_cancelled(settings: Callable[...,
     records = await _consume_all(s, expect_at_least=1)
     assert any(isinstance(event_decoder.decode(v), TicketOpened | Usage) for _, v in records)
     msgspec.json.decode(records[0][1])
+
+
+def test_cli_generate_writes_the_same_history(tmp_path: Path) -> None:
+    from router.cli import main
+
+    out = tmp_path / "h.jsonl"
+    assert main(["generate", "--customers", "40", "--months", "2", "--seed", "3", "--out", str(out)]) == 0
+    expected = b"".join(event_encoder.encode(e) + b"\n" for e in generate_history(40, *history_window(2), seed=3))
+    assert out.read_bytes() == expected
