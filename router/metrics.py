@@ -64,7 +64,7 @@ DEGRADED_CAUSES = ("redis_unavailable", "model_unavailable", "model_failed")
 """Fallbacks the decision service can take (label ``cause`` of :data:`DEGRADED`)."""
 _DEAD_LETTER_REASONS = ("empty_value", "undecodable", "schema_invalid", "reducer_error", "too_late")
 _DUPLICATE_KINDS = ("event_id", "redelivered", "cas_conflict")
-_SIGNATURE_FAILURES = ("missing", "stale", "mismatch")
+_SIGNATURE_FAILURES = ("missing", "stale", "mismatch", "replayed")
 _REDIS_ERROR_CLASSES = ("ConnectionError", "TimeoutError")
 
 

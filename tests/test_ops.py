@@ -53,6 +53,7 @@ PROM = DEPLOY / "prometheus"
 RULE_FILES = [PROM / "recording.yml", PROM / "alerts.yml"]
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "router.json"
 RATE_INTERVAL = "10s"
+_API_KEY = "ops-test-secret-0123456789abcdef"
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
@@ -306,7 +307,10 @@ def live_stack(
     settings: SettingsFactory, prom_tools: tuple[str, str], tmp_path: Path
 ) -> Iterator[tuple[Settings, int, Path, _Prometheus, list[ManagedProcess]]]:
     prometheus, _ = prom_tools
-    s = settings(api={"workers": 2})
+    sections: dict[str, dict[str, Any]] = {"api": {"workers": 2}}
+    if "auth" in Settings.__struct_fields__:
+        sections["auth"] = {"keys": f"ops-test:helpdesk+telephony+chatbot:{_API_KEY}"}
+    s = settings(**sections)
     health_port = free_port()
     prom_port = free_port()
     multiproc = tmp_path / "metrics"
@@ -384,7 +388,7 @@ def test_dashboard_and_rules_query_live_metrics(
     live_stack: tuple[Settings, int, Path, _Prometheus, list[ManagedProcess]],
 ) -> None:
     s, health_port, multiproc, prom, procs = live_stack
-    api = httpx.Client(base_url=f"http://127.0.0.1:{s.api.port}", timeout=5)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{s.api.port}", timeout=5, headers={"X-API-Key": _API_KEY})
     consumer = httpx.Client(base_url=f"http://127.0.0.1:{health_port}", timeout=5)
     try:
         _wait("API ready", lambda: api.get("/health/ready").status_code == 200, procs)
