@@ -246,6 +246,10 @@ def test_dockerfile_is_small_non_root_and_health_checked() -> None:
     assert "[dev]" not in text and "[train]" not in text
     ignore = [ln for ln in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines() if not ln.startswith("#")]
     assert ignore[0] == "**", "the build context is an allow-list"
+    for line in re.findall(r"^COPY\s+(?!--from)(.+)$", text, re.M):
+        for source in line.split()[:-1]:
+            assert (ROOT / source).exists(), f"COPY source {source} is not in the repository"
+            assert {f"!{source}", f"!{source}/**"} & set(ignore), f"{source} is not in the build context"
 
 
 def test_dashboard_refers_to_the_provisioned_datasource() -> None:
