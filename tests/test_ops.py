@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -436,6 +437,10 @@ def test_dashboard_and_rules_query_live_metrics(
             )
 
         _wait("scrapes after the traffic", scraped_after_traffic, procs, timeout=30)
+        # recording rules need one evaluation (every 1 s) after the series have two samples
+        records = [r["record"] for r in _rules() if "record" in r]
+        with contextlib.suppress(AssertionError):
+            _wait("recording rules", lambda: all(prom.query(r) for r in records), procs, timeout=15)
         for _ in range(3):  # whichever worker answers the scrape
             text = api.get("/metrics", headers={"Connection": "close"}).text
             assert _total(text, "router_http_requests_total", 'route="/v1/classify"') == classify
