@@ -134,29 +134,36 @@ class Keys:
 
 # Many customers in one call. KEYS: (customer hash, CLV histogram shard, KPI shard) triples,
 # all with one hash tag on Redis Cluster. ARGV per customer: expected offsets ('' = none), new
-# offsets, snapshot, scores, old bin ('' = none), new bin ('' = none), n, then n (field, delta)
-# KPI increments. Returns 1/0 per customer: 0 when the stored offsets changed since the read.
-_APPLY_LUA = """
-local ok = {}
-local a = 0
+# offsets, snapshot, scores, and "old bin,new bin[,field,delta]..." ('-' = no bin) for the
+# histogram move and KPI increments. Returns 1/0 per customer: 0 when the stored offsets
+# changed since the read (nothing of that customer is written then). Increments are summed per
+# field in Lua first: a batch of customers costs one HINCRBY(FLOAT) per touched field.
+_APPLY_LUA = r"""
+local ok, hist, kpi = {}, {}, {}
 for i = 1, #KEYS / 3 do
-  local c, h, kpi = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local n = tonumber(ARGV[a + 7])
-  local cur = redis.call('HGET', c, 'm')
-  if (cur or '') == ARGV[a + 1] then
+  local c, h, k, a = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], 5 * (i - 1)
+  if (redis.call('HGET', c, 'm') or '') == ARGV[a + 1] then
     redis.call('HSET', c, 'm', ARGV[a + 2], 's', ARGV[a + 3], 'k', ARGV[a + 4])
-    if ARGV[a + 5] ~= ARGV[a + 6] then
-      if ARGV[a + 5] ~= '' then redis.call('HINCRBY', h, ARGV[a + 5], -1) end
-      if ARGV[a + 6] ~= '' then redis.call('HINCRBY', h, ARGV[a + 6], 1) end
+    local parts = {}
+    for p in string.gmatch(ARGV[a + 5], '[^,]+') do parts[#parts + 1] = p end
+    if parts[1] ~= parts[2] then
+      if parts[1] ~= '-' then local x = h .. '\n' .. parts[1]; hist[x] = (hist[x] or 0) - 1 end
+      if parts[2] ~= '-' then local x = h .. '\n' .. parts[2]; hist[x] = (hist[x] or 0) + 1 end
     end
-    for j = 1, n do
-      redis.call('HINCRBYFLOAT', kpi, ARGV[a + 6 + 2 * j], ARGV[a + 7 + 2 * j])
+    for j = 3, #parts - 1, 2 do
+      local x = k .. '\n' .. parts[j]
+      kpi[x] = (kpi[x] or 0) + tonumber(parts[j + 1])
     end
     ok[i] = 1
   else
     ok[i] = 0
   end
-  a = a + 7 + 2 * n
+end
+for x, d in pairs(hist) do
+  if d ~= 0 then local key, field = string.match(x, '^(.-)\n(.*)$'); redis.call('HINCRBY', key, field, d) end
+end
+for x, d in pairs(kpi) do
+  if d ~= 0 then local key, field = string.match(x, '^(.-)\n(.*)$'); redis.call('HINCRBYFLOAT', key, field, d) end
 end
 return ok
 """
@@ -281,17 +288,16 @@ class StateStore:
                 h = op.customer_key
                 keys += (self.keys.customer(h), self.keys.histogram(h), self.keys.kpi(h))
                 new_bin = op.scores.clv_bin
+                moves = ["-" if op.old_bin is None else str(op.old_bin), "-" if new_bin is None else str(new_bin)]
+                for field, delta in op.kpi.items():
+                    moves += (field, repr(delta))
                 args += (
                     op.expected_marks or b"",
                     _enc.encode(op.marks),
                     _enc.encode(op.snapshot),
                     _enc.encode(op.scores),
-                    "" if op.old_bin is None else str(op.old_bin),
-                    "" if new_bin is None else str(new_bin),
-                    str(len(op.kpi)),
+                    ",".join(moves),
                 )
-                for field, delta in op.kpi.items():
-                    args += (field, repr(delta))
             pipe.execute_command("EVALSHA", self._apply_sha, len(keys), *keys, *args)
         for key, parts in offsets.items():
             if parts:
