@@ -34,6 +34,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from router import metrics
 
 if TYPE_CHECKING:  # the consumer imports this module too, and needs no web framework
+    from litestar.logging.config import LoggingConfig
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "RequestMetricsMiddleware",
     "bind_decision_id",
     "current_request_id",
+    "litestar_logging_config",
     "logging_config",
     "metrics_payload",
     "prepare_multiprocess",
@@ -272,6 +274,22 @@ def logging_config(level: str = "info", *, access_log: bool = False) -> dict[str
             "aiokafka": {"handlers": [], "level": "WARNING" if lvl in {"DEBUG", "INFO"} else lvl, "propagate": True},
         },
     }
+
+
+def litestar_logging_config(level: str = "info") -> LoggingConfig:
+    """Litestar's ``logging_config``: its logger (unhandled exceptions with their traceback)
+    propagates into the JSON handler of :func:`setup_logging` instead of replacing the root
+    logger's configuration with Litestar's own text format."""
+    from litestar.logging.config import LoggingConfig
+
+    return LoggingConfig(
+        configure_root_logger=False,
+        formatters={"standard": {"()": "router.observability.JsonFormatter"}},
+        # Litestar adds a console handler and a queue listener thread unless these exist.
+        handlers={"console": {"class": "logging.NullHandler"}, "queue_listener": {"class": "logging.NullHandler"}},
+        loggers={"litestar": {"level": level.upper(), "handlers": [], "propagate": True}},
+        log_exceptions="always",
+    )
 
 
 def setup_logging(level: str = "info", *, access_log: bool = False) -> None:

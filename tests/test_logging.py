@@ -168,3 +168,24 @@ def test_an_unknown_level_is_refused() -> None:
     code = "from router.observability import setup_logging\nsetup_logging('chatty')\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "CHATTY" in done.stderr
+
+
+def test_litestar_reports_unhandled_errors_through_the_json_handler() -> None:
+    code = (
+        "import logging\n"
+        "from litestar import Litestar, get\n"
+        "from litestar.testing import TestClient\n"
+        "from router.observability import RequestMetricsMiddleware, litestar_logging_config, setup_logging\n"
+        "setup_logging('info')\n"
+        "@get('/boom', sync_to_thread=False)\n"
+        "def boom() -> str:\n"
+        "    raise RuntimeError('cannot reach anna@example.com')\n"
+        "app = Litestar([boom], middleware=[RequestMetricsMiddleware], logging_config=litestar_logging_config('info'))\n"
+        "with TestClient(app) as client:\n"
+        "    print(client.get('/boom').headers['x-request-id'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # every line is JSON
+    (error,) = [entry for entry in lines if entry["logger"] == "litestar"]
+    assert error["level"] == "ERROR" and error["request_id"] == done.stdout.strip()
+    assert "RuntimeError" in str(error["exc"]) and "anna@" not in done.stderr
