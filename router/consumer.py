@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -29,6 +30,7 @@ import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter
 
 from router import metrics
 from router.features import features
@@ -234,7 +236,7 @@ class StateConsumer:
                     out.dead.append(_Dead(p.record, "reducer_error", exc))
                     metrics.EVENTS_APPLIED.labels(str(etype), "reducer_error").inc()
                     continue
-                metrics.EVENTS_APPLIED.labels(str(etype), result.value).inc()
+                _applied_counter(str(etype), result.value).inc()
                 if result is Applied.TOO_LATE:
                     metrics.LATE_EVENTS.inc()
                     out.dead.append(_Dead(p.record, "too_late", _TooLate(lateness)))
@@ -358,6 +360,12 @@ class StateConsumer:
         if futures:
             await asyncio.gather(*futures)
             metrics.ALERTS.inc(len(out.alerts))
+
+
+@functools.cache
+def _applied_counter(etype: str, result: str) -> Counter:
+    # label lookup costs ~2 us; per event that is a tenth of the fold, so resolve each child once
+    return metrics.EVENTS_APPLIED.labels(etype, result)
 
 
 _TOTAL_NAMES = ("customers", "active_subscriptions", "mrr", "cac_sum")

@@ -213,3 +213,30 @@ async def test_portfolio_counters_follow_subscriptions_exactly_once(settings: Se
     assert (d["expansion_mrr"], d["contraction_mrr"], d["cancellations"], d["churned_mrr"]) == (20, 10, 1, 50)
     assert sum(counters.churn_hist.values()) == 3
     assert sum(counters.clv_hist.values()) == 3
+
+
+async def test_health_reports_lag_and_detects_a_stuck_consumer(settings: SettingsFactory) -> None:
+    import asyncio
+
+    import httpx
+
+    from router.consumer import consumer_stack
+    from router.infra import free_port
+
+    port = free_port()
+    s = settings(stream={"health_port": port, "stuck_after_s": 1.5})
+    await produce(s, _history("H1", 30, random.Random(3)))
+    async with consumer_stack(s) as worker, httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        stop = asyncio.Event()
+        loop_task = asyncio.create_task(worker.run(stop))
+        await wait_until_caught_up(worker, s, 31)
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 200 and "lag 0" in ready.text
+        assert (await http.get("/health/live")).status_code == 200
+        text = (await http.get("/metrics")).text
+        assert "router_consumer_last_poll_timestamp_seconds" in text and "router_consumer_lag_records" in text
+        stop.set()  # the poll loop ends while the process lives on: exactly what a hung consumer looks like
+        await loop_task
+        await asyncio.sleep(2.0)
+        stuck = await http.get("/health/ready")
+        assert stuck.status_code == 503 and "stuck" in stuck.text

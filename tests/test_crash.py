@@ -44,7 +44,9 @@ def _events(rnd: random.Random) -> tuple[list[CustomerEvent], dict[str, list[Cus
         if r < 0.5:
             e = Usage(event_id=f"e{i}", customer_id=cid, occurred_at=t, logins=rnd.randint(0, 5))
         elif r < 0.85:
-            e = OrderPlaced(event_id=f"e{i}", customer_id=cid, occurred_at=t, order_id=f"o{i}", amount=rnd.randint(1, 99))
+            e = OrderPlaced(
+                event_id=f"e{i}", customer_id=cid, occurred_at=t, order_id=f"o{i}", amount=rnd.randint(1, 99)
+            )
         else:
             e = TicketOpened(event_id=f"e{i}", customer_id=cid, occurred_at=t, ticket_id=f"t{i}")
         per.setdefault(cid, []).append(e)

@@ -60,7 +60,9 @@ def histories(draw: st.DrawFn, with_erasure: bool = False) -> tuple[list[Custome
     offsets = sorted(draw(st.lists(st.integers(0, 200 * DAY), min_size=n, max_size=n)))
     kinds = draw(st.lists(st.integers(0, 8), min_size=n, max_size=n))
     xs = draw(st.lists(st.integers(0, 10_000), min_size=n, max_size=n))
-    events = [_event(k, i, T0 + timedelta(seconds=o), x) for i, (k, o, x) in enumerate(zip(kinds, offsets, xs, strict=True))]
+    events = [
+        _event(k, i, T0 + timedelta(seconds=o), x) for i, (k, o, x) in enumerate(zip(kinds, offsets, xs, strict=True))
+    ]
     if with_erasure and draw(st.booleans()):
         at = draw(st.integers(0, 200 * DAY))
         events.append(ErasureRequested(event_id="erase", customer_id="C1", occurred_at=T0 + timedelta(seconds=at)))
