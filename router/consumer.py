@@ -38,6 +38,7 @@ from router.health import HealthServer
 from router.identity import IdentityHasher
 from router.kafka import consumer_config, producer_config
 from router.model import ChurnModel, ModelError
+from router.observability import setup_logging
 from router.reducer import DAY, Applied, Snapshot, fold
 from router.scoring import clv, clv_bin
 from router.settings import Settings
@@ -114,6 +115,9 @@ class StateConsumer:
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         # Batches complete before the next poll, so the state is already written: just commit.
         self.assigned.difference_update(revoked)
+        for tp in revoked:  # another member reports these now; a stale gauge would double the lag
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(str(tp.partition))
         with contextlib.suppress(Exception):
             await self.consumer.commit()
 
@@ -436,7 +440,7 @@ def _decode(rec: ConsumerRecord[bytes, bytes], dead: list[_Dead]) -> CustomerEve
 
 async def run_consumer(settings: Settings) -> None:
     """Run one consumer process until SIGINT/SIGTERM; each resource opens and closes in order."""
-    logging.basicConfig(level=settings.api.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(settings.api.log_level)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
