@@ -82,6 +82,12 @@ def _topics(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _shadow_report(args: argparse.Namespace, settings: Settings) -> int:
+    from router.shadow import print_shadow_report
+
+    return asyncio.run(print_shadow_report(settings))
+
+
 def _export_schemas(args: argparse.Namespace, settings: Settings) -> int:
     from schemas.export import write_schemas
 
@@ -129,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(train)
     train.set_defaults(func=_train)
+
+    sub.add_parser(
+        "shadow-report", help="how the shadow (candidate) model compares with the live one"
+    ).set_defaults(func=_shadow_report)
 
     schemas = sub.add_parser("export-schemas", help="write JSON Schemas of the contracts to schemas/json")
     schemas.add_argument("--check", action="store_true", help="fail if the committed files differ")

@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -37,7 +38,7 @@ from router.features import features
 from router.health import HealthServer
 from router.identity import IdentityHasher
 from router.kafka import consumer_config, producer_config
-from router.model import ChurnModel, ModelError
+from router.model import ChurnModel, Comparison, ModelError, compare
 from router.observability import setup_logging
 from router.reducer import DAY, Applied, Snapshot, fold
 from router.scoring import clv, clv_bin
@@ -51,6 +52,8 @@ __all__ = ["StateConsumer", "consumer_stack", "run_consumer"]
 log = logging.getLogger("router.consumer")
 
 _MAX_CAS_RETRIES = 5
+_SHADOW_REPORT_S = 10.0
+_SHADOW_ROWS = 20_000
 _alert_encoder = msgspec.json.Encoder()
 
 
@@ -97,6 +100,7 @@ class StateConsumer:
         model: ChurnModel | None,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
+        shadow: ChurnModel | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -109,6 +113,9 @@ class StateConsumer:
         self.assigned: set[TopicPartition] = set()
         self.applied = 0
         self.lag = 0
+        self.shadow = shadow
+        self._shadow_rows: list[np.ndarray[Any, np.dtype[np.float32]]] = []
+        self._shadow_reported = 0.0
 
     # -- rebalance -------------------------------------------------------------------------
 
@@ -154,6 +161,9 @@ class StateConsumer:
                 backoff = min(backoff * 2, 5.0)
                 continue
             await self._report_lag()
+        if self.shadow is not None:
+            with contextlib.suppress(Exception):  # best effort on the way out
+                await self.report_shadow()
 
     async def _report_lag(self) -> None:
         lag = 0
@@ -207,6 +217,23 @@ class StateConsumer:
         tps = {tp: next_offsets[tp.partition] for tp in batch if tp in self.assigned}
         if tps:
             await self.consumer.commit(tps)
+        if self.shadow is not None and time.monotonic() - self._shadow_reported > _SHADOW_REPORT_S:
+            await self.report_shadow()
+
+    async def report_shadow(self) -> Comparison | None:
+        """Compare the shadow model with the live one on recently scored customers; store the report."""
+        if self.shadow is None or self.model is None or not self._shadow_rows:
+            return None
+        rows = np.concatenate(self._shadow_rows)[-_SHADOW_ROWS:]
+        self._shadow_rows = [rows]
+        self._shadow_reported = time.monotonic()
+        report = compare(self.model, self.shadow, rows, alert_threshold=self.settings.stream.churn_alert_threshold)
+        await self.store.client.set(self.store.keys.shadow_report(), msgspec.json.encode(report))
+        log.info(
+            "shadow %s vs live %s on %d customers: mean |diff| %.4f, alert agreement %.3f",
+            report.candidate_version, report.live_version, report.rows, report.mean_abs_diff, report.alert_agreement,
+        )  # fmt: skip
+        return report
 
     async def _fold(self, by_customer: dict[str, list[_Pending]]) -> _Outcome:
         out = _Outcome()
@@ -298,6 +325,8 @@ class StateConsumer:
             except ModelError as exc:
                 log.error("churn model failed on a batch: %s", exc)
             metrics.MODEL_SECONDS.labels("consumer").observe(time.perf_counter() - t0)
+        if self.shadow is not None and churn is not None:
+            self._shadow_rows.append(rows)
         threshold = self.settings.stream.churn_alert_threshold
         rearm = threshold - self.settings.stream.alert_rearm_margin
         for i, (op, prev) in enumerate(live):
@@ -472,6 +501,13 @@ async def consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
     except ModelError as exc:
         log.error("churn model unavailable, scores keep their last values: %s", exc)
         model = None
+    shadow: ChurnModel | None = None
+    if settings.model.shadow_path:
+        try:
+            shadow = ChurnModel.load(settings.model.shadow_path)
+            log.info("shadow model %s scored beside live %s", shadow.version, model.version if model else "none")
+        except ModelError as exc:
+            log.error("shadow model not loaded: %s", exc)
     kafka = settings.kafka
     producer = AIOKafkaProducer(**producer_config(kafka))
     consumer = AIOKafkaConsumer(
@@ -480,7 +516,7 @@ async def consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
         heartbeat_interval_ms=max(100, kafka.session_timeout_ms // 4),
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
-    worker = StateConsumer(settings, store, model, consumer, producer)
+    worker = StateConsumer(settings, store, model, consumer, producer, shadow)
     consumer.subscribe([kafka.events_topic], listener=_Rebalance(worker))
     health = HealthServer(settings.stream.health_host, settings.stream.health_port, worker.ready)
     try:

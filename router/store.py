@@ -128,6 +128,9 @@ class Keys:
     def email(self, h: str) -> str:
         return f"{self.prefix}:{{{h[:2]}}}:e:{h}"
 
+    def shadow_report(self) -> str:
+        return f"{self.prefix}:{{shadow}}:report"
+
     def offsets(self, group: str, topic: str) -> str:
         return f"{self.prefix}:{{off}}:{group}:{topic}"
 
