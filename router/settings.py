@@ -83,6 +83,8 @@ class StreamSettings(msgspec.Struct, kw_only=True):
 class ModelSettings(msgspec.Struct, kw_only=True):
     path: str = str(_ROOT / "models" / "churn-v1.onnx")
     """ONNX churn model; its model card (.json) sits beside it."""
+    shadow_path: str = ""
+    """Candidate ONNX model scored in shadow by the consumer beside the live one (empty: none)."""
     horizon_days: int = 90
     """Horizon the churn probability refers to."""
     default_margin_rate: float = 0.3
