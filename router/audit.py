@@ -1,8 +1,10 @@
-"""Audit trail of decisions: recorded off the request's critical path, without clear PII.
+"""Audit trail of decisions and admin actions: off the request's critical path, without clear PII.
 
 The request handler only appends to an in-process queue (O(1), never blocks); a background
 task drains it in batches into Redis streams: one global stream with a retention cap, and
 one short stream per customer (keyed by the customer's keyed hash) for the transparency view.
+Admin actions (override, erasure, reloads) are :class:`AdminRecord` entries in the same
+streams, naming the API key that acted. Records are a tagged union on ``kind``.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import msgspec
 from router import metrics
 from router.store import RedisClient
 
-__all__ = ["AuditRecord", "AuditWriter"]
+__all__ = ["AdminRecord", "AnyRecord", "AuditRecord", "AuditWriter"]
 
 log = logging.getLogger("router.audit")
 
 
-class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="decision"):
     """One decision as recorded. ``customer_key`` is the keyed hash, never the clear id."""
 
     decision_id: str
@@ -38,10 +40,25 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
     policy_version: str
     override: str | None = None
     degraded_cause: str | None = None
-    kind: str = "decision"
 
+
+class AdminRecord(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="admin"):
+    """An administrative action: who (API key name), what, on whom (keyed hash), with what detail."""
+
+    action: str
+    """``override_set``, ``override_removed``, ``erasure_requested``, ``outcome_recorded``, ``policy_reload``, ..."""
+    at: float
+    actor: str
+    customer_key: str | None = None
+    detail: str | None = None
+    """Free text without personal data (a tier, a version, a reason code)."""
+    decision_id: str | None = None
+
+
+AnyRecord = AuditRecord | AdminRecord
 
 _enc = msgspec.json.Encoder()
+_dec: msgspec.json.Decoder[AnyRecord] = msgspec.json.Decoder(AnyRecord)
 
 
 class AuditWriter:
@@ -53,13 +70,13 @@ class AuditWriter:
         self.prefix = prefix
         self.maxlen = maxlen
         self.per_customer = per_customer
-        self.queue: asyncio.Queue[AuditRecord] = asyncio.Queue(maxsize=50_000)
+        self.queue: asyncio.Queue[AnyRecord] = asyncio.Queue(maxsize=50_000)
         self._task: asyncio.Task[None] | None = None
 
     def customer_stream(self, customer_key: str) -> str:
         return f"{self.prefix}:{{{customer_key[:2]}}}:a:{customer_key}"
 
-    def record(self, rec: AuditRecord) -> None:
+    def record(self, rec: AnyRecord) -> None:
         """Enqueue without waiting; never raises into the request."""
         try:
             self.queue.put_nowait(rec)
@@ -96,7 +113,7 @@ class AuditWriter:
                 for _ in batch:
                     self.queue.task_done()
 
-    async def _write(self, batch: list[AuditRecord]) -> None:
+    async def _write(self, batch: list[AnyRecord]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for rec in batch:
             fields = {"r": _enc.encode(rec)}
@@ -105,8 +122,17 @@ class AuditWriter:
                 pipe.xadd(self.customer_stream(rec.customer_key), fields, maxlen=self.per_customer, approximate=True)  # type: ignore[arg-type]
         await pipe.execute()
 
-    async def for_customer(self, customer_key: str, count: int = 50) -> list[AuditRecord]:
+    async def for_customer(self, customer_key: str, count: int = 50) -> list[AnyRecord]:
         """Most recent records of one customer, newest first."""
         rows: Any = await self.client.xrevrange(self.customer_stream(customer_key), count=count)
-        dec = msgspec.json.Decoder(AuditRecord)
-        return [dec.decode(fields[b"r"]) for _, fields in rows]
+        return [_dec.decode(fields[b"r"]) for _, fields in rows]
+
+    async def forget_customer(self, customer_key: str) -> int:
+        """Delete the customer's own stream (erasure); the global stream keeps only keyed hashes."""
+        deleted: Any = await self.client.delete(self.customer_stream(customer_key))
+        return int(deleted)
+
+    async def flush(self, timeout_s: float = 2.0) -> None:
+        """Wait until everything queued so far was written (or dropped); for tests and shutdown."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.queue.join(), timeout_s)

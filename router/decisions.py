@@ -1,9 +1,18 @@
 """The decision service: customer reference -> snapshot -> scores -> policy -> decision.
 
 One Redis round trip for a customer id (two for a phone number or e-mail: index, then
-snapshot). Everything else is in-process: features, ONNX inference, CLV percentile from a
+snapshot): the snapshot and a person's tier override share a hash tag and are read in one
+pipeline. Everything else is in-process: features, ONNX inference, CLV percentile from a
 periodically refreshed copy of the population histogram, policy. The audit record is
 queued, not written, before the answer goes out.
+
+Degraded mode: a Redis fault (or a call slower than ``redis.timeout_ms``) gives a rule-based
+decision for an unknown customer marked ``degraded``; after a few consecutive faults a small
+circuit breaker skips Redis for ``redis.breaker_reset_ms`` and then lets one request probe,
+so a dead Redis costs no timeout per request and a recovered one is used again by itself.
+Model and policy are swapped by reassigning one attribute (:meth:`DecisionService.reload_model`,
+:meth:`DecisionService.reload_policy`); a request reads each reference once, so it sees
+either the old or the new object, never a mix, and no request is dropped.
 """
 
 from __future__ import annotations
@@ -14,7 +23,9 @@ import logging
 import os
 import time
 from datetime import UTC, datetime
+from typing import Any
 
+import msgspec
 from redis.exceptions import RedisError
 
 from router import metrics
@@ -22,24 +33,67 @@ from router.audit import AuditRecord, AuditWriter
 from router.errors import BadInput
 from router.features import FEATURE_NAMES, features
 from router.identity import IdentityHasher, InvalidIdentifier, normalise_email, normalise_phone
-from router.model import ChurnModel, ModelError
-from router.policy import DecisionInput, Policy, decide
+from router.model import ChurnModel
+from router.overrides import decode_override, override_key
+from router.policy import DecisionInput, Policy, decide, load_policy
 from router.reducer import Snapshot
 from router.scoring import ClvDistribution, advocacy_score, clv, sentiment_label, upsell_score
 from router.settings import Settings
-from router.store import CustomerRecord, StateStore
-from schemas.api import ClassifyRequest, CustomerRef, Decision, ScoreCard
+from router.store import CustomerRecord, Scores, StateStore
+from schemas.api import ClassifyRequest, CustomerRef, Decision, Override, ScoreCard
 
-__all__ = ["DecisionService", "Resolved"]
+__all__ = ["Breaker", "DecisionService", "Resolved"]
 
 log = logging.getLogger("router.decisions")
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_REDIS_FAULTS = (RedisError, OSError, TimeoutError)
+_snapshot_dec = msgspec.msgpack.Decoder(Snapshot)
+_scores_dec = msgspec.msgpack.Decoder(Scores)
+
+
+class Breaker:
+    """Tiny circuit breaker: open after ``threshold`` consecutive faults, probe after ``reset_s``."""
+
+    __slots__ = ("_failures", "_open_until", "reset_s", "threshold")
+
+    def __init__(self, threshold: int = 3, reset_s: float = 1.0) -> None:
+        self.threshold = threshold
+        self.reset_s = reset_s
+        self._failures = 0
+        self._open_until = 0.0
+
+    @property
+    def open(self) -> bool:
+        return self._failures >= self.threshold
+
+    def allow(self) -> bool:
+        """May a request try Redis? While open, one probe per ``reset_s`` gets through."""
+        if self._failures < self.threshold:
+            return True
+        now = time.monotonic()
+        if now < self._open_until:
+            return False
+        self._open_until = now + self.reset_s  # this request is the probe; others keep skipping
+        return True
+
+    def success(self) -> None:
+        if self._failures:
+            if self._failures >= self.threshold:
+                log.info("Redis answers again: circuit closed")
+            self._failures = 0
+
+    def failure(self) -> None:
+        self._failures += 1
+        if self._failures == self.threshold:
+            log.warning("Redis failing: circuit open, decisions degraded until a probe succeeds")
+        if self._failures >= self.threshold:
+            self._open_until = time.monotonic() + self.reset_s
 
 
 class Resolved:
     """A customer reference resolved against Redis."""
 
-    __slots__ = ("customer_id", "customer_key", "degraded_cause", "record")
+    __slots__ = ("customer_id", "customer_key", "degraded_cause", "override", "record")
 
     def __init__(
         self,
@@ -47,11 +101,13 @@ class Resolved:
         customer_key: str | None,
         record: CustomerRecord | None,
         degraded_cause: str | None,
+        override: Override | None = None,
     ) -> None:
         self.customer_id = customer_id
         self.customer_key = customer_key
         self.record = record
         self.degraded_cause = degraded_cause
+        self.override = override
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -77,6 +133,8 @@ class DecisionService:
         self.policy = policy
         self.audit = audit
         self.distribution = ClvDistribution({})
+        self.breaker = Breaker(reset_s=settings.redis.breaker_reset_ms / 1000)
+        self._timeout_s = settings.redis.timeout_ms / 1000
         self._refresher: asyncio.Task[None] | None = None
         self._seq = 0
         self._node = os.urandom(3).hex()
@@ -106,26 +164,71 @@ class DecisionService:
             await asyncio.sleep(5.0)
             await self.refresh_distribution()
 
+    # -- reloads -----------------------------------------------------------------------------
+
+    def reload_policy(self, path: str | None = None) -> tuple[Policy, Policy]:
+        """Load ``path`` (default: configured) and swap it in; (old, new). PolicyError keeps the old."""
+        new = load_policy(path or self.settings.policy.path)
+        old, self.policy = self.policy, new
+        metrics.POLICY_INFO.info({"version": new.version})
+        log.info("policy %s replaced by %s", old.version, new.version)
+        return old, new
+
+    async def reload_model(self, path: str | None = None) -> tuple[ChurnModel | None, ChurnModel]:
+        """Load ``path`` (default: configured) and swap it in; (old, new). ModelError keeps the old."""
+        target = path or self.settings.model.path
+        # Loading takes tens of milliseconds: off the event loop, so requests keep being served.
+        new = await asyncio.to_thread(ChurnModel.load, target)
+        old, self.model = self.model, new
+        metrics.MODEL_INFO.info({"version": new.version, "path": str(target)})
+        log.info("churn model %s replaced by %s", old.version if old else "none", new.version)
+        return old, new
+
     # -- lookups -----------------------------------------------------------------------------
 
     async def resolve(self, ref: CustomerRef) -> Resolved:
-        """Find the customer's record; Redis faults give a degraded, unknown customer."""
+        """Find the customer's record and override; Redis faults give a degraded, unknown customer."""
+        customer_id = ref.customer_id
+        index_key = self._index_key(ref) if customer_id is None else None  # bad input is a 400, not a fault
+        h = self.hasher.customer_key(customer_id) if customer_id is not None else None
+        if not self.breaker.allow():
+            return Resolved(customer_id, h, None, "redis_unavailable")
         t0 = time.perf_counter()
         try:
-            customer_id = ref.customer_id
-            if customer_id is None:
-                index_key = self._index_key(ref)
-                customer_id = await self.store.resolve_index(index_key)
-                if customer_id is None:
-                    return Resolved(None, None, None, None)
-            h = self.hasher.customer_key(customer_id)
-            record = await self.store.read_customer(h)
-        except (RedisError, OSError, TimeoutError) as exc:
+            async with asyncio.timeout(self._timeout_s):
+                if index_key is not None:
+                    customer_id = await self.store.resolve_index(index_key)
+                    if customer_id is None:
+                        self.breaker.success()
+                        return Resolved(None, None, None, None)
+                    h = self.hasher.customer_key(customer_id)
+                assert h is not None
+                record, override = await self.read(h)
+        except _REDIS_FAULTS as exc:
+            self.breaker.failure()
             metrics.REDIS_ERRORS.labels("read_customer", type(exc).__name__).inc()
-            return Resolved(ref.customer_id, None, None, "redis_unavailable")
+            return Resolved(customer_id, h, None, "redis_unavailable")
         finally:
             metrics.REDIS_SECONDS.labels("read_customer").observe(time.perf_counter() - t0)
-        return Resolved(customer_id, h, record, None)
+        self.breaker.success()
+        return Resolved(customer_id, h, record, None, override)
+
+    async def read(self, h: str) -> tuple[CustomerRecord, Override | None]:
+        """Snapshot, scores and override of the customer with keyed hash ``h`` (raises on Redis faults)."""
+        # Snapshot hash and override share the hash tag {h[:2]}: one pipeline, one round trip,
+        # on a cluster too.
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.hmget(self.store.keys.customer(h), ["s", "k"])
+        pipe.get(override_key(self.store.keys, h))
+        results: list[Any] = await pipe.execute()
+        (raw_snap, raw_scores), raw_override = results
+        record = CustomerRecord(
+            snapshot=_snapshot_dec.decode(raw_snap) if raw_snap else None,
+            marks={},
+            scores=_scores_dec.decode(raw_scores) if raw_scores else None,
+            raw_marks=None,
+        )
+        return record, decode_override(raw_override)
 
     def _index_key(self, ref: CustomerRef) -> str:
         keys = self.store.keys
@@ -170,7 +273,8 @@ class DecisionService:
                     t1 = time.perf_counter()
                     churn = model.predict_one(row)
                     metrics.MODEL_SECONDS.labels("request").observe(time.perf_counter() - t1)
-                except ModelError:
+                except Exception as exc:  # onnxruntime raises its own untyped errors; degrade, never 5xx
+                    log.warning("churn model failed on a request: %s", type(exc).__name__)
                     degraded = degraded or "model_failed"
             else:
                 degraded = degraded or "model_unavailable"
@@ -219,6 +323,7 @@ class DecisionService:
             subscription_active=active,
             mrr=mrr,
             days_since_last_interaction=since_last,
+            override_tier=resolved.override.tier if resolved.override is not None else None,
         )
         policy = self.policy
         out = decide(policy, inp, received_at)
@@ -246,6 +351,7 @@ class DecisionService:
             degraded=degraded is not None,
             degraded_cause=degraded,
             human_review=snap is not None and not snap.consent,
+            overridden=resolved.override is not None,
         )
         metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)
         metrics.DECISIONS.labels(
@@ -271,6 +377,7 @@ class DecisionService:
                 model_version=decision.model_version,
                 policy_version=decision.policy_version,
                 degraded_cause=degraded,
+                override=resolved.override.tier if resolved.override is not None else None,
             )
         )
         return decision

@@ -1,8 +1,22 @@
-"""Domain errors. Each knows its HTTP status; one handler in the API converts them."""
+"""Domain errors. Each knows its HTTP status; one handler in the API converts them.
+
+Messages are shown to the caller as they are: they must never carry a secret, an API key,
+a phone number, an e-mail address or any other personal data.
+"""
 
 from __future__ import annotations
 
-__all__ = ["BadInput", "Forbidden", "NotFound", "RouterError", "Unauthorized"]
+__all__ = [
+    "BadInput",
+    "Conflict",
+    "Forbidden",
+    "Invalid",
+    "NotFound",
+    "RateLimited",
+    "RouterError",
+    "Unauthorized",
+    "Unavailable",
+]
 
 
 class RouterError(Exception):
@@ -11,9 +25,10 @@ class RouterError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
 
 
 class BadInput(RouterError):
@@ -34,3 +49,30 @@ class Forbidden(RouterError):
 class NotFound(RouterError):
     status_code = 404
     code = "not_found"
+
+
+class Conflict(RouterError):
+    status_code = 409
+    code = "conflict"
+
+
+class Invalid(RouterError):
+    """Well-formed request whose content cannot be used (e.g. a policy file with a mistake)."""
+
+    status_code = 422
+    code = "unprocessable"
+
+
+class RateLimited(RouterError):
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, round(retry_after_s + 0.5)))})
+
+
+class Unavailable(RouterError):
+    """A dependency of an administrative action is down (never used for decisions: they degrade)."""
+
+    status_code = 503
+    code = "unavailable"

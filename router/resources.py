@@ -5,8 +5,10 @@ They live on typed app state (:class:`AppResources`), built in :func:`router.api
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,13 +17,20 @@ from prometheus_client import REGISTRY, generate_latest
 from redis.exceptions import RedisError
 
 from router import metrics
+from router.admin import AdminService
 from router.audit import AuditWriter
+from router.customers import CustomerService
 from router.decisions import DecisionService
+from router.handoff import HandoffService
 from router.identity import IdentityHasher
 from router.model import ChurnModel, ModelError
 from router.policy import load_policy
+from router.portfolio import PortfolioService
+from router.publisher import EventPublisher
+from router.screenpop import ScreenPopService
 from router.settings import Settings
 from router.store import StateStore, connect
+from router.webhooks import WebhookService
 
 __all__ = ["Readiness", "lifespans", "metrics_payload"]
 
@@ -94,4 +103,42 @@ def lifespans(settings: Settings) -> list[Any]:
             await service.stop()
             await audit.stop()
 
-    return [redis_store, decision_service]
+    @contextlib.asynccontextmanager
+    async def event_publisher(app: Litestar) -> AsyncIterator[None]:
+        publisher = EventPublisher(settings.kafka)
+        await publisher.start()
+        app.state.publisher = publisher
+        try:
+            yield
+        finally:
+            await publisher.stop()
+
+    @contextlib.asynccontextmanager
+    async def services(app: Litestar) -> AsyncIterator[None]:
+        # Plain objects over the resources above: nothing to close, so they share one lifespan.
+        decisions: DecisionService = app.state.decisions
+        store: StateStore = app.state.store
+        state = app.state
+        state.screenpop = ScreenPopService(decisions)
+        state.handoff = HandoffService(decisions, settings.handoff)
+        state.webhooks = WebhookService(decisions, store.client, settings.webhooks, settings.redis.prefix)
+        state.customers = CustomerService(decisions, decisions.audit, state.publisher)
+        state.portfolio = PortfolioService(decisions)
+        state.admin = AdminService(decisions, decisions.audit)
+        hup = _install_sighup(state.admin.on_sighup)
+        try:
+            yield
+        finally:
+            if hup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+    return [redis_store, decision_service, event_publisher, services]
+
+
+def _install_sighup(handler: Any) -> bool:
+    """Reload policy and model on SIGHUP, where this process may own signals (not in tests' threads)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, handler)
+    except (ValueError, RuntimeError, NotImplementedError):
+        return False
+    return True

@@ -17,6 +17,8 @@ import msgspec
 
 __all__ = [
     "ApiSettings",
+    "AuthSettings",
+    "HandoffSettings",
     "IdentitySettings",
     "KafkaSettings",
     "ModelSettings",
@@ -24,6 +26,7 @@ __all__ = [
     "RedisSettings",
     "Settings",
     "StreamSettings",
+    "WebhookSettings",
     "settings_table",
     "to_env",
 ]
@@ -59,6 +62,8 @@ class RedisSettings(msgspec.Struct, kw_only=True):
     """Key prefix, so several deployments can share one Redis."""
     timeout_ms: int = 50
     """Socket timeout for request-path Redis calls; beyond it the API answers degraded."""
+    breaker_reset_ms: int = 1_000
+    """After 3 consecutive Redis faults the API skips Redis (degraded) this long, then probes once."""
 
 
 class StreamSettings(msgspec.Struct, kw_only=True):
@@ -122,6 +127,41 @@ class ApiSettings(msgspec.Struct, kw_only=True):
     """Log level of the service."""
 
 
+class AuthSettings(msgspec.Struct, kw_only=True):
+    keys: str = ""
+    """API keys `name:scope+scope:secret`, comma-separated; scopes helpdesk, telephony, chatbot, ops, admin."""
+    dev_mode: bool = False
+    """Without keys, accept the dev key `router-dev-key` (all scopes); without either the API refuses to start."""
+    rate_per_s: float = 200.0
+    """Sustained requests per second per API key and worker process (token bucket); beyond it 429."""
+    burst: int = 400
+    """Requests per API key and worker that may arrive at once before the rate applies."""
+
+
+class WebhookSettings(msgspec.Struct, kw_only=True):
+    zendesk_secret: str = ""
+    """Signing secret of the Zendesk webhook (empty: the Zendesk endpoint answers 403)."""
+    generic_secret: str = ""
+    """HMAC secret of the generic signed webhook `X-Router-Signature` (empty: it answers 403)."""
+    max_age_s: int = 300
+    """Signed webhooks whose timestamp is further than this from now are stale; also the replay-cache TTL."""
+
+
+class HandoffSettings(msgspec.Struct, kw_only=True):
+    max_bot_turns: int = 8
+    """Bot turns after which the conversation goes to a person."""
+    max_failed_intents: int = 2
+    """Intents the bot failed to recognise after which it hands over."""
+    negative_sentiment: float = -0.4
+    """Conversation sentiment (-1..1) at or below which the bot hands over."""
+    bot_retry_tiers: str = ""
+    """Tiers (comma-separated) the bot may keep for one more try when they ask for a person; VIP never."""
+    fallback_queue: str = "support"
+    """Queue of a handover when the policy's target for the contact is the bot itself."""
+    fallback_role: str = "junior_agent"
+    """Role of a handover when the policy's target for the contact is the bot itself."""
+
+
 class Settings(msgspec.Struct, kw_only=True):
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
@@ -130,6 +170,9 @@ class Settings(msgspec.Struct, kw_only=True):
     policy: PolicySettings = msgspec.field(default_factory=PolicySettings)
     identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+    handoff: HandoffSettings = msgspec.field(default_factory=HandoffSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -171,6 +214,9 @@ def _section_type(section: str) -> type[msgspec.Struct]:
         "policy": PolicySettings,
         "identity": IdentitySettings,
         "api": ApiSettings,
+        "auth": AuthSettings,
+        "webhooks": WebhookSettings,
+        "handoff": HandoffSettings,
     }
     return types[section]
 

@@ -6,17 +6,40 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.events import AwareDatetime, Sentiment, Severity
+from schemas.events import AwareDatetime, Identifier, Sentiment, Severity
 
 __all__ = [
     "Action",
+    "AuditEntry",
+    "ChurnBand",
     "ClassifyRequest",
+    "ClvBreakdown",
+    "Conversation",
     "CustomerRef",
+    "CustomerView",
     "Decision",
+    "ErasureAccepted",
     "Escalation",
+    "ExplainedFactor",
+    "HandoffDecision",
+    "HandoffRequest",
+    "HelpdeskRouting",
+    "OutcomeAccepted",
+    "OutcomeRequest",
+    "Override",
+    "OverrideRequest",
+    "PortfolioReport",
+    "ReloadRequest",
+    "ReloadResult",
     "ScoreCard",
+    "ScreenPop",
     "SlaDeadline",
     "Tier",
+    "TierCount",
+    "TrendPoint",
+    "ZendeskRequester",
+    "ZendeskTicket",
+    "ZendeskWebhook",
 ]
 
 Tier = Literal["VIP", "Premium", "Standard", "Basic"]
@@ -111,3 +134,262 @@ class Decision(msgspec.Struct, frozen=True):
     """Why a fallback was used (e.g. ``redis_unavailable``, ``model_unavailable``)."""
     human_review: bool = False
     """True when the customer did not consent to automated decisions (GDPR art. 22)."""
+    overridden: bool = False
+    """True when a person set the tier (see ``PUT /v1/customers/{customer_id}/override``)."""
+
+
+# ---------------------------------------------------------------------------- screen-pop
+
+
+class ScreenPop(msgspec.Struct, frozen=True):
+    """The agent's card for an incoming call, looked up by the caller's number (never echoed)."""
+
+    caller: Literal["known", "unknown", "withheld"]
+    """``unknown``: no customer has this number; ``withheld``: no usable number was given."""
+    tier: Tier
+    clv_score: float | None
+    churn_risk: float | None
+    sentiment: Literal["positive", "neutral", "negative", "unknown"]
+    last_interaction: str | None
+    last_interaction_at: AwareDatetime | None
+    recommendation: str
+    """The first next-best-action, in plain words."""
+    next_best_actions: list[Action]
+    escalation: Escalation
+    reasons: list[str]
+    decision_id: str
+    degraded: bool = False
+    degraded_cause: str | None = None
+
+
+# ------------------------------------------------------------------------------- handoff
+
+
+class Conversation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """State of the bot conversation so far."""
+
+    bot_turns: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
+    """Messages the bot has answered."""
+    failed_intents: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
+    """Customer messages the bot did not understand."""
+    sentiment: Sentiment | None = None
+    """Tone of the conversation so far (-1..1), if the bot measures it."""
+    asked_for_human: bool = False
+    """The customer explicitly asked for a person."""
+    category: Category = "general"
+
+
+class HandoffRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    customer: CustomerRef
+    conversation: Conversation = msgspec.field(default_factory=Conversation)
+
+
+class HandoffDecision(msgspec.Struct, frozen=True):
+    """Hand over to a person now, or let the bot continue; and why."""
+
+    handover: bool
+    queue: str
+    """Where the conversation goes (the bot's own queue when ``handover`` is false)."""
+    role: str
+    reason: str
+    """The rule that decided, in plain words."""
+    tier: Tier
+    sla: SlaDeadline
+    decision_id: str
+    degraded: bool = False
+    degraded_cause: str | None = None
+
+
+# ------------------------------------------------------------------------------ webhooks
+
+
+class ZendeskRequester(msgspec.Struct, frozen=True):
+    external_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    """Your customer id as Zendesk knows it (preferred)."""
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=254)] | None = None
+    phone: Annotated[str, msgspec.Meta(min_length=3, max_length=32)] | None = None
+
+
+class ZendeskTicket(msgspec.Struct, frozen=True):
+    id: int | str
+    requester: ZendeskRequester
+    priority: Severity | None = None
+    channel: Annotated[str, msgspec.Meta(max_length=32)] = "email"
+    """Zendesk's ``via`` channel (email, web, voice, chat, api, ...)."""
+    category: Category = "general"
+
+
+class ZendeskWebhook(msgspec.Struct, frozen=True):
+    """Body of the Zendesk trigger's JSON template; fields not listed here are ignored."""
+
+    ticket: ZendeskTicket
+
+
+class HelpdeskRouting(msgspec.Struct, frozen=True):
+    """Fields a helpdesk trigger can apply to the ticket as they are."""
+
+    group: str
+    """Group (queue) to assign."""
+    priority: Severity
+    tags: list[str]
+    """``router_tier_vip``, ``router_role_senior_advisor``, ``router_action_retention_offer``, ..."""
+    due_at: AwareDatetime
+    decision_id: str
+    degraded: bool = False
+
+
+# -------------------------------------------------------------------- customer and admin
+
+
+class ExplainedFactor(msgspec.Struct, frozen=True):
+    """One reason behind the churn risk, measured on the live model."""
+
+    feature: str
+    direction: Literal["raises", "lowers"]
+    effect_pp: float
+    """Points (0-100) the risk moves if this feature were at the population's typical value."""
+    phrase: str
+
+
+class ClvBreakdown(msgspec.Struct, frozen=True):
+    """How the customer lifetime value is computed, with its inputs."""
+
+    clv: float
+    clv_score: float | None
+    """Percentile of ``clv`` in the current population."""
+    monthly_margin: float
+    subscription_margin: float
+    order_margin_per_month: float
+    expected_months: float
+    """Discounted expected remaining lifetime, from the churn risk."""
+    acquisition_cost: float
+    mrr: float
+    churn_used: float
+    formula: str
+
+
+class Override(msgspec.Struct, frozen=True):
+    """A person's tier override; it expires by itself."""
+
+    tier: Tier
+    reason: str
+    by: str
+    """Name of the API key that set it."""
+    set_at: AwareDatetime
+    expires_at: AwareDatetime
+
+
+class OverrideRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    tier: Tier
+    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=500)]
+    expires_in_hours: Annotated[float, msgspec.Meta(gt=0, le=24 * 366)] = 24.0
+
+
+class AuditEntry(msgspec.Struct, frozen=True):
+    kind: str
+    decision_id: str | None
+    at: AwareDatetime
+    tier: str | None = None
+    queue: str | None = None
+    actions: list[str] = []
+    model_version: str | None = None
+    policy_version: str | None = None
+    degraded_cause: str | None = None
+    detail: str | None = None
+
+
+class CustomerView(msgspec.Struct, frozen=True):
+    """Everything the service holds and derives about one customer, explained (GDPR art. 15/22)."""
+
+    customer_known: bool
+    tier: Tier | None
+    scores: ScoreCard | None
+    churn_factors: list[ExplainedFactor]
+    clv: ClvBreakdown | None
+    override: Override | None
+    segment: str | None
+    plan: str | None
+    subscription: str | None
+    automated_decision_consent: bool | None
+    recent_decisions: list[AuditEntry]
+    model_version: str
+    policy_version: str
+
+
+class OutcomeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    customer_id: Identifier
+    outcome: Literal["churned", "renewed", "upsold", "ticket_resolved"]
+    occurred_at: AwareDatetime | None = None
+
+
+class OutcomeAccepted(msgspec.Struct, frozen=True):
+    event_id: str
+    decision_id: str
+
+
+class ErasureAccepted(msgspec.Struct, frozen=True):
+    event_id: str
+    will_remove: list[str]
+    kept: list[str]
+
+
+class ReloadRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)] | None = None
+    """File to load; default: the configured path."""
+
+
+class ReloadResult(msgspec.Struct, frozen=True):
+    kind: Literal["policy", "model"]
+    version: str
+    previous_version: str
+    path: str
+
+
+class TierCount(msgspec.Struct, frozen=True):
+    tier: Tier
+    customers: int
+    share: float
+
+
+class ChurnBand(msgspec.Struct, frozen=True):
+    band: str
+    """Churn risk range in points, e.g. ``"70-75"``."""
+    customers: int
+
+
+class TrendPoint(msgspec.Struct, frozen=True):
+    day: str
+    mean_churn_risk: float
+    high_risk_share: float
+    """Share of customers at or above 70 points."""
+
+
+class PortfolioReport(msgspec.Struct, frozen=True):
+    """Portfolio figures over the last ``days`` days (money in the business currency)."""
+
+    days: int
+    customers: int
+    active_subscriptions: int
+    mrr: float
+    arr: float
+    new_customers: int
+    new_mrr: float
+    expansion_mrr: float
+    contraction_mrr: float
+    net_expansion_mrr: float
+    """Upsells net of downgrades."""
+    churned_mrr: float
+    cancellations: int
+    customer_churn_rate: float
+    """Customers lost / customers at the start of the period."""
+    revenue_churn_rate: float
+    """MRR lost to cancellations / MRR at the start of the period."""
+    net_revenue_retention: float
+    """(start MRR + expansion - contraction - churned) / start MRR."""
+    cac_total: float
+    clv_total: float
+    clv_to_cac: float | None
+    tiers: list[TierCount]
+    churn_risk: list[ChurnBand]
+    churn_trend: list[TrendPoint]
+    """One point per day the report was computed (sampled daily)."""

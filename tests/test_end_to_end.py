@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from router.auth import DEV_KEY
 from router.settings import Settings, to_env
 from schemas.events import CustomerEvent, CustomerProfile, OrderPlaced, SubscriptionChanged, Usage
 from tests.conftest import SettingsFactory
@@ -35,12 +36,13 @@ def _spawn(settings: Settings, *args: str, log: str) -> subprocess.Popen[bytes]:
 
 @pytest.fixture
 def stack(settings: SettingsFactory, tmp_path: os.PathLike[str]) -> Iterator[tuple[Settings, httpx.Client]]:
-    s = settings()
+    # `router dev` and tests run in dev mode: no keys configured, the dev key has every scope.
+    s = settings(auth={"dev_mode": True})
     procs = [
         _spawn(s, "consume", log=f"{tmp_path}/consumer.log"),
         _spawn(s, "serve", log=f"{tmp_path}/api.log"),
     ]
-    client = httpx.Client(base_url=f"http://{s.api.host}:{s.api.port}", timeout=5)
+    client = httpx.Client(base_url=f"http://{s.api.host}:{s.api.port}", timeout=5, headers={"X-API-Key": DEV_KEY})
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -11,12 +11,25 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ControllerRouterHandler
 
+from router.admin import AdminService
 from router.api import routes
+from router.api.admin import AdminController
+from router.api.customers import CustomerController
+from router.api.decisions import DecisionController
+from router.api.webhooks import WebhookController
+from router.auth import ApiKey, Authenticator, ConfigError
+from router.customers import CustomerService
 from router.decisions import DecisionService
 from router.errors import RouterError
+from router.handoff import HandoffService
+from router.portfolio import PortfolioService
 from router.resources import Readiness, lifespans
+from router.screenpop import ScreenPopService
 from router.settings import Settings
+from router.webhooks import WebhookService
 
 __all__ = ["create_app", "serve"]
 
@@ -24,16 +37,74 @@ log = logging.getLogger("router.api")
 
 
 def create_app(settings: Settings) -> Litestar:
-    """Build the API. Nothing connects until the app starts (lifespans)."""
+    """Build the API. Nothing connects until the app starts (lifespans).
+
+    Refuses (``SystemExit``) when no API key is configured outside dev mode: a service that
+    routes on customer value must not start open to anyone who can reach it.
+    """
+    try:
+        auth = Authenticator(settings.auth)
+    except ConfigError as exc:
+        raise SystemExit(f"invalid configuration: {exc}") from None
+
     # --- routes ---------------------------------------------------------------------------
-    handlers = [routes.classify, routes.live, routes.ready, routes.metrics_endpoint]
+    handlers: list[ControllerRouterHandler] = [
+        DecisionController,
+        WebhookController,
+        CustomerController,
+        AdminController,
+        routes.live,
+        routes.ready,
+        routes.metrics_endpoint,
+    ]
 
     # --- dependencies ---------------------------------------------------------------------
+    # Services are built once per process by the lifespans; providers only hand them out.
     def provide_decisions(state: State) -> DecisionService:
         service: DecisionService = state.decisions
         return service
 
-    dependencies = {"decisions": Provide(provide_decisions, sync_to_thread=False)}
+    def provide_screenpop(state: State) -> ScreenPopService:
+        service: ScreenPopService = state.screenpop
+        return service
+
+    def provide_handoff(state: State) -> HandoffService:
+        service: HandoffService = state.handoff
+        return service
+
+    def provide_webhooks(state: State) -> WebhookService:
+        service: WebhookService = state.webhooks
+        return service
+
+    def provide_customers(state: State) -> CustomerService:
+        service: CustomerService = state.customers
+        return service
+
+    def provide_portfolio(state: State) -> PortfolioService:
+        service: PortfolioService = state.portfolio
+        return service
+
+    def provide_admin(state: State) -> AdminService:
+        service: AdminService = state.admin
+        return service
+
+    def provide_caller(request: Request[object, object, State]) -> ApiKey:
+        caller: ApiKey = request.state.caller  # set by router.auth.require_key
+        return caller
+
+    dependencies = {
+        name: Provide(fn, sync_to_thread=False)
+        for name, fn in (
+            ("decisions", provide_decisions),
+            ("screenpop", provide_screenpop),
+            ("handoff", provide_handoff),
+            ("webhooks", provide_webhooks),
+            ("customers", provide_customers),
+            ("portfolio", provide_portfolio),
+            ("admin", provide_admin),
+            ("caller", provide_caller),
+        )
+    }
 
     # --- errors ---------------------------------------------------------------------------
     exception_handlers = {
@@ -48,16 +119,36 @@ def create_app(settings: Settings) -> Litestar:
         dependencies=dependencies,
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         lifespan=lifespans(settings),
-        state=State({"settings": settings, "readiness": Readiness()}),
+        state=State({"settings": settings, "readiness": Readiness(), "auth": auth}),
         request_max_body_size=settings.api.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="router: value-aware support routing",
             version="1",
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
+            description=_API_DESCRIPTION,
+            components=Components(
+                security_schemes={
+                    "ApiKey": SecurityScheme(
+                        type="apiKey",
+                        name="X-API-Key",
+                        security_scheme_in="header",
+                        description="API key with scopes (helpdesk, telephony, chatbot, ops, admin); "
+                        "`Authorization: Bearer <key>` works too.",
+                    )
+                }
+            ),
         ),
         debug=False,
     )
+
+
+_API_DESCRIPTION = """Answers, for a ticket, call or chat: SLA tier and deadline, escalation target,
+next-best-actions and why. Every endpoint but health, metrics and the signed webhooks needs an
+API key (`X-API-Key`) with one of the scopes its description names; a missing or unknown key
+gets 401, a key without the scope 403, a key over its rate limit 429 (`Retry-After`). Bodies
+above the configured size get 413, malformed ones 400 naming the field (never the value).
+"""
 
 
 def _router_error(request: Request[object, object, State], exc: RouterError) -> Response[dict[str, object]]:
@@ -65,6 +156,7 @@ def _router_error(request: Request[object, object, State], exc: RouterError) -> 
         {"status_code": exc.status_code, "error": exc.code, "detail": exc.message},
         status_code=exc.status_code,
         media_type=MediaType.JSON,
+        headers=exc.headers or None,
     )
 
 

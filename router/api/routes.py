@@ -1,23 +1,15 @@
-"""Route handlers: thin, each calls a service provided by dependency injection."""
+"""Operations routes: health and metrics. Unauthenticated on purpose (kubelet, Prometheus)."""
 
 from __future__ import annotations
 
-from litestar import Response, get, post
+from litestar import Response, get
 from litestar.datastructures import State
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from router.decisions import DecisionService
 from router.resources import Readiness, metrics_payload
-from schemas.api import ClassifyRequest, Decision
 
-__all__ = ["classify", "live", "metrics_endpoint", "ready"]
-
-
-@post("/v1/classify", status_code=HTTP_200_OK, tags=["decisions"], summary="Route a ticket, call or chat")
-async def classify(data: ClassifyRequest, decisions: DecisionService) -> Decision:
-    """SLA tier with deadline, escalation target, next-best-actions and the reasons behind them."""
-    return await decisions.classify(data)
+__all__ = ["live", "metrics_endpoint", "ready"]
 
 
 @get("/health/live", tags=["operations"], summary="Liveness", sync_to_thread=False)

@@ -1,0 +1,152 @@
+"""API keys with scopes, and a per-key rate limit.
+
+Keys come from ``ROUTER_AUTH_KEYS`` (``name:scope+scope:secret,...``). Only SHA-256 digests
+of the secrets are kept; a presented key is hashed and looked up, so the comparison never
+depends on how many leading characters of a real key the caller guessed (a dict lookup on
+digests leaks nothing about the secrets). Each route names the scopes that may call it in
+its ``opt["scopes"]``; :func:`require_key` is the one guard that enforces them.
+
+Rate limiting is an in-process token bucket per key: with several uvicorn workers each
+worker has its own bucket, so the effective limit is ``workers x rate`` (documented).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from router.errors import Forbidden, RateLimited, Unauthorized
+from router.settings import AuthSettings
+
+__all__ = [
+    "DEV_KEY",
+    "SCOPES",
+    "ApiKey",
+    "Authenticator",
+    "ConfigError",
+    "parse_keys",
+    "require_key",
+]
+
+SCOPES: frozenset[str] = frozenset({"helpdesk", "telephony", "chatbot", "ops", "admin"})
+DEV_KEY = "router-dev-key"
+"""Accepted only with ``ROUTER_AUTH_DEV_MODE=true`` and no configured keys (``router dev``, tests)."""
+_HEADER = "x-api-key"
+
+
+class ConfigError(ValueError):
+    """The key configuration cannot be used (the message never contains a secret)."""
+
+
+class ApiKey(msgspec.Struct, frozen=True):
+    """A caller: its name (for the audit log) and what it may do."""
+
+    name: str
+    scopes: frozenset[str]
+
+
+def parse_keys(spec: str) -> dict[bytes, ApiKey]:
+    """``name:scope+scope:secret,...`` -> SHA-256(secret) -> key; raises :class:`ConfigError`."""
+    keys: dict[bytes, ApiKey] = {}
+    names: set[str] = set()
+    for i, entry in enumerate(e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        name, sep1, rest = entry.partition(":")
+        scopes_text, sep2, secret = rest.partition(":")
+        where = f"ROUTER_AUTH_KEYS entry {i + 1}"
+        if not (sep1 and sep2 and name and scopes_text):
+            raise ConfigError(f"{where}: expected name:scope+scope:secret")
+        scopes = frozenset(s.strip() for s in scopes_text.split("+") if s.strip())
+        unknown = scopes - SCOPES
+        if unknown:
+            raise ConfigError(f"{where} ({name}): unknown scopes {sorted(unknown)} (known: {sorted(SCOPES)})")
+        if len(secret) < 16:
+            raise ConfigError(f"{where} ({name}): secret shorter than 16 characters")
+        if name in names:
+            raise ConfigError(f"{where}: duplicate key name {name!r}")
+        digest = _digest(secret)
+        if digest in keys:
+            raise ConfigError(f"{where} ({name}): same secret as key {keys[digest].name!r}")
+        names.add(name)
+        keys[digest] = ApiKey(name, scopes)
+    return keys
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class _Bucket:
+    __slots__ = ("at", "tokens")
+
+    def __init__(self, tokens: float, at: float) -> None:
+        self.tokens = tokens
+        self.at = at
+
+
+class Authenticator:
+    """Known keys and their rate-limit buckets (one instance per worker, on app state)."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        keys = parse_keys(settings.keys)
+        if not keys:
+            if not settings.dev_mode:
+                raise ConfigError(
+                    "no API keys configured: set ROUTER_AUTH_KEYS=name:scope+scope:secret,... "
+                    "(or ROUTER_AUTH_DEV_MODE=true for local development only)"
+                )
+            keys = {_digest(DEV_KEY): ApiKey("dev", SCOPES)}
+        self.keys = keys
+        self.rate = settings.rate_per_s
+        self.burst = float(max(1, settings.burst))
+        self._buckets: dict[str, _Bucket] = {}
+
+    def authenticate(self, presented: str | None, allowed: Iterable[str]) -> ApiKey:
+        """The key behind ``presented`` if it may use a route open to ``allowed`` scopes."""
+        if not presented:
+            raise Unauthorized("missing API key: send it in the X-API-Key header")
+        key = self.keys.get(_digest(presented))
+        if key is None:
+            raise Unauthorized("unknown API key")
+        if key.scopes.isdisjoint(allowed):
+            raise Forbidden(f"API key {key.name!r} lacks the scope for this endpoint (needs one of {sorted(allowed)})")
+        self._take(key.name)
+        return key
+
+    def _take(self, name: str) -> None:
+        now = time.monotonic()
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            bucket = self._buckets[name] = _Bucket(self.burst, now)
+        tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+        bucket.at = now
+        if tokens < 1.0:
+            bucket.tokens = tokens
+            raise RateLimited(
+                f"rate limit of {self.rate:g} requests/s for this key exceeded", (1.0 - tokens) / self.rate
+            )
+        bucket.tokens = tokens - 1.0
+
+
+def require_key(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """Guard: a valid key with one of the route's ``opt["scopes"]``; the caller lands on ``state.caller``.
+
+    Routes with ``opt["query_key"]`` also accept ``?key=`` (a CTI opening the HTML card cannot
+    set headers); such URLs must not be logged, and the service writes no access log.
+    """
+    auth: Authenticator = connection.app.state.auth
+    presented = connection.headers.get(_HEADER)
+    if presented is None:
+        bearer = connection.headers.get("authorization")
+        if bearer is not None and bearer[:7].lower() == "bearer ":
+            presented = bearer[7:].strip()
+        elif handler.opt.get("query_key"):
+            presented = connection.query_params.get("key")
+    connection.state.caller = auth.authenticate(presented, handler.opt["scopes"])
