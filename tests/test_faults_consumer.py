@@ -446,3 +446,32 @@ async def _lag_settles(worker: object, timeout: float = 5.0) -> bool:
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+async def test_an_event_from_the_far_future_cannot_freeze_a_customer(settings: SettingsFactory) -> None:
+    """One event stamped years ahead (a producer's clock bug, or a forged outcome) must not win.
+
+    Lateness counts back from the newest event time a customer has seen; if an event from
+    2100 is applied, every real event after it is "too late" and the customer's state is
+    frozen until 2100. Such an event belongs on the dead-letter topic instead.
+    """
+    s = settings(kafka={"partitions": 1})
+    t = NOW - timedelta(hours=2)
+    before = Usage(event_id="ff-1", customer_id="FF", occurred_at=t, logins=1)
+    forged = Usage(event_id="ff-x", customer_id="FF", occurred_at=datetime(2100, 1, 1, tzinfo=UTC), logins=99)
+    after = [
+        OrderPlaced(event_id=f"ff-o{i}", customer_id="FF", occurred_at=t + timedelta(minutes=i + 1), order_id=f"o{i}",
+                    amount=100.0)
+        for i in range(3)
+    ]  # fmt: skip
+    records: list[tuple[bytes | None, bytes | None]] = [(b"FF", _enc.encode(e)) for e in [before, forged, *after]]
+    await _produce_raw(s, records)
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, len(records), timeout=30)
+        dead = await drain_topic(s, s.kafka.dead_letter_topic, expected=1, timeout=5)
+        async with state_store(s) as store:
+            rec = await store.read_customer(store.customer_key("FF"))
+    assert rec.snapshot is not None
+    assert rec.snapshot.orders_total == 3, "events after the forged one were dropped as too late"
+    assert rec.snapshot == fold_all([before, *after], lateness_s=s.stream.lateness_s, hasher=hasher_of(s))
+    assert [int(dict(r.headers)["dlq.origin.offset"]) for r in dead] == [1]  # type: ignore[attr-defined]
