@@ -135,11 +135,12 @@ class Authenticator:
         bucket.tokens = tokens - 1.0
 
 
-def require_key(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def require_key(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """Guard: a valid key with one of the route's ``opt["scopes"]``; the caller lands on ``state.caller``.
 
     Routes with ``opt["query_key"]`` also accept ``?key=`` (a CTI opening the HTML card cannot
     set headers); such URLs must not be logged, and the service writes no access log.
+    Async on purpose: Litestar runs a sync guard in a worker thread, which costs more than the check.
     """
     auth: Authenticator = connection.app.state.auth
     presented = connection.headers.get(_HEADER)

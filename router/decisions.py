@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from router import metrics
 from router.audit import AuditRecord, AuditWriter
@@ -34,6 +34,7 @@ from router.errors import BadInput
 from router.features import FEATURE_NAMES, features
 from router.identity import IdentityHasher, InvalidIdentifier, normalise_email, normalise_phone
 from router.model import ChurnModel
+from router.observability import bind_decision_id
 from router.overrides import decode_override, override_key
 from router.policy import DecisionInput, Policy, decide, load_policy
 from router.reducer import Snapshot
@@ -48,6 +49,7 @@ log = logging.getLogger("router.decisions")
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _REDIS_FAULTS = (RedisError, OSError, TimeoutError)
 _snapshot_dec = msgspec.msgpack.Decoder(Snapshot)
+_READ_LUA = "return {redis.call('HMGET', KEYS[1], 's', 'k'), redis.call('GET', KEYS[2]) or false}"
 _scores_dec = msgspec.msgpack.Decoder(Scores)
 
 
@@ -135,6 +137,7 @@ class DecisionService:
         self.distribution = ClvDistribution({})
         self.breaker = Breaker(reset_s=settings.redis.breaker_reset_ms / 1000)
         self._timeout_s = settings.redis.timeout_ms / 1000
+        self._read_sha = ""
         self._refresher: asyncio.Task[None] | None = None
         self._seq = 0
         self._node = os.urandom(3).hex()
@@ -215,13 +218,18 @@ class DecisionService:
 
     async def read(self, h: str) -> tuple[CustomerRecord, Override | None]:
         """Snapshot, scores and override of the customer with keyed hash ``h`` (raises on Redis faults)."""
-        # Snapshot hash and override share the hash tag {h[:2]}: one pipeline, one round trip,
-        # on a cluster too.
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.hmget(self.store.keys.customer(h), ["s", "k"])
-        pipe.get(override_key(self.store.keys, h))
-        results: list[Any] = await pipe.execute()
-        (raw_snap, raw_scores), raw_override = results
+        # Snapshot hash and override share the hash tag {h[:2]}, so one script call reads both:
+        # one command, one round trip, on a cluster too (a pipeline of two costs ~100 us more).
+        client = self.store.client
+        keys = (self.store.keys.customer(h), override_key(self.store.keys, h))
+        if not self._read_sha:
+            self._read_sha = str(await client.script_load(_READ_LUA))
+        try:
+            row: Any = await client.evalsha(self._read_sha, 2, *keys)
+        except NoScriptError:  # Redis restarted and forgot the script
+            self._read_sha = str(await client.script_load(_READ_LUA))
+            row = await client.evalsha(self._read_sha, 2, *keys)
+        (raw_snap, raw_scores), raw_override = row
         record = CustomerRecord(
             snapshot=_snapshot_dec.decode(raw_snap) if raw_snap else None,
             marks={},
@@ -353,6 +361,7 @@ class DecisionService:
             human_review=snap is not None and not snap.consent,
             overridden=resolved.override is not None,
         )
+        bind_decision_id(decision.decision_id)  # every later log line of this request names it
         metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)
         metrics.DECISIONS.labels(
             decision.tier, decision.escalation.role, out.actions[0].code if out.actions else "none"

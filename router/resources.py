@@ -13,10 +13,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar
-from prometheus_client import REGISTRY, generate_latest
 from redis.exceptions import RedisError
 
-from router import metrics
+from router import metrics, observability
 from router.admin import AdminService
 from router.audit import AuditWriter
 from router.customers import CustomerService
@@ -60,8 +59,8 @@ class Readiness:
 
 
 def metrics_payload() -> bytes:
-    """Prometheus exposition of this process (multiprocess-aware when configured)."""
-    return generate_latest(REGISTRY)
+    """Prometheus exposition, summed over the worker processes in multiprocess mode."""
+    return observability.metrics_payload()
 
 
 def lifespans(settings: Settings) -> list[Any]:

@@ -25,6 +25,13 @@ from router.customers import CustomerService
 from router.decisions import DecisionService
 from router.errors import RouterError
 from router.handoff import HandoffService
+from router.observability import (
+    RequestMetricsMiddleware,
+    litestar_logging_config,
+    logging_config,
+    prepare_multiprocess,
+    setup_logging,
+)
 from router.portfolio import PortfolioService
 from router.resources import Readiness, lifespans
 from router.screenpop import ScreenPopService
@@ -118,6 +125,8 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=handlers,
         dependencies=dependencies,
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        middleware=[RequestMetricsMiddleware],
+        logging_config=litestar_logging_config(settings.api.log_level),
         lifespan=lifespans(settings),
         state=State({"settings": settings, "readiness": Readiness(), "auth": auth}),
         request_max_body_size=settings.api.max_body_bytes,
@@ -205,7 +214,8 @@ _CODES = {
 
 def serve(settings: Settings) -> None:
     """Run the API under uvicorn (``router serve``)."""
-    logging.basicConfig(level=settings.api.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(settings.api.log_level)
+    prepare_multiprocess(settings.api.workers)  # before the workers start: they inherit the directory
     uvicorn.run(
         "router.api.app:app_from_env",
         factory=True,
@@ -214,6 +224,7 @@ def serve(settings: Settings) -> None:
         workers=settings.api.workers,
         access_log=False,
         log_level=settings.api.log_level,
+        log_config=logging_config(settings.api.log_level),
         lifespan="on",
     )
 
