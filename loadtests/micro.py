@@ -1,0 +1,136 @@
+"""In-process cost of each step of a decision, no HTTP, no Redis: where the CPU of classify goes.
+
+Times (median of ``--repeats`` rounds, microseconds per call) of: snapshot decode, features,
+ONNX ``predict_one``, scores (CLV, percentile, upsell, advocacy), the policy, the whole
+:meth:`DecisionService.decide` (all of the above plus metrics and the audit enqueue) and the
+JSON encoding of the answer, on snapshots built by :mod:`loadtests.population`.
+
+Run: ``python -m loadtests.micro``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from loadtests.population import _events
+from router.audit import AuditWriter
+from router.decisions import DecisionService, Resolved
+from router.features import features
+from router.identity import IdentityHasher
+from router.model import ChurnModel
+from router.policy import DecisionInput, decide, load_policy
+from router.reducer import Snapshot, fold
+from router.scoring import ClvDistribution, advocacy_score, clv, clv_bin, upsell_score
+from router.settings import Settings
+from router.store import CustomerRecord, Scores, StateStore, connect
+from schemas.api import ClassifyRequest, CustomerRef
+
+__all__ = ["measure"]
+
+
+def _time(fn: Callable[[int], object], n: int, repeats: int) -> float:
+    rounds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for i in range(n):
+            fn(i)
+        rounds.append((time.perf_counter() - t0) / n * 1e6)
+    return round(statistics.median(rounds), 2)
+
+
+def measure(n: int = 2_000, repeats: int = 5) -> dict[str, Any]:
+    """Microseconds per call of each decision step (median of ``repeats`` rounds of ``n`` calls)."""
+    settings = Settings()
+    hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+    model = ChurnModel.load(settings.model.path)
+    policy = load_policy(settings.policy.path)
+    now = datetime.now(UTC)
+    rnd = random.Random(7)
+    snaps: list[Snapshot] = []
+    for i in range(500):
+        snap = None
+        for event in _events(i, rnd, now):
+            snap, _ = fold(snap, event, lateness_s=settings.stream.lateness_s, hasher=hasher)
+        assert snap is not None
+        snaps.append(snap)
+    ts = int(time.time())
+    rows = [features(s, ts) for s in snaps]
+    churns = [model.predict_one(r) for r in rows]
+    values = [clv(s, r, c, settings.model) for s, r, c in zip(snaps, rows, churns, strict=True)]
+    dist = ClvDistribution({b: 1 + (b % 7) for b in {clv_bin(v) for v in values}})
+    raw = [msgspec.msgpack.encode(s) for s in snaps]
+    dec = msgspec.msgpack.Decoder(Snapshot)
+    # Never connected: decide() does no I/O; the audit queue is drained between rounds.
+    store = StateStore(connect(settings.redis.url, cluster=False), settings.redis.prefix, hasher)
+    audit = AuditWriter(store.client, settings.redis.prefix)
+    service = DecisionService(settings, store, model, policy, audit)
+    service.distribution = dist
+    reqs = [
+        ClassifyRequest(customer=CustomerRef(customer_id=s.customer_id), channel="email", category="billing")
+        for s in snaps
+    ]
+    resolved = [
+        Resolved(s.customer_id, hasher.customer_key(s.customer_id), CustomerRecord(s, {}, Scores(), None), None)
+        for s in snaps
+    ]
+    inputs = [
+        DecisionInput(known=True, clv_percentile=dist.percentile(v), churn=c, upsell=upsell_score(r, c),
+                      advocacy=advocacy_score(r), sentiment=None, segment=s.segment, channel="email",
+                      category="billing", priority="normal", open_tickets=0, late_payments_90d=0, nps=s.nps,
+                      subscription_active=True, mrr=r[0], days_since_last_interaction=1.0, override_tier=None)
+        for s, r, c, v in zip(snaps, rows, churns, values, strict=True)
+    ]  # fmt: skip
+    decisions = [service.decide(q, r) for q, r in zip(reqs, resolved, strict=True)]
+    enc = msgspec.json.Encoder()
+    k = len(snaps)
+
+    def whole(i: int) -> object:
+        if audit.queue.qsize() > 40_000:
+            audit.queue = type(audit.queue)(maxsize=50_000)
+        return service.decide(reqs[i % k], resolved[i % k])
+
+    return {
+        "snapshot_decode_us": _time(lambda i: dec.decode(raw[i % k]), n, repeats),
+        "snapshot_bytes_median": statistics.median(len(b) for b in raw),
+        "features_us": _time(lambda i: features(snaps[i % k], ts), n, repeats),
+        "predict_one_us": _time(lambda i: model.predict_one(rows[i % k]), n, repeats),
+        "scores_us": _time(
+            lambda i: (
+                dist.percentile(clv(snaps[i % k], rows[i % k], churns[i % k], settings.model)),
+                upsell_score(rows[i % k], churns[i % k]),
+                advocacy_score(rows[i % k]),
+            ),
+            n,
+            repeats,
+        ),
+        "policy_us": _time(lambda i: decide(policy, inputs[i % k], now), n, repeats),
+        "decide_total_us": _time(whole, n, repeats),
+        "json_encode_answer_us": _time(lambda i: enc.encode(decisions[i % k]), n, repeats),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args()
+    text = json.dumps(measure(args.n, args.repeats), indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""Regenerate BENCHMARKS.md: run the benchmarks, then render their JSON into the report.
+
+Run: ``python -m loadtests.report`` (about 20 minutes: serve benchmark at 10k and 1M customers,
+step micro-benchmark, ingest benchmark with 200k events). ``--render-only`` re-renders from
+the JSON already in ``artifacts/``; ``--skip-ingest`` keeps the last ingest figures.
+
+Only the marked regions of BENCHMARKS.md are rewritten (``<!-- BEGIN name -->`` ..
+``<!-- END name -->``): the serve figures and the ingest figures. Sections others add
+(a soak test, say) outside the markers are kept as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["render", "render_ingest", "render_serve", "update_file"]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+REPORT = ROOT / "BENCHMARKS.md"
+
+TARGETS = {
+    "ratio": 0.85,
+    "decision_p50_us": 150.0,
+    "decision_p99_us": 1000.0,
+    "e2e_p99_us_at_1000": 5000.0,
+    "rss_mb": 200.0,
+}
+
+_HEADER = """# Benchmarks
+
+Regenerate everything with `python -m loadtests.report` (about 20 minutes); re-render from the
+JSON in `artifacts/` with `python -m loadtests.report --render-only`. Load-test with Locust:
+`locust -f loadtests/locustfile.py` (see its docstring). Sections outside the generated
+markers are kept when the report is regenerated.
+"""
+
+
+def _us(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.0f} µs"
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def _pop(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n // 1000}k" if n >= 1000 else str(n)
+
+
+def _server(run: dict[str, Any], prefix: str) -> dict[str, float]:
+    for key, q in run.get("server", {}).items():
+        if key.startswith(prefix):
+            return q
+    return {}
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def render_serve(serve: dict[str, Any], micro: dict[str, Any] | None) -> str:
+    """Markdown for the decision path (bench_serve JSON, optional micro JSON)."""
+    m = serve["machine"]
+    cfg = serve["config"]
+    pops = serve["populations"]
+    out: list[str] = []
+    w = out.append
+    w("## Decision path (`python -m loadtests.bench_serve`)\n")
+    w(
+        f"Run {serve['started_at']} .. {serve['finished_at']} ({serve.get('wall_seconds', 0) / 60:.0f} min) on "
+        f"{m['cpus']} × {m['cpu_model']}, Python {m['python']}, uvicorn {m['uvicorn_loop_http']}, one API worker. "
+        f"{m['pinning']}. Load average at start {m['load_average_at_start'][0]:.1f} (the machine is shared: "
+        "absolute figures are noisy, ratios are measured in the same run). Floor = `POST /bench/snapshot`: the "
+        "same body, the same app, client and pool, one `HGET` of the snapshot returned as stored "
+        "(`router/api/bench.py`). The per-key rate limit is raised for the run.\n"
+    )
+    w(
+        f"### Saturation (wrk, closed loop, {cfg['connections']} connections, {cfg['duration']:.0f} s runs, "
+        f"floor and classify alternated {cfg['repeats']}×, medians)\n"
+    )
+    w("| customers | endpoint | req/s | p50 | p90 | p99 | p99.9 | errors | req/s ÷ floor | p50 ÷ floor | p99 ÷ floor |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    for p in pops:
+        sat = p["saturation"]
+        floor = sat["floor"]
+        for kind in ("floor", "classify", "screenpop", "handoff"):
+            s = sat[kind]
+            ratio = (
+                f"**{sat['classify_to_floor_rps_ratio_median']:.2f}** (runs: "
+                + ", ".join(f"{r:.2f}" for r in sat["classify_to_floor_rps_ratios"])
+                + ")"
+                if kind == "classify"
+                else f"{s['rps'] / floor['rps']:.2f}"
+            )
+            w(
+                f"| {_pop(p['customers'])} | {kind} | {_num(s['rps'])} | {_us(s['p50_us'])} | {_us(s['p90_us'])} | "
+                f"{_us(s['p99_us'])} | {_us(s['p999_us'])} | {s['errors']} | {ratio} | "
+                f"{s['p50_us'] / floor['p50_us']:.2f} | {s['p99_us'] / floor['p99_us']:.2f} |"
+            )
+    w("")
+    w(
+        f"### Fixed offered load (open loop, latency from the scheduled send time, {cfg['open_duration']:.0f} s per run)\n"
+    )
+    w(
+        "End-to-end latency seen by the client, and server-side histograms of the same interval "
+        "(`router_http_request_duration_seconds`, `router_decision_duration_seconds`, "
+        "`router_redis_duration_seconds{op=read_customer}`, `router_model_inference_seconds{site=request}`; "
+        "quantiles interpolated inside buckets as PromQL does).\n"
+    )
+    w(
+        "| customers | offered | endpoint | achieved | p50 | p90 | p99 | p99.9 | max | failed | "
+        "server http p50 / p99 | decision p50 / p99 | Redis read p50 / p99 | ONNX p50 / p99 |"
+    )
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for p in pops:
+        for r in p["open_loop"]:
+            http = _server(r, "router_http_request_duration_seconds|route=/")
+            dec = _server(r, "router_decision_duration_seconds")
+            red = _server(r, "router_redis_duration_seconds|op=read_customer")
+            onnx = _server(r, "router_model_inference_seconds|site=request")
+            w(
+                f"| {_pop(p['customers'])} | {_num(r['offered_rps'])}/s | {r['kind']} | {_num(r['achieved_rps'])}/s | "
+                f"{_us(r['p50_us'])} | {_us(r['p90_us'])} | {_us(r['p99_us'])} | {_us(r['p999_us'])} | "
+                f"{_us(r['max_us'])} | {r['non_200'] + r['errors']} | "
+                f"{_us(http.get('p50_us'))} / {_us(http.get('p99_us'))} | "
+                f"{_us(dec.get('p50_us'))} / {_us(dec.get('p99_us'))} | "
+                f"{_us(red.get('p50_us'))} / {_us(red.get('p99_us'))} | "
+                f"{_us(onnx.get('p50_us'))} / {_us(onnx.get('p99_us'))} |"
+            )
+    w("")
+    if len(pops) > 1:
+        small, big = pops[0], pops[-1]
+        w(f"### Population scale: {_pop(small['customers'])} → {_pop(big['customers'])} customers\n")
+        w(f"| figure | {_pop(small['customers'])} | {_pop(big['customers'])} | ratio |")
+        w("|---|---|---|---|")
+
+        def row(name: str, a: float, b: float, fmt: Any = _us) -> None:
+            w(f"| {name} | {fmt(a)} | {fmt(b)} | {b / a:.2f} |" if a else f"| {name} | {fmt(a)} | {fmt(b)} | - |")
+
+        row(
+            "classify req/s at saturation",
+            small["saturation"]["classify"]["rps"],
+            big["saturation"]["classify"]["rps"],
+            _num,
+        )
+        row("floor req/s at saturation", small["saturation"]["floor"]["rps"], big["saturation"]["floor"]["rps"], _num)
+        for rate in cfg["rates"]:
+            a = next(r for r in small["open_loop"] if r["kind"] == "classify" and r["offered_rps"] == rate)
+            b = next(r for r in big["open_loop"] if r["kind"] == "classify" and r["offered_rps"] == rate)
+            for q in ("p50_us", "p99_us"):
+                row(f"classify {q[:-3]} at {rate:,.0f}/s (end to end)", a[q], b[q])
+            ra = _server(a, "router_redis_duration_seconds|op=read_customer")
+            rb = _server(b, "router_redis_duration_seconds|op=read_customer")
+            if ra and rb:
+                row(f"Redis read p50 at {rate:,.0f}/s (server side)", ra["p50_us"], rb["p50_us"])
+        w("")
+    w("### Memory\n")
+    w(
+        "| customers | load time | Redis bytes / customer (used_memory) | customer hash (MEMORY USAGE, median) | phone index key | API worker RSS |"
+    )
+    w("|---|---|---|---|---|---|")
+    for p in pops:
+        red = p["redis"]
+        w(
+            f"| {_pop(p['customers'])} | {p['load_seconds']:.0f} s ({p['customers'] / max(p['load_seconds'], 1e-9):,.0f}/s) | "
+            f"{red['bytes_per_customer']:,.0f} B | {red['customer_hash_median_bytes']:,.0f} B | "
+            f"{red['phone_index_median_bytes']:,.0f} B | {p['rss_bytes'] / 2**20:,.0f} MiB |"
+        )
+    w(
+        "\nRedis bytes per customer include the snapshot hash, its phone index entry and the CLV histogram; "
+        "measured after loading, before any request (decisions add audit stream entries).\n"
+    )
+    if micro:
+        w("### Where a decision's CPU goes (`python -m loadtests.micro`, in process, no HTTP, no Redis)\n")
+        w("| step | µs per call |")
+        w("|---|---|")
+        names = {
+            "snapshot_decode_us": "msgpack decode of the snapshot",
+            "features_us": "features",
+            "predict_one_us": "ONNX churn `predict_one`",
+            "scores_us": "CLV + percentile + upsell + advocacy",
+            "policy_us": "policy `decide`",
+            "decide_total_us": "**`DecisionService.decide` whole** (the above + metrics, ids, audit enqueue)",
+            "json_encode_answer_us": "JSON encoding of the answer",
+        }
+        for key, label in names.items():
+            if key in micro:
+                w(f"| {label} | {micro[key]:.1f} |")
+        w("")
+    prof = next((p["profile"] for p in pops if p.get("profile")), None)
+    if prof and "error" not in prof:
+        w(
+            f"### Profile of classify under saturation (py-spy, {prof['samples']:,} samples of the worker, "
+            f"{_pop(next(p['customers'] for p in pops if p.get('profile')))} customers)\n"
+        )
+        w("Own time by library:\n")
+        w("| library | share |")
+        w("|---|---|")
+        for name, share in prof["by_library"]:
+            w(f"| {name} | {share:.1f} % |")
+        w("\nTop functions by own time:\n")
+        w("| function | own |")
+        w("|---|---|")
+        for name, share in prof["own"]:
+            w(f"| `{name}` | {share:.1f} % |")
+        w("\nService functions, inclusive (stacks py-spy could not unwind to the root count only below it):\n")
+        w("| function | inclusive |")
+        w("|---|---|")
+        for name, share in prof["router_inclusive"]:
+            w(f"| `{name}` | {share:.1f} % |")
+        w("")
+    elif prof:
+        w(f"Profile: {prof['error']}\n")
+    w(_targets(serve))
+    return "\n".join(out)
+
+
+def _targets(serve: dict[str, Any]) -> str:
+    pops = serve["populations"]
+    lines = ["### Targets of issue #7 (benchmarks, not tests: what was measured)\n"]
+    lines.append("| target | measured | met |")
+    lines.append("|---|---|---|")
+    for p in pops:
+        n = _pop(p["customers"])
+        ratio = p["saturation"]["classify_to_floor_rps_ratio_median"]
+        lines.append(f"| {n}: classify req/s ≥ 0.85 × floor | {ratio:.2f} × | {_met(ratio >= TARGETS['ratio'])} |")
+        at = next((r for r in p["open_loop"] if r["kind"] == "classify" and r["offered_rps"] == 1000), None)
+        if at:
+            dec = _server(at, "router_decision_duration_seconds")
+            if dec:
+                lines.append(
+                    f"| {n}: decision time p50 ≤ 150 µs at 1,000/s | {_us(dec['p50_us'])} | "
+                    f"{_met(dec['p50_us'] <= TARGETS['decision_p50_us'])} |"
+                )
+                lines.append(
+                    f"| {n}: decision time p99 ≤ 1 ms at 1,000/s | {_us(dec['p99_us'])} | "
+                    f"{_met(dec['p99_us'] <= TARGETS['decision_p99_us'])} |"
+                )
+            lines.append(
+                f"| {n}: end-to-end p99 ≤ 5 ms at 1,000/s | {_us(at['p99_us'])} | "
+                f"{_met(at['p99_us'] <= TARGETS['e2e_p99_us_at_1000'])} |"
+            )
+        rss = p["rss_bytes"] / 2**20
+        lines.append(f"| {n}: worker RSS ≤ 200 MB | {rss:.0f} MiB | {_met(rss <= TARGETS['rss_mb'])} |")
+    if len(pops) > 1:
+        a = next((r for r in pops[0]["open_loop"] if r["kind"] == "classify" and r["offered_rps"] == 1000), None)
+        b = next((r for r in pops[-1]["open_loop"] if r["kind"] == "classify" and r["offered_rps"] == 1000), None)
+        if a and b:
+            growth = b["p50_us"] / a["p50_us"]
+            lines.append(
+                f"| flat latency {_pop(pops[0]['customers'])} → {_pop(pops[-1]['customers'])} (p50 at 1,000/s) | "
+                f"× {growth:.2f} | {_met(growth <= 1.25)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def render_ingest(ingest: dict[str, Any]) -> str:
+    """Markdown for the ingest benchmark JSON (``python -m loadtests.bench_ingest``)."""
+    lines = [
+        "## Ingest (`python -m loadtests.bench_ingest --events 200000`)\n",
+        "```json",
+        json.dumps(ingest, indent=2),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def update_file(path: Path, regions: dict[str, str]) -> None:
+    """Replace each ``<!-- BEGIN name -->..<!-- END name -->`` region of ``path`` (append missing ones)."""
+    text = path.read_text() if path.exists() else _HEADER
+    for name, body in regions.items():
+        block = f"<!-- BEGIN {name} (generated by python -m loadtests.report) -->\n{body.rstrip()}\n<!-- END {name} -->"
+        pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} .*?-->.*?<!-- END {re.escape(name)} -->", re.S)
+        found = pattern.search(text)
+        text = text[: found.start()] + block + text[found.end() :] if found else text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text.rstrip() + "\n")
+
+
+def render(report: Path = REPORT, artifacts: Path = ARTIFACTS) -> None:
+    """Rewrite the generated regions of ``report`` from the JSON files in ``artifacts``."""
+    regions: dict[str, str] = {}
+    serve_path = artifacts / "bench_serve.json"
+    if serve_path.exists():
+        micro_path = artifacts / "bench_micro.json"
+        micro = json.loads(micro_path.read_text()) if micro_path.exists() else None
+        regions["serve"] = render_serve(json.loads(serve_path.read_text()), micro)
+    ingest_path = artifacts / "bench_ingest.json"
+    if ingest_path.exists():
+        regions["ingest"] = render_ingest(json.loads(ingest_path.read_text()))
+    update_file(report, regions)
+
+
+def _run(argv: list[str]) -> None:
+    print("$", " ".join(argv[1:]), flush=True)
+    subprocess.run(argv, cwd=ROOT, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--render-only", action="store_true", help="only re-render from artifacts/*.json")
+    parser.add_argument("--skip-ingest", action="store_true", help="keep artifacts/bench_ingest.json as it is")
+    parser.add_argument("--ingest-events", type=int, default=200_000)
+    parser.add_argument("--serve-args", default="", help="extra arguments for loadtests.bench_serve")
+    args = parser.parse_args()
+    t0 = time.monotonic()
+    if not args.render_only:
+        py = sys.executable
+        _run([py, "-m", "loadtests.micro", "--out", str(ARTIFACTS / "bench_micro.json")])
+        _run(
+            [py, "-m", "loadtests.bench_serve", "--out", str(ARTIFACTS / "bench_serve.json"), *args.serve_args.split()]
+        )
+        if not args.skip_ingest:
+            _run([py, "-m", "loadtests.bench_ingest", "--events", str(args.ingest_events),
+                  "--out", str(ARTIFACTS / "bench_ingest.json")])  # fmt: skip
+    render()
+    print(f"BENCHMARKS.md regenerated in {time.monotonic() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
