@@ -34,9 +34,10 @@ class AdminService:
         target = path or self.decisions.settings.policy.path
         try:
             old, new = self.decisions.reload_policy(target)
-        except PolicyError as exc:
+        except (PolicyError, UnicodeDecodeError) as exc:
             self._audit("policy_reload_failed", actor, "rejected")
-            raise Invalid(f"policy not loaded, {self.decisions.policy.version} stays in force: {exc}") from None
+            problem = f"{target}: not UTF-8 text ({exc.reason})" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            raise Invalid(f"policy not loaded, {self.decisions.policy.version} stays in force: {problem}") from None
         self._audit("policy_reload", actor, f"{old.version} -> {new.version}")
         return ReloadResult(kind="policy", version=new.version, previous_version=old.version, path=str(target))
 
@@ -45,10 +46,11 @@ class AdminService:
         current = self.decisions.model
         try:
             old, new = await self.decisions.reload_model(target)
-        except ModelError as exc:
+        except Exception as exc:  # ModelError, and whatever a malformed card makes the loader trip over
             self._audit("model_reload_failed", actor, "rejected")
             kept = current.version if current is not None else "no model"
-            raise Invalid(f"model not loaded, {kept} stays in force: {exc}") from None
+            problem = str(exc) if isinstance(exc, ModelError) else f"{target} is unusable ({type(exc).__name__}: {exc})"
+            raise Invalid(f"model not loaded, {kept} stays in force: {problem}") from None
         previous = old.version if old is not None else "none"
         self._audit("model_reload", actor, f"{previous} -> {new.version}")
         return ReloadResult(kind="model", version=new.version, previous_version=previous, path=str(target))

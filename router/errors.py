@@ -6,6 +6,8 @@ a phone number, an e-mail address or any other personal data.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BadInput",
     "Conflict",
@@ -16,7 +18,18 @@ __all__ = [
     "RouterError",
     "Unauthorized",
     "Unavailable",
+    "without_values",
 ]
+
+_QUOTED_VALUE = re.compile(r"(Invalid (?:enum )?value) '(?:[^'\\]|\\.)*'")
+
+
+def without_values(message: str) -> str:
+    """A msgspec validation message with the submitted value cut out (it may be personal data).
+
+    ``Invalid enum value 'jane@example.org' - at `$.channel``` -> ``Invalid enum value - at `$.channel```.
+    """
+    return _QUOTED_VALUE.sub(r"\1", message)
 
 
 class RouterError(Exception):

@@ -22,7 +22,7 @@ from router.customers import CustomerService
 from router.decisions import DecisionService
 from router.handoff import HandoffService
 from router.identity import IdentityHasher
-from router.model import ChurnModel, ModelError
+from router.model import ChurnModel
 from router.policy import load_policy
 from router.portfolio import PortfolioService
 from router.publisher import EventPublisher
@@ -84,7 +84,7 @@ def lifespans(settings: Settings) -> list[Any]:
         try:
             model = ChurnModel.load(settings.model.path)
             metrics.MODEL_INFO.info({"version": model.version, "path": settings.model.path})
-        except ModelError as exc:
+        except Exception as exc:  # ModelError, or a card malformed in a way the loader trips over
             log.error("churn model not loaded, decisions are rule-based and marked degraded: %s", exc)
             model = None
         policy = load_policy(settings.policy.path)

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from router import metrics
 from router.decisions import DecisionService
-from router.errors import BadInput, Conflict, Forbidden, Unauthorized
+from router.errors import BadInput, Conflict, Forbidden, Unauthorized, without_values
 from router.settings import WebhookSettings
 from router.store import RedisClient
 from schemas.api import (
@@ -143,7 +143,9 @@ class WebhookService:
         try:
             ticket = _zendesk_dec.decode(body).ticket
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise BadInput(f"zendesk webhook body: {exc}") from None
+            raise BadInput(f"zendesk webhook body: {without_values(str(exc))}") from None
+        except (UnicodeDecodeError, RecursionError):
+            raise BadInput("zendesk webhook body: not valid UTF-8 JSON") from None
         req = ClassifyRequest(
             customer=_customer(ticket),
             channel=_CHANNELS.get(ticket.channel.lower(), "ticket"),
@@ -158,7 +160,9 @@ class WebhookService:
         try:
             req = _classify_dec.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise BadInput(f"webhook body: {exc}") from None
+            raise BadInput(f"webhook body: {without_values(str(exc))}") from None
+        except (UnicodeDecodeError, RecursionError):
+            raise BadInput("webhook body: not valid UTF-8 JSON") from None
         d = self.decisions.decide(req, await self.decisions.resolve(req.customer))
         if not replay_checked and not d.degraded:
             d = msgspec.structs.replace(d, degraded=True, degraded_cause="replay_check_unavailable")

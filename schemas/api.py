@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import msgspec
@@ -47,6 +48,21 @@ Channel = Literal["ticket", "email", "phone", "chat", "web", "social"]
 Category = Literal["technical", "billing", "account", "cancellation", "sales", "general"]
 
 
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_SKEW = timedelta(days=1)
+
+
+def _plausible(field: str, when: datetime | None) -> None:
+    """A contact or outcome time between 2000 and one day ahead of now (clock skew).
+
+    Checked before any time-zone arithmetic: year 1 east of UTC or 9999 would overflow later.
+    """
+    if when is None:
+        return
+    if not 2000 <= when.year <= 9000 or not _EARLIEST <= when <= datetime.now(UTC) + _SKEW:
+        raise ValueError(f"{field} must lie between 2000-01-01 and one day from now")
+
+
 class CustomerRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How the caller knows the customer: exactly one of id, e-mail or phone."""
 
@@ -71,6 +87,9 @@ class ClassifyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Sentiment of the contact's own text, if the caller analysed it (-1..1)."""
     received_at: AwareDatetime | None = None
     """When the contact arrived; the SLA clock starts here (default: now)."""
+
+    def __post_init__(self) -> None:
+        _plausible("received_at", self.received_at)
 
 
 class SlaDeadline(msgspec.Struct, frozen=True):
@@ -320,6 +339,9 @@ class OutcomeRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     customer_id: Identifier
     outcome: Literal["churned", "renewed", "upsold", "ticket_resolved"]
     occurred_at: AwareDatetime | None = None
+
+    def __post_init__(self) -> None:
+        _plausible("occurred_at", self.occurred_at)
 
 
 class OutcomeAccepted(msgspec.Struct, frozen=True):

@@ -136,6 +136,26 @@ async def test_every_bad_input_gets_a_clear_status(api: tuple[Settings, Client])
         "/v1/classify", json={"customer": {"customer_id": "x"}, "priority": "asap"}, headers=auth("helpdesk")
     )
     assert r.status_code == 400 and "priority" in r.json()["detail"]
+    r = await client.post(
+        "/v1/classify", json={"customer": {"customer_id": "x"}, "channel": "jane@example.org"}, headers=auth("helpdesk")
+    )
+    assert r.status_code == 400 and "channel" in r.json()["detail"] and "jane" not in r.text  # values never echoed
+    r = await client.post(
+        "/v1/classify", json={**ok_body, "received_at": "9999-12-31T23:59:59Z"}, headers=auth("helpdesk")
+    )
+    assert r.status_code == 400 and "received_at" in r.json()["detail"]
+    r = await client.post(
+        "/v1/classify",
+        content=b'{"customer":{"customer_id":"\xff"}}',
+        headers={**auth("helpdesk"), "content-type": "application/json"},
+    )
+    assert r.status_code == 400 and "UTF-8" in r.json()["detail"]
+    r = await client.post(
+        "/v1/classify",
+        content=b'{"customer":{"customer_id":"x"}}',
+        headers={**auth("helpdesk"), "content-type": "text/plain"},
+    )
+    assert r.status_code == 415
     r = await client.post("/v1/handoff", json={**ok_body, "conversation": {"bot_turns": -1}}, headers=auth("chatbot"))
     assert r.status_code == 400 and "bot_turns" in r.json()["detail"]
     r = await client.post(

@@ -23,7 +23,7 @@ from router.api.webhooks import WebhookController
 from router.auth import ApiKey, Authenticator, ConfigError
 from router.customers import CustomerService
 from router.decisions import DecisionService
-from router.errors import RouterError
+from router.errors import RouterError, without_values
 from router.handoff import HandoffService
 from router.observability import (
     RequestMetricsMiddleware,
@@ -118,6 +118,9 @@ def create_app(settings: Settings) -> Litestar:
         RouterError: _router_error,
         ValidationException: _validation_error,
         HTTPException: _http_error,
+        # msgspec lets these through undecorated; they are the caller's fault, not ours
+        UnicodeDecodeError: _undecodable,
+        RecursionError: _undecodable,
     }
 
     # --- lifespans ------------------------------------------------------------------------
@@ -126,6 +129,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies=dependencies,
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         middleware=[RequestMetricsMiddleware],
+        before_request=_require_json,
         logging_config=litestar_logging_config(settings.api.log_level),
         lifespan=lifespans(settings),
         state=State({"settings": settings, "readiness": Readiness(), "auth": auth}),
@@ -169,6 +173,28 @@ def _router_error(request: Request[object, object, State], exc: RouterError) -> 
     )
 
 
+_JSON_TYPES = frozenset({"application/json", ""})
+
+
+def _require_json(request: Request[object, object, State]) -> None:
+    """415 for a body that is not declared as JSON: it must not be parsed as JSON anyway."""
+    headers = request.headers
+    if request.method in ("GET", "HEAD", "DELETE", "OPTIONS") or headers.get("content-length") == "0":
+        return
+    if "content-length" not in headers and "transfer-encoding" not in headers:
+        return
+    media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in _JSON_TYPES and not media.endswith("+json"):
+        raise HTTPException(status_code=415, detail="send the body as JSON with content-type: application/json")
+
+
+def _undecodable(request: Request[object, object, State], exc: Exception) -> Response[dict[str, object]]:
+    detail = "body is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "body is nested too deeply"
+    return Response(
+        {"status_code": 400, "error": "bad_request", "detail": detail}, status_code=400, media_type=MediaType.JSON
+    )
+
+
 def _validation_error(request: Request[object, object, State], exc: ValidationException) -> Response[dict[str, object]]:
     # Say which field is wrong and why; never echo the submitted value (it may be personal data).
     problems = []
@@ -176,7 +202,7 @@ def _validation_error(request: Request[object, object, State], exc: ValidationEx
         if isinstance(item, dict):
             key = item.get("key")
             key = "body" if key == "data" else key
-            message = str(item.get("message", "invalid"))
+            message = without_values(str(item.get("message", "invalid")))
             problems.append(f"{key}: {message}" if key else message)
     detail = "; ".join(problems) or exc.detail
     return Response(
