@@ -388,3 +388,25 @@ def test_raw_http_abuse_never_breaks_the_server(server: tuple[Settings, httpx.Cl
             sock.close()
     assert client.get("/health/ready").status_code == 200
     assert failures == [], "\n".join(failures)
+
+
+def test_rejected_requests_do_not_flood_the_log(server: tuple[Settings, httpx.Client, Path]) -> None:
+    """A caller's mistake is the caller's: 4xx answers write no ERROR lines and no tracebacks.
+
+    Otherwise anyone who can reach the port (no key needed) writes a stack trace per request
+    into the logs: noise that hides real errors, and disk and log-pipeline cost on demand.
+    """
+    _, client, log = server
+    before = log.read_text(errors="replace")
+    body = {"customer": {"customer_id": VIP_ID}}
+    for _ in range(20):
+        client.post("/v1/classify", json=body)  # 401
+        client.post("/v1/classify", json=body, headers={"X-API-Key": "nope-0123456789abcdef"})  # 401
+        client.post("/v1/handoff", json=body, headers=auth("ops"))  # 403
+        client.post("/v1/classify", json={"customer": {}}, headers=auth("helpdesk"))  # 400
+        client.delete("/v1/customers/NOBODY/override", headers=auth("admin"))  # 404
+    added = log.read_text(errors="replace")[len(before) :]
+    lines = [line for line in added.splitlines() if line.strip()]
+    errors = [line for line in lines if '"level":"ERROR"' in line or "Traceback" in line]
+    assert errors == [], f"{len(errors)} ERROR lines for 100 rejected requests, e.g. {errors[0][:400]}"
+    assert len(lines) <= 20, f"{len(lines)} log lines for 100 rejected requests"
