@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 from litestar import Litestar, MediaType, Request, Response
@@ -14,17 +16,13 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
-from router.admin import AdminService
 from router.api import routes
 from router.api.admin import AdminController
 from router.api.customers import CustomerController
 from router.api.decisions import DecisionController
 from router.api.webhooks import WebhookController
 from router.auth import ApiKey, Authenticator, ConfigError
-from router.customers import CustomerService
-from router.decisions import DecisionService
 from router.errors import RouterError, without_values
-from router.handoff import HandoffService
 from router.observability import (
     RequestMetricsMiddleware,
     litestar_logging_config,
@@ -32,11 +30,8 @@ from router.observability import (
     prepare_multiprocess,
     setup_logging,
 )
-from router.portfolio import PortfolioService
 from router.resources import Readiness, lifespans
-from router.screenpop import ScreenPopService
 from router.settings import Settings
-from router.webhooks import WebhookService
 
 __all__ = ["create_app", "serve"]
 
@@ -67,51 +62,13 @@ def create_app(settings: Settings) -> Litestar:
 
     # --- dependencies ---------------------------------------------------------------------
     # Services are built once per process by the lifespans; providers only hand them out.
-    def provide_decisions(state: State) -> DecisionService:
-        service: DecisionService = state.decisions
-        return service
-
-    def provide_screenpop(state: State) -> ScreenPopService:
-        service: ScreenPopService = state.screenpop
-        return service
-
-    def provide_handoff(state: State) -> HandoffService:
-        service: HandoffService = state.handoff
-        return service
-
-    def provide_webhooks(state: State) -> WebhookService:
-        service: WebhookService = state.webhooks
-        return service
-
-    def provide_customers(state: State) -> CustomerService:
-        service: CustomerService = state.customers
-        return service
-
-    def provide_portfolio(state: State) -> PortfolioService:
-        service: PortfolioService = state.portfolio
-        return service
-
-    def provide_admin(state: State) -> AdminService:
-        service: AdminService = state.admin
-        return service
-
     def provide_caller(request: Request[object, object, State]) -> ApiKey:
         caller: ApiKey = request.state.caller  # set by router.auth.require_key
         return caller
 
-    dependencies = {
-        name: Provide(fn, sync_to_thread=False)
-        for name, fn in (
-            ("decisions", provide_decisions),
-            ("screenpop", provide_screenpop),
-            ("handoff", provide_handoff),
-            ("webhooks", provide_webhooks),
-            ("customers", provide_customers),
-            ("portfolio", provide_portfolio),
-            ("admin", provide_admin),
-            ("caller", provide_caller),
-        )
-    }
+    services = ("decisions", "screenpop", "handoff", "webhooks", "customers", "portfolio", "admin")
+    dependencies = {name: Provide(_from_state(name), sync_to_thread=False) for name in services}
+    dependencies["caller"] = Provide(provide_caller, sync_to_thread=False)
 
     # --- errors ---------------------------------------------------------------------------
     exception_handlers = {
@@ -171,6 +128,13 @@ def _router_error(request: Request[object, object, State], exc: RouterError) -> 
         media_type=MediaType.JSON,
         headers=exc.headers or None,
     )
+
+
+def _from_state(name: str) -> Callable[[State], Any]:
+    def provide(state: State) -> Any:
+        return state[name]
+
+    return provide
 
 
 _JSON_TYPES = frozenset({"application/json", ""})
