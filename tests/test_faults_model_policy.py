@@ -25,14 +25,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
 
-from router.infra import ManagedProcess
+from router.infra import ManagedProcess, free_port
+from router.reducer import fold_all
 from router.settings import ModelSettings, PolicySettings, Settings, to_env
 from tests.api_support import VIP_ID, api_settings, auth, populate, population
 from tests.conftest import SettingsFactory, run_sync
+from tests.helpers import hasher_of, produce, state_store
+from tests.test_faults_consumer import stored_offsets
 
 GOOD_MODEL = Path(ModelSettings().path)
 GOOD_POLICY = Path(PolicySettings().path)
@@ -293,3 +297,48 @@ def test_reload_needs_the_admin_scope(settings: SettingsFactory, tmp_path: Path)
             ):
                 r = client.post(f"/v1/admin/{kind}/reload", headers=headers)
                 assert r.status_code == status, r.text
+
+
+def test_consumer_with_a_corrupt_model_keeps_folding_and_says_so(settings: SettingsFactory, tmp_path: Path) -> None:
+    """The consumer starts without a usable model: state stays exact, and operations can see why scores stall."""
+    broken = _copy_model(tmp_path / "model")
+    broken.write_bytes(b"not onnx")
+    s = settings(model={"path": str(broken)}, kafka={"partitions": 1})
+    events = population(3)
+    run_sync(produce(s, events))
+    health = free_port()
+    env = {**os.environ, **to_env(s), "ROUTER_STREAM_HEALTH_PORT": str(health)}
+    consumer = ManagedProcess(
+        "consumer", [sys.executable, "-m", "router", "consume"], log_path=tmp_path / "consumer.log", env=env
+    )
+    try:
+        deadline = time.monotonic() + 40
+        while sum(run_sync(stored_offsets(s)).values()) < len(events):
+            assert consumer.running and time.monotonic() < deadline, consumer.tail(30)
+            time.sleep(0.2)
+        ready = httpx.get(f"http://127.0.0.1:{health}/health/ready", timeout=5)
+        metrics_text = httpx.get(f"http://127.0.0.1:{health}/metrics", timeout=5).text
+    finally:
+        consumer.stop(10)
+    assert "churn model unavailable" in consumer.log_path.read_text()
+
+    async def snapshots_exact() -> list[str]:
+        hasher = hasher_of(s)
+        by_customer: dict[str, list[Any]] = {}
+        for e in events:
+            by_customer.setdefault(e.customer_id, []).append(e)
+        async with state_store(s) as store:
+            wrong = []
+            for cid, evs in by_customer.items():
+                rec = await store.read_customer(store.customer_key(cid))
+                if rec.snapshot != fold_all(evs, lateness_s=s.stream.lateness_s, hasher=hasher):
+                    wrong.append(cid)
+            return wrong
+
+    assert run_sync(snapshots_exact()) == []
+    # ready (it folds events), but readiness and metrics say the churn model is missing
+    assert ready.status_code == 200 and "model" in ready.text, ready.text
+    assert not re.search(r"^router_model_info\{[^}]*\} 1\.0$", metrics_text, re.M), "a model is reported as in use"
+    assert re.search(r"^router_model_loaded\S* 0\.0$|^router_model_info\{[^}]*version=\"none\"", metrics_text, re.M), (
+        "the consumer's metrics do not show that no churn model is loaded"
+    )
