@@ -77,6 +77,8 @@ class StreamSettings(msgspec.Struct, kw_only=True):
     """Churn probability whose upward crossing emits one alert."""
     stuck_after_s: float = 30.0
     """Readiness fails when no poll succeeded for this long."""
+    max_future_s: int = 3_600
+    """Events stamped further ahead of the consumer's clock are dead-lettered (a clock bug must not freeze a customer)."""
     alert_rearm_margin: float = 0.05
     """After an alert, churn must fall this far below the threshold before another can fire."""
     health_port: int = 9101
