@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -195,7 +196,8 @@ class StateConsumer:
         silent = time.time() - self.last_poll
         if silent > self.settings.stream.stuck_after_s:
             return False, f"stuck: no successful poll for {silent:.0f} s"
-        return True, f"ok: {len(self.assigned)} partitions, lag {self.lag}"
+        model = f"model {self.model.version}" if self.model else "model missing (scores keep their last values)"
+        return True, f"ok: {len(self.assigned)} partitions, lag {self.lag}, {model}"
 
     async def process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Fold one polled batch into Redis; returns when state, dead letters and commit are done."""
@@ -203,10 +205,16 @@ class StateConsumer:
         by_customer: dict[str, list[_Pending]] = {}
         dead: list[_Dead] = []
         next_offsets: dict[int, int] = {}
+        horizon = time.time() + self.settings.stream.max_future_s
         for tp, records in batch.items():
             for rec in records:
                 next_offsets[tp.partition] = rec.offset + 1
                 event = _decode(rec, dead)
+                if event is not None and event.occurred_at.timestamp() > horizon:
+                    # Lateness counts back from the newest event time: one event from 2100 would
+                    # make every real event "too late" until 2100.
+                    dead.append(_Dead(rec, "from_future", _FromFuture(self.settings.stream.max_future_s)))
+                    event = None
                 if event is not None:
                     by_customer.setdefault(event.customer_id, []).append(_Pending(rec, event))
 
@@ -379,7 +387,7 @@ class StateConsumer:
                 ("dlq.origin.offset", str(rec.offset).encode()),
                 ("dlq.error.reason", d.reason.encode()),
                 ("dlq.error.class", type(d.error).__name__.encode()),
-                ("dlq.error.message", str(d.error)[:500].encode()),
+                ("dlq.error.message", _safe_message(d.error).encode()),
             ]
             futures.append(
                 await self.producer.send(
@@ -463,6 +471,19 @@ def _add(kpi: dict[str, float], field: str, delta: float) -> None:
     kpi[field] = kpi.get(field, 0.0) + delta
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def _safe_message(error: BaseException) -> str:
+    """The error's message without the values it quotes: they can be a phone number or an e-mail."""
+    return _QUOTED.sub("'…'", str(error))[:500]
+
+
+class _FromFuture(Exception):
+    def __init__(self, max_future_s: int) -> None:
+        super().__init__(f"event time is more than {max_future_s} s ahead of the consumer's clock")
+
+
 class _TooLate(Exception):
     def __init__(self, lateness_s: int) -> None:
         super().__init__(f"event time is more than {lateness_s} s before the customer's newest event")
@@ -516,6 +537,9 @@ async def consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
     except ModelError as exc:
         log.error("churn model unavailable, scores keep their last values: %s", exc)
         model = None
+    metrics.MODEL_LOADED.set(1 if model else 0)
+    if model is not None:
+        metrics.MODEL_INFO.info({"version": model.version, "path": settings.model.path})
     shadow: ChurnModel | None = None
     if settings.model.shadow_path:
         try:

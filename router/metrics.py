@@ -35,6 +35,7 @@ __all__ = [
     "LAST_POLL",
     "LATE_EVENTS",
     "MODEL_INFO",
+    "MODEL_LOADED",
     "MODEL_SECONDS",
     "POLICY_INFO",
     "REDIS_ERRORS",
@@ -104,6 +105,7 @@ DECISIONS = Counter(
 )
 DEGRADED = Counter("router_degraded_decisions_total", "Decisions made by a fallback", ["cause"])
 MODEL_SECONDS = Histogram("router_model_inference_seconds", "ONNX inference time", ["site"], buckets=_LATENCY_BUCKETS)
+MODEL_LOADED = Gauge("router_model_loaded", "1 while a churn model is loaded and used, else 0")
 MODEL_INFO = InfoGauge("router_model_info", "Loaded churn model (1 = in use)", ["version", "path"])
 POLICY_INFO = InfoGauge("router_policy_info", "Loaded routing policy (1 = in use)", ["version"])
 WEBHOOK_SIGNATURE_FAILURES = Counter(
