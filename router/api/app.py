@@ -140,8 +140,11 @@ def _from_state(name: str) -> Callable[[State], Any]:
 _JSON_TYPES = frozenset({"application/json", ""})
 
 
-def _require_json(request: Request[object, object, State]) -> None:
-    """415 for a body that is not declared as JSON: it must not be parsed as JSON anyway."""
+async def _require_json(request: Request[object, object, State]) -> None:
+    """415 for a body that is not declared as JSON: it must not be parsed as JSON anyway.
+
+    Async on purpose: Litestar runs a sync ``before_request`` hook in a worker thread.
+    """
     headers = request.headers
     if request.method in ("GET", "HEAD", "DELETE", "OPTIONS") or headers.get("content-length") == "0":
         return
