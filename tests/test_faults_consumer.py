@@ -268,17 +268,21 @@ def test_broker_partition_loses_nothing_and_applies_nothing_twice(settings: Sett
             ends = asyncio.run(log_ends(s))
             total = sum(ends.values())
             assert total >= n_events
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 45
             while True:
                 stored = asyncio.run(stored_offsets(s))
                 committed = asyncio.run(committed_offsets(s, ends))
-                if all(stored.get(p, 0) >= end and committed.get(p, -1) >= end for p, end in ends.items()):
+                state_done = all(stored.get(p, 0) >= end for p, end in ends.items())
+                if state_done and all(committed.get(p, -1) >= end for p, end in ends.items()):
                     break
                 for c in consumers:
                     assert c.running, f"{c.name} died:\n{c.tail(40)}"
-                assert time.monotonic() < deadline, (
-                    f"lag never reached 0: stored {stored} committed {committed} end {ends}"
-                )
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        ("every event is applied, but the group's Kafka commits stay behind, so lag monitoring "
+                         "reports lag forever: " if state_done else "the consumers never caught up: ")
+                        + f"stored {stored} committed {committed} end {ends}"
+                    )  # fmt: skip
                 time.sleep(0.3)
             recovery_s = time.monotonic() - last_fault_end
             lags = [httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=5).text for port in health]
