@@ -23,6 +23,7 @@ import concurrent.futures
 import contextlib
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,33 +34,51 @@ import httpx
 import msgspec
 import pytest
 
+from router.infra import free_port
+from router.kafka import ensure_topics
 from router.settings import Settings
 from router.webhooks import sign_generic, sign_zendesk
 from tests.api_support import (
     GENERIC_SECRET,
+    KEY_SPEC,
     KEYS,
     SMALL_PHONE,
     VIP_EMAIL,
     VIP_ID,
     ZENDESK_SECRET,
-    api_settings,
     auth,
     live_server,
     populate,
     population,
 )
-from tests.conftest import SettingsFactory
+from tests.conftest import run_sync
 
 JSON = {"content-type": "application/json"}
 BAD_UTF8_TICKET = b'{"ticket": {"id": "\xff\xfe", "requester": {"external_id": "x"}}}'
 HELPDESK = {**auth("helpdesk"), **JSON}
 
 
-@pytest.fixture
-def server(settings: SettingsFactory, tmp_path: Path) -> Iterator[tuple[Settings, httpx.Client, Path]]:
-    s = api_settings(settings, api={"max_body_bytes": 16_384})
+@pytest.fixture(scope="module")
+def server(
+    broker: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, httpx.Client, Path]]:
+    """One API process for the module (own topics, prefix and port); each test leaves it healthy."""
+    token = f"attacks-{uuid.uuid4().hex[:8]}"
+    base = Settings()
+    r = msgspec.structs.replace
+    s = r(
+        base,
+        kafka=r(base.kafka, bootstrap=broker, events_topic=f"{token}.events", dead_letter_topic=f"{token}.dlq",
+                alerts_topic=f"{token}.alerts", group_id=f"{token}.group", session_timeout_ms=3000),
+        redis=r(base.redis, url=redis_server.url, prefix=f"test:{token}", breaker_reset_ms=200),
+        api=r(base.api, port=free_port(), max_body_bytes=16_384),
+        stream=r(base.stream, health_port=0),
+        auth=r(base.auth, keys=KEY_SPEC),
+        webhooks=r(base.webhooks, zendesk_secret=ZENDESK_SECRET, generic_secret=GENERIC_SECRET),
+    )  # fmt: skip
+    run_sync(ensure_topics(s.kafka))
     asyncio.run(populate(s, population(5)))
-    log = tmp_path / "api.log"
+    log = tmp_path_factory.mktemp("attacks") / "api.log"
     with live_server(s, log) as client:
         yield s, client, log
 

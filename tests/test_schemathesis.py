@@ -49,7 +49,8 @@ def fuzz_server(broker: str, redis_server: Any, tmp_path_factory: pytest.TempPat
         base,
         kafka=r(base.kafka, bootstrap=broker, events_topic=f"{token}.events", dead_letter_topic=f"{token}.dlq",
                 alerts_topic=f"{token}.alerts", group_id=f"{token}.group", session_timeout_ms=3000),
-        redis=r(base.redis, url=redis_server.url, prefix=f"test:{token}", breaker_reset_ms=200),
+        # a generous Redis budget: this test is about the contract, not about a loaded CI machine
+        redis=r(base.redis, url=redis_server.url, prefix=f"test:{token}", breaker_reset_ms=200, timeout_ms=1000),
         api=r(base.api, port=free_port(), log_level="warning"),
         stream=r(base.stream, health_port=0),
         auth=r(base.auth, keys=f"{KEY_SPEC},fuzz:helpdesk+telephony+chatbot+ops+admin:{FUZZ_KEY}",
