@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -87,7 +88,9 @@ def create_app(settings: Settings) -> Litestar:
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         middleware=[RequestMetricsMiddleware],
         before_request=_require_json,
-        logging_config=litestar_logging_config(settings.api.log_level),
+        logging_config=dataclasses.replace(
+            litestar_logging_config(settings.api.log_level), disable_stack_trace=_CALLERS_FAULTS
+        ),
         lifespan=lifespans(settings),
         state=State({"settings": settings, "readiness": Readiness(), "auth": auth}),
         request_max_body_size=settings.api.max_body_bytes,
@@ -128,6 +131,12 @@ def _router_error(request: Request[object, object, State], exc: RouterError) -> 
         media_type=MediaType.JSON,
         headers=exc.headers or None,
     )
+
+
+_CALLERS_FAULTS: set[int | type[Exception]] = {400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 503}
+_CALLERS_FAULTS |= {UnicodeDecodeError, RecursionError}
+"""Answered as 4xx (or 503 for a dependency of an admin action): the caller's business, so no
+ERROR line and no traceback in the log. Real 500s still log theirs."""
 
 
 def _from_state(name: str) -> Callable[[State], Any]:
