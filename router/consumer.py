@@ -117,6 +117,8 @@ class StateConsumer:
         self.lag = 0
         self.shadow = shadow
         self._to_commit: dict[TopicPartition, int] = {}
+        self._state_written = False
+        """True once offsets were stored in Redis: their disappearance then means Redis lost the state."""
         self._committed_at = 0.0
         self._shadow_rows: list[np.ndarray[Any, np.dtype[np.float32]]] = []
         self._shadow_reported = 0.0
@@ -135,9 +137,17 @@ class StateConsumer:
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.assigned.update(assigned)
         stored = await self.store.stored_offsets(self.settings.kafka.group_id, self.settings.kafka.events_topic)
+        fresh = []
         for tp in assigned:
             if tp.partition in stored:
                 self.consumer.seek(tp, stored[tp.partition])
+            else:
+                fresh.append(tp)
+        if fresh:
+            # The state lives in Redis: no offsets stored there means no state, whatever Kafka's
+            # committed offsets say. Build it from the start of the retained log.
+            await self.consumer.seek_to_beginning(*fresh)
+        self._state_written = bool(stored)
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -201,6 +211,14 @@ class StateConsumer:
 
     async def process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Fold one polled batch into Redis; returns when state, dead letters and commit are done."""
+        if self._state_written and not await self.store.client.exists(self.offsets_key):
+            # Redis came back empty (a restart without persistence, a flush): folding on would write
+            # snapshots of the newer events only. Replay the retained log instead.
+            log.warning("Redis lost the consumer state; replaying partitions from the beginning")
+            metrics.STATE_RESETS.inc()
+            self._state_written = False
+            await self.consumer.seek_to_beginning(*self.assigned)
+            return
         metrics.BATCH_SIZE.observe(sum(len(r) for r in batch.values()))
         by_customer: dict[str, list[_Pending]] = {}
         dead: list[_Dead] = []
@@ -225,6 +243,7 @@ class StateConsumer:
                 outcome.dead[:0] = dead
             await self._publish(outcome)
             ok = await self.store.apply(outcome.ops, {self.offsets_key: next_offsets})
+            self._state_written = True
             lost = {op.customer_key for op, good in zip(outcome.ops, ok, strict=True) if not good}
             if not lost:
                 break

@@ -42,6 +42,7 @@ __all__ = [
     "REDIS_SECONDS",
     "REQUESTS",
     "REQUEST_SECONDS",
+    "STATE_RESETS",
     "STATUS_CLASSES",
     "WEBHOOK_SIGNATURE_FAILURES",
     "InfoGauge",
@@ -105,6 +106,9 @@ DECISIONS = Counter(
 )
 DEGRADED = Counter("router_degraded_decisions_total", "Decisions made by a fallback", ["cause"])
 MODEL_SECONDS = Histogram("router_model_inference_seconds", "ONNX inference time", ["site"], buckets=_LATENCY_BUCKETS)
+STATE_RESETS = Counter(
+    "router_consumer_state_resets_total", "Times Redis was found empty and the log replayed from the start"
+)
 MODEL_LOADED = Gauge("router_model_loaded", "1 while a churn model is loaded and used, else 0")
 MODEL_INFO = InfoGauge("router_model_info", "Loaded churn model (1 = in use)", ["version", "path"])
 POLICY_INFO = InfoGauge("router_policy_info", "Loaded routing policy (1 = in use)", ["version"])
