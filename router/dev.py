@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 import redis
 
+from router.auth import DEV_KEY
 from router.infra import (
     Broker,
     InfraError,
@@ -76,9 +77,18 @@ def example_request(settings: Settings, customer_id: str = DEMO_CUSTOMER_ID) -> 
     """A ready-to-paste curl command classifying a ticket of a demo customer."""
     body = {"customer": {"customer_id": customer_id}, "channel": "phone", "category": "technical"}
     url = f"http://{_display_host(settings.api.host)}:{settings.api.port}/v1/classify"
+    key = DEV_KEY if not settings.auth.keys else "<your API key>"
     return shlex.join(
-        ["curl", "-sS", "-X", "POST", url, "-H", "content-type: application/json", "-d", json.dumps(body)]
-    )
+        ["curl", "-sS", "-X", "POST", url, "-H", "content-type: application/json", "-H", f"X-API-Key: {key}",
+         "-d", json.dumps(body)]
+    )  # fmt: skip
+
+
+def _with_dev_auth(settings: Settings) -> Settings:
+    """Local stacks without configured API keys run the API in dev mode (the printed dev key works)."""
+    if settings.auth.keys or settings.auth.dev_mode:
+        return settings
+    return msgspec.structs.replace(settings, auth=msgspec.structs.replace(settings.auth, dev_mode=True))
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -337,7 +347,7 @@ def _start_children(
     settings: Settings, stack: _Stack, *, customers: int, rate: float
 ) -> list[ManagedProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and k != "REDIS_URL"}
-    env.update(to_env(settings))
+    env.update(to_env(_with_dev_auth(settings)))
     env["PYTHONUNBUFFERED"] = "1"  # so a crash's last words reach the log
     commands = {
         "consumer": ["consume"],

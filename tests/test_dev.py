@@ -142,9 +142,9 @@ def test_dev_serves_the_printed_example_and_leaves_no_orphans(
     argv = shlex.split(curl)
     url = next(a for a in argv if a.startswith("http://"))
     body = argv[argv.index("-d") + 1]
-    request = urllib.request.Request(
-        url, data=body.encode(), headers={"content-type": "application/json"}, method="POST"
-    )
+    headers = dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H")
+    assert "X-API-Key" in headers, "the example carries the dev API key"
+    request = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
         decision = json.loads(response.read())
