@@ -160,6 +160,9 @@ class StateConsumer:
             self.last_poll = time.time()
             metrics.LAST_POLL.set(self.last_poll)
             if not batch:
+                if self._to_commit:  # idle: let Kafka's lag view catch up with what Redis already has
+                    with contextlib.suppress(Exception):
+                        await self.commit()
                 await self._report_lag()
                 continue
             try:
