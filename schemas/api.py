@@ -20,6 +20,7 @@ __all__ = [
     "CustomerView",
     "Decision",
     "ErasureAccepted",
+    "ErrorBody",
     "Escalation",
     "ExplainedFactor",
     "HandoffDecision",
@@ -353,6 +354,16 @@ class ErasureAccepted(msgspec.Struct, frozen=True):
     event_id: str
     will_remove: list[str]
     kept: list[str]
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    """Every 4xx/5xx answer of the API: the status again, a stable code and a message safe to show."""
+
+    status_code: int
+    error: str
+    """Stable machine-readable code, e.g. `unauthorized`, `bad_request`, `conflict`."""
+    detail: str
+    """What is wrong, naming the field but never its value (no secrets, no personal data)."""
 
 
 class ReloadRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

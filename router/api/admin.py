@@ -10,6 +10,7 @@ from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK
 
 from router.admin import AdminService
+from router.api.responses import BODY, KEYED, errors
 from router.auth import ApiKey, require_key
 from router.portfolio import PortfolioService
 from schemas.api import PortfolioReport, ReloadRequest, ReloadResult
@@ -28,6 +29,7 @@ class AdminController(Controller):
         "/portfolio",
         tags=["portfolio"],
         summary="Portfolio figures for management",
+        responses=errors(KEYED, 503),
         opt={"scopes": frozenset({"ops", "admin"})},
         description="Scopes: ops, admin. Tier and churn-risk distribution and trend, MRR/ARR, churn by customers "
         "and by revenue, upsells net of downgrades, NRR, CLV:CAC.",
@@ -42,6 +44,7 @@ class AdminController(Controller):
         status_code=HTTP_200_OK,
         tags=["admin"],
         summary="Load a new policy without restart",
+        responses=errors(KEYED, BODY, 422),
         opt={"scopes": _ADMIN},
         description="Scope: admin. An invalid policy gives 422 with the loader's precise message; the old one stays. "
         "Reloads this worker (SIGHUP does the same).",
@@ -59,6 +62,7 @@ class AdminController(Controller):
         status_code=HTTP_200_OK,
         tags=["admin"],
         summary="Load a new churn model without restart",
+        responses=errors(KEYED, BODY, 422),
         opt={"scopes": _ADMIN},
         description="Scope: admin. Loaded and probed before the atomic swap; a failure keeps the old model (422).",
     )

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
+from router.api.responses import BODY, KEYED, errors
 from router.auth import ApiKey, require_key
 from router.customers import CustomerService
 from schemas.api import CustomerView, ErasureAccepted, OutcomeAccepted, OutcomeRequest, Override, OverrideRequest
@@ -29,6 +30,7 @@ class CustomerController(Controller):
     @get(
         "/customers/{customer_id:str}",
         summary="Customer view: every score and why (GDPR transparency)",
+        responses=errors(KEYED, 503),
         opt={"scopes": frozenset({"ops", "admin"})},
         description="Scopes: ops, admin. Churn factors in plain words, CLV with its inputs, override, recent decisions.",
     )
@@ -39,6 +41,7 @@ class CustomerController(Controller):
         "/customers/{customer_id:str}/override",
         status_code=HTTP_200_OK,
         summary="Override the tier (with reason and expiry)",
+        responses=errors(KEYED, BODY, 404, 503),
         opt={"scopes": _ADMIN},
         description="Scope: admin. Honoured by every decision until it expires; audited.",
     )
@@ -55,6 +58,7 @@ class CustomerController(Controller):
         "/customers/{customer_id:str}/override",
         status_code=HTTP_204_NO_CONTENT,
         summary="Remove a tier override",
+        responses=errors(KEYED, 404, 503),
         opt={"scopes": _ADMIN},
         description="Scope: admin. Audited.",
     )
@@ -67,6 +71,7 @@ class CustomerController(Controller):
         "/customers/{customer_id:str}/erasure",
         status_code=HTTP_202_ACCEPTED,
         summary="Erase the customer (GDPR art. 17)",
+        responses=errors(KEYED, BODY, 503),
         opt={"scopes": _ADMIN},
         description="Scope: admin. Produces an `erasure_requested` event (acks=all) that the consumer applies "
         "exactly once; deletes the override and the per-customer audit stream at once. Audited.",
@@ -80,6 +85,7 @@ class CustomerController(Controller):
         "/decisions/{decision_id:str}/outcome",
         status_code=HTTP_202_ACCEPTED,
         summary="Feed back what happened after a decision",
+        responses=errors(KEYED, BODY, 503),
         opt={"scopes": frozenset({"helpdesk", "ops", "admin"})},
         description="Scopes: helpdesk, ops, admin. Produces an `outcome` event keyed by customer: a training label.",
     )

@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
+from router.api.responses import BODY, KEYED, errors
 from router.auth import require_key
 from router.decisions import DecisionService
 from router.handoff import HandoffService
@@ -38,6 +39,7 @@ class DecisionController(Controller):
         status_code=HTTP_200_OK,
         summary="Route a ticket, call or chat",
         opt={"scopes": frozenset({"helpdesk", "telephony", "chatbot"})},
+        responses=errors(KEYED, BODY),
         description="Scopes: helpdesk, telephony, chatbot. Never a 5xx for an infrastructure fault: "
         "a fallback answer is marked `degraded` with its cause.",
     )
@@ -48,6 +50,7 @@ class DecisionController(Controller):
     @get(
         "/screenpop",
         summary="Caller card for telephony (JSON)",
+        responses=errors(KEYED),
         opt={"scopes": frozenset({"telephony"})},
         description="Scope: telephony. An unknown or withheld number gives an `unknown`/`withheld` card, not an error.",
     )
@@ -57,6 +60,7 @@ class DecisionController(Controller):
     @get(
         "/screenpop/card",
         summary="Caller card for telephony (HTML for the CTI pane)",
+        responses=errors(KEYED),
         media_type=MediaType.HTML,
         opt={"scopes": frozenset({"telephony"}), "query_key": True},
         description="Scope: telephony. The key may also be passed as `?key=` because a CTI opening a URL "
@@ -78,6 +82,7 @@ class DecisionController(Controller):
         status_code=HTTP_200_OK,
         summary="Chatbot: hand over to a person now?",
         opt={"scopes": frozenset({"chatbot"})},
+        responses=errors(KEYED, BODY),
         description="Scope: chatbot. VIP customers who ask for a person are always handed over.",
     )
     async def handoff(

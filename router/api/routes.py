@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -18,7 +19,16 @@ def live() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@get("/health/ready", tags=["operations"], summary="Readiness")
+@get(
+    "/health/ready",
+    tags=["operations"],
+    summary="Readiness",
+    responses={
+        503: ResponseSpec(
+            data_container=dict[str, object], description="Not ready: the failing checks", generate_examples=False
+        )
+    },
+)
 async def ready(state: State) -> Response[dict[str, object]]:
     """503 until the model and policy are loaded and Redis answers."""
     readiness: Readiness = state.readiness

@@ -7,6 +7,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK
 
+from router.api.responses import SIGNED, errors
 from router.webhooks import ROUTER_SIGNATURE, ROUTER_TIMESTAMP, ZENDESK_SIGNATURE, ZENDESK_TIMESTAMP, WebhookService
 from schemas.api import Decision, HelpdeskRouting
 
@@ -21,6 +22,7 @@ class WebhookController(Controller):
         "/zendesk",
         status_code=HTTP_200_OK,
         summary="Zendesk ticket webhook",
+        responses=errors(SIGNED),
         description="Verified as Zendesk signs it: `X-Zendesk-Webhook-Signature` = base64 HMAC-SHA256 over "
         "`X-Zendesk-Webhook-Signature-Timestamp` + raw body. Stale (> max age) or replayed requests are "
         'rejected (401/409). Body: `{"ticket": {"id", "requester": {"external_id"|"email"|"phone"}, '
@@ -37,6 +39,7 @@ class WebhookController(Controller):
         "/generic",
         status_code=HTTP_200_OK,
         summary="Generic signed webhook (other helpdesks)",
+        responses=errors(SIGNED),
         description='`X-Router-Signature: sha256=<hex HMAC-SHA256 of timestamp + "." + raw body>` and '
         "`X-Router-Timestamp` (epoch seconds or RFC 3339). Body: a classify request. Answers a decision.",
     )
