@@ -78,34 +78,65 @@ def render_serve(serve: dict[str, Any], micro: dict[str, Any] | None) -> str:
     w = out.append
     w("## Decision path (`python -m loadtests.bench_serve`)\n")
     w(
-        f"Run {serve['started_at']} .. {serve['finished_at']} ({serve.get('wall_seconds', 0) / 60:.0f} min) on "
+        f"Run {serve['started_at']} .. {serve['finished_at']} ({serve.get('wall_seconds', 0) / 60:.0f} min, "
+        f"commit {serve.get('commit', '?')}) on "
         f"{m['cpus']} × {m['cpu_model']}, Python {m['python']}, uvicorn {m['uvicorn_loop_http']}, one API worker. "
-        f"{m['pinning']}. Load average at start {m['load_average_at_start'][0]:.1f} (the machine is shared: "
+        f"{m['pinning']}, nice {m.get('nice', 0)}. Load average at start {m['load_average_at_start'][0]:.1f} (the machine is shared: "
         "absolute figures are noisy, ratios are measured in the same run). Floor = `POST /bench/snapshot`: the "
         "same body, the same app, client and pool, one `HGET` of the snapshot returned as stored "
         "(`router/api/bench.py`). The per-key rate limit is raised for the run.\n"
     )
+    for p in pops:
+        probe = p.get("probe", {})
+        if probe and not probe.get("clv_percentile_available", True):
+            w(
+                f"**Warning — {_pop(p['customers'])} customers: the API had no CLV histogram** (a known customer's "
+                "`clv_score` stayed null for 15 s after start: the refresh of the population histogram failed). "
+                "Its decisions were made without the CLV percentile: cheaper than real ones, and value-blind.\n"
+            )
     w(
         f"### Saturation (wrk, closed loop, {cfg['connections']} connections, {cfg['duration']:.0f} s runs, "
         f"floor and classify alternated {cfg['repeats']}×, medians)\n"
     )
-    w("| customers | endpoint | req/s | p50 | p90 | p99 | p99.9 | errors | req/s ÷ floor | p50 ÷ floor | p99 ÷ floor |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    w(
+        "Two throughput figures: req/s as measured, and the worker's CPU time per request "
+        "(`psutil` CPU seconds of the worker over the run ÷ requests), whose inverse is what one dedicated core "
+        "would serve; on a shared machine the second is the steadier one. Ratios are medians of the ratios of "
+        "adjacent runs. *Degraded* counts answers the service gave without Redis (a call over "
+        "`redis.timeout_ms`): those are cheap and must not pass for throughput.\n"
+    )
+    w(
+        "| customers | endpoint | req/s | p50 | p90 | p99 | p99.9 | errors | degraded | req/s ÷ floor "
+        "| worker CPU / req | req per CPU-s | ÷ floor | p50 ÷ floor | p99 ÷ floor |"
+    )
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p in pops:
         sat = p["saturation"]
         floor = sat["floor"]
         for kind in ("floor", "classify", "screenpop", "handoff"):
             s = sat[kind]
-            ratio = (
-                f"**{sat['classify_to_floor_rps_ratio_median']:.2f}** (runs: "
-                + ", ".join(f"{r:.2f}" for r in sat["classify_to_floor_rps_ratios"])
-                + ")"
-                if kind == "classify"
-                else f"{s['rps'] / floor['rps']:.2f}"
-            )
+            cap = s.get("cpu_capacity_rps")
+            if kind == "classify":
+                ratio = (
+                    f"**{sat['classify_to_floor_rps_ratio_median']:.2f}** ("
+                    + ", ".join(f"{r:.2f}" for r in sat["classify_to_floor_rps_ratios"])
+                    + ")"
+                )
+                cpu_ratios = sat.get("classify_to_floor_cpu_capacity_ratios")
+                cap_ratio = (
+                    f"**{sat['classify_to_floor_cpu_capacity_ratio_median']:.2f}** ("
+                    + ", ".join(f"{r:.2f}" for r in cpu_ratios)
+                    + ")"
+                    if cpu_ratios
+                    else "-"
+                )
+            else:
+                ratio = f"{s['rps'] / floor['rps']:.2f}"
+                cap_ratio = f"{cap / floor['cpu_capacity_rps']:.2f}" if cap and floor.get("cpu_capacity_rps") else "-"
             w(
                 f"| {_pop(p['customers'])} | {kind} | {_num(s['rps'])} | {_us(s['p50_us'])} | {_us(s['p90_us'])} | "
-                f"{_us(s['p99_us'])} | {_us(s['p999_us'])} | {s['errors']} | {ratio} | "
+                f"{_us(s['p99_us'])} | {_us(s['p999_us'])} | {s['errors']} | {s.get('degraded', 0):.0f} | {ratio} | "
+                f"{_us(s.get('server_cpu_us_per_request'))} | {_num(cap) if cap else '-'} | {cap_ratio} | "
                 f"{s['p50_us'] / floor['p50_us']:.2f} | {s['p99_us'] / floor['p99_us']:.2f} |"
             )
     w("")
@@ -119,7 +150,7 @@ def render_serve(serve: dict[str, Any], micro: dict[str, Any] | None) -> str:
         "quantiles interpolated inside buckets as PromQL does).\n"
     )
     w(
-        "| customers | offered | endpoint | achieved | p50 | p90 | p99 | p99.9 | max | failed | "
+        "| customers | offered | endpoint | achieved | p50 | p90 | p99 | p99.9 | max | failed / degraded | "
         "server http p50 / p99 | decision p50 / p99 | Redis read p50 / p99 | ONNX p50 / p99 |"
     )
     w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -132,7 +163,8 @@ def render_serve(serve: dict[str, Any], micro: dict[str, Any] | None) -> str:
             w(
                 f"| {_pop(p['customers'])} | {_num(r['offered_rps'])}/s | {r['kind']} | {_num(r['achieved_rps'])}/s | "
                 f"{_us(r['p50_us'])} | {_us(r['p90_us'])} | {_us(r['p99_us'])} | {_us(r['p999_us'])} | "
-                f"{_us(r['max_us'])} | {r['non_200'] + r['errors']} | "
+                f"{_us(r['max_us'])} | {r['non_200'] + r['errors']} / "
+                f"{r['server'].get('degraded_decisions', {}).get('count', 0):.0f} | "
                 f"{_us(http.get('p50_us'))} / {_us(http.get('p99_us'))} | "
                 f"{_us(dec.get('p50_us'))} / {_us(dec.get('p99_us'))} | "
                 f"{_us(red.get('p50_us'))} / {_us(red.get('p99_us'))} | "
@@ -177,6 +209,13 @@ def render_serve(serve: dict[str, Any], micro: dict[str, Any] | None) -> str:
             f"{red['bytes_per_customer']:,.0f} B | {red['customer_hash_median_bytes']:,.0f} B | "
             f"{red['phone_index_median_bytes']:,.0f} B | {p['rss_bytes'] / 2**20:,.0f} MiB |"
         )
+    for p in pops:
+        h = p.get("clv_histogram_read")
+        if h:
+            w(
+                f"\n{_pop(p['customers'])}: the API's CLV histogram refresh (`StateStore.histogram`, 256 shards) reads "
+                f"{h['fields']:,.0f} fields ({h['bins']:,.0f} bins) in {h['median_ms']:.0f} ms from the benchmark process."
+            )
     w(
         "\nRedis bytes per customer include the snapshot hash, its phone index entry and the CLV histogram; "
         "measured after loading, before any request (decisions add audit stream entries).\n"
@@ -235,6 +274,11 @@ def _targets(serve: dict[str, Any]) -> str:
         n = _pop(p["customers"])
         ratio = p["saturation"]["classify_to_floor_rps_ratio_median"]
         lines.append(f"| {n}: classify req/s ≥ 0.85 × floor | {ratio:.2f} × | {_met(ratio >= TARGETS['ratio'])} |")
+        cap = p["saturation"].get("classify_to_floor_cpu_capacity_ratio_median")
+        if cap is not None:
+            lines.append(
+                f"| {n}: classify req per worker CPU-second ≥ 0.85 × floor | {cap:.2f} × | {_met(cap >= TARGETS['ratio'])} |"
+            )
         at = next((r for r in p["open_loop"] if r["kind"] == "classify" and r["offered_rps"] == 1000), None)
         if at:
             dec = _server(at, "router_decision_duration_seconds")

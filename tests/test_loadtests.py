@@ -36,6 +36,8 @@ def test_bench_serve_tiny_run_produces_every_figure(tmp_path: Path) -> None:
         assert sat[kind]["rps"] > 0 and sat[kind]["errors"] == 0, (kind, sat[kind])
         assert 0 < sat[kind]["p50_us"] <= sat[kind]["p99_us"]
     assert sat["classify_to_floor_rps_ratio_median"] > 0
+    assert pop["probe"]["clv_percentile_available"], pop["probe"]  # decisions were made with value
+    assert sat["classify"]["degraded"] >= 0
     by_kind = {r["kind"]: r for r in pop["open_loop"]}
     assert set(by_kind) == {"floor", "classify"}
     for r in by_kind.values():
