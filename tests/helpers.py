@@ -101,3 +101,29 @@ async def drain_topic(settings: Settings, topic: str, expected: int, timeout: fl
     finally:
         await consumer.stop()
     return out
+
+
+async def compare_with_reference(
+    s: Settings, per_customer: dict[str, list[CustomerEvent]]
+) -> tuple[list[str], int, int]:
+    """Customers whose Redis snapshot differs from the reducer's fold of their acknowledged events,
+    with the orders and tickets lost and applied twice among them (the Jepsen-style check)."""
+    from router.reducer import fold_all
+
+    hasher = hasher_of(s)
+    wrong: list[str] = []
+    lost = duplicated = 0
+    async with state_store(s) as store:
+        ids = sorted(per_customer)
+        records = await store.read_customers([store.customer_key(c) for c in ids])
+    for cid, rec in zip(ids, records, strict=True):
+        expected = fold_all(per_customer[cid], lateness_s=s.stream.lateness_s, hasher=hasher)
+        assert expected is not None
+        got = rec.snapshot
+        if got != expected:
+            wrong.append(cid)
+            have = (got.orders_total + got.tickets_total) if got else 0
+            want = expected.orders_total + expected.tickets_total
+            lost += max(0, want - have)
+            duplicated += max(0, have - want)
+    return wrong, lost, duplicated

@@ -43,7 +43,14 @@ from schemas.events import (
     Usage,
 )
 from tests.conftest import SettingsFactory
-from tests.helpers import drain_topic, hasher_of, running_consumer, state_store, wait_until_caught_up
+from tests.helpers import (
+    compare_with_reference,
+    drain_topic,
+    hasher_of,
+    running_consumer,
+    state_store,
+    wait_until_caught_up,
+)
 from tests.tcp_proxy import TcpProxy
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -291,27 +298,7 @@ def test_broker_partition_loses_nothing_and_applies_nothing_twice(settings: Sett
             for c in consumers:
                 c.stop(10)
 
-    hasher = hasher_of(s)
-
-    async def compare() -> tuple[list[str], int, int]:
-        wrong: list[str] = []
-        lost = duplicated = 0
-        async with state_store(s) as store:
-            ids = sorted(per_customer)
-            records = await store.read_customers([store.customer_key(c) for c in ids])
-        for cid, rec in zip(ids, records, strict=True):
-            expected = fold_all(per_customer[cid], lateness_s=s.stream.lateness_s, hasher=hasher)
-            assert expected is not None
-            got = rec.snapshot
-            if got != expected:
-                wrong.append(cid)
-                have = (got.orders_total + got.tickets_total) if got else 0
-                want = expected.orders_total + expected.tickets_total
-                lost += max(0, want - have)
-                duplicated += max(0, have - want)
-        return wrong, lost, duplicated
-
-    wrong, lost, duplicated = asyncio.run(compare())
+    wrong, lost, duplicated = asyncio.run(compare_with_reference(s, per_customer))
     print(
         f"\n[partition] events={n_events} records_in_log={total} producer_send_failures={producer.failures} "
         f"faults={faults} lost={lost} duplicated={duplicated} customers_wrong={len(wrong)} "

@@ -31,12 +31,10 @@ import httpx
 import msgspec
 
 from router.infra import ManagedProcess
-from router.reducer import fold_all
 from router.settings import Settings, to_env
-from schemas.events import CustomerEvent
 from tests.api_support import SMALL_PHONE, VIP_ID, api_settings, auth, live_server, populate, population
 from tests.conftest import SettingsFactory
-from tests.helpers import hasher_of, produce, state_store
+from tests.helpers import compare_with_reference, produce
 from tests.tcp_proxy import TcpProxy
 from tests.test_faults_consumer import PacedProducer, event_stream, stored_offsets
 
@@ -243,26 +241,6 @@ def _consumers(s: Settings, tmp_path: Path, n: int) -> list[ManagedProcess]:
     ]
 
 
-async def _wrong_customers(s: Settings, per_customer: dict[str, list[CustomerEvent]]) -> tuple[list[str], int, int]:
-    hasher = hasher_of(s)
-    wrong: list[str] = []
-    lost = duplicated = 0
-    async with state_store(s) as store:
-        ids = sorted(per_customer)
-        records = await store.read_customers([store.customer_key(c) for c in ids])
-    for cid, rec in zip(ids, records, strict=True):
-        expected = fold_all(per_customer[cid], lateness_s=s.stream.lateness_s, hasher=hasher)
-        assert expected is not None
-        got = rec.snapshot
-        if got != expected:
-            wrong.append(cid)
-            have = (got.orders_total + got.tickets_total) if got else 0
-            want = expected.orders_total + expected.tickets_total
-            lost += max(0, want - have)
-            duplicated += max(0, have - want)
-    return wrong, lost, duplicated
-
-
 def _wait_applied(s: Settings, target: int, consumers: list[ManagedProcess], timeout: float) -> float:
     t0 = time.monotonic()
     while True:
@@ -313,7 +291,7 @@ def test_consumer_pauses_on_redis_faults_and_resumes_without_loss(
             for c in consumers:
                 c.stop(10)
         cut_total = proxy.cuts
-    wrong, lost, duplicated = asyncio.run(_wrong_customers(s, per_customer))
+    wrong, lost, duplicated = asyncio.run(compare_with_reference(s, per_customer))
     print(
         f"\n[consumer-redis] events={n_events} faults={faults} connections_cut={cut_total} "
         f"lost={lost} duplicated={duplicated} customers_wrong={len(wrong)} "
@@ -343,7 +321,7 @@ def test_consumer_rebuilds_state_after_redis_restarts_empty(
         asyncio.run(produce(s, stream[half:]))
         deadline = time.monotonic() + 30
         while True:
-            wrong, lost, duplicated = asyncio.run(_wrong_customers(s, per_customer))
+            wrong, lost, duplicated = asyncio.run(compare_with_reference(s, per_customer))
             if not wrong or time.monotonic() > deadline:
                 break
             assert consumers[0].running, consumers[0].tail(40)
