@@ -29,7 +29,7 @@ from router.publisher import EventPublisher
 from router.screenpop import ScreenPopService
 from router.settings import Settings
 from router.store import StateStore, connect
-from router.webhooks import WebhookService
+from router.webhooks import REPLAY_TIMEOUT_S, WebhookService
 
 __all__ = ["Readiness", "lifespans", "metrics_payload"]
 
@@ -79,6 +79,17 @@ def lifespans(settings: Settings) -> list[Any]:
             await client.aclose()
 
     @contextlib.asynccontextmanager
+    async def webhook_replay_cache(app: Litestar) -> AsyncIterator[None]:
+        # Its own client: a replay check's budget is seconds, not the request path's milliseconds
+        # (one that times out cannot tell whether its SET NX landed).
+        client = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=REPLAY_TIMEOUT_S)
+        app.state.replay_cache = client
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    @contextlib.asynccontextmanager
     async def decision_service(app: Litestar) -> AsyncIterator[None]:
         model: ChurnModel | None
         try:
@@ -116,11 +127,10 @@ def lifespans(settings: Settings) -> list[Any]:
     async def services(app: Litestar) -> AsyncIterator[None]:
         # Plain objects over the resources above: nothing to close, so they share one lifespan.
         decisions: DecisionService = app.state.decisions
-        store: StateStore = app.state.store
         state = app.state
         state.screenpop = ScreenPopService(decisions)
         state.handoff = HandoffService(decisions, settings.handoff)
-        state.webhooks = WebhookService(decisions, store.client, settings.webhooks, settings.redis.prefix)
+        state.webhooks = WebhookService(decisions, state.replay_cache, settings.webhooks, settings.redis.prefix)
         state.customers = CustomerService(decisions, decisions.audit, state.publisher)
         state.portfolio = PortfolioService(decisions)
         state.admin = AdminService(decisions, decisions.audit)
@@ -131,7 +141,7 @@ def lifespans(settings: Settings) -> list[Any]:
             if hup:
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
 
-    return [redis_store, decision_service, event_publisher, services]
+    return [redis_store, webhook_replay_cache, decision_service, event_publisher, services]
 
 
 def _install_sighup(handler: Any) -> bool:
