@@ -34,9 +34,16 @@ class AdminService:
         target = path or self.decisions.settings.policy.path
         try:
             old, new = self.decisions.reload_policy(target)
-        except (PolicyError, UnicodeDecodeError) as exc:
+        except (PolicyError, UnicodeDecodeError, ValueError, OSError) as exc:
+            # ValueError/OSError: a path the OS refuses (a NUL byte, too long) is the caller's, not a 500
             self._audit("policy_reload_failed", actor, "rejected")
-            problem = f"{target}: not UTF-8 text ({exc.reason})" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            problem = (
+                f"{target}: not UTF-8 text ({exc.reason})"
+                if isinstance(exc, UnicodeDecodeError)
+                else str(exc)
+                if isinstance(exc, PolicyError)
+                else f"cannot read policy file {target} ({type(exc).__name__})"
+            )
             raise Invalid(f"policy not loaded, {self.decisions.policy.version} stays in force: {problem}") from None
         self._audit("policy_reload", actor, f"{old.version} -> {new.version}")
         return ReloadResult(kind="policy", version=new.version, previous_version=old.version, path=str(target))

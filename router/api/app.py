@@ -21,6 +21,7 @@ from router.api import routes
 from router.api.admin import AdminController
 from router.api.customers import CustomerController
 from router.api.decisions import DecisionController
+from router.api.openapi import refine
 from router.api.webhooks import WebhookController
 from router.auth import ApiKey, Authenticator, ConfigError
 from router.errors import RouterError, without_values
@@ -82,7 +83,7 @@ def create_app(settings: Settings) -> Litestar:
     }
 
     # --- lifespans ------------------------------------------------------------------------
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
         dependencies=dependencies,
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
@@ -114,6 +115,10 @@ def create_app(settings: Settings) -> Litestar:
         ),
         debug=False,
     )
+
+    # --- OpenAPI: the contracts' own rules, which the generated document cannot see -------
+    refine(app.openapi_schema)
+    return app
 
 
 _API_DESCRIPTION = """Answers, for a ticket, call or chat: SLA tier and deadline, escalation target,
