@@ -18,6 +18,7 @@ __all__ = [
     "RouterError",
     "Unauthorized",
     "Unavailable",
+    "UnsupportedMediaType",
     "without_values",
 ]
 
@@ -67,6 +68,11 @@ class NotFound(RouterError):
 class Conflict(RouterError):
     status_code = 409
     code = "conflict"
+
+
+class UnsupportedMediaType(RouterError):
+    status_code = 415
+    code = "unsupported_media_type"
 
 
 class Invalid(RouterError):

@@ -24,7 +24,7 @@ from router.api.decisions import DecisionController
 from router.api.openapi import refine
 from router.api.webhooks import WebhookController
 from router.auth import ApiKey, Authenticator, ConfigError
-from router.errors import RouterError, without_values
+from router.errors import RouterError, UnsupportedMediaType, without_values
 from router.observability import (
     RequestMetricsMiddleware,
     litestar_logging_config,
@@ -166,7 +166,9 @@ async def _require_json(request: Request[object, object, State]) -> None:
         return
     media = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media not in _JSON_TYPES and not media.endswith("+json"):
-        raise HTTPException(status_code=415, detail="send the body as JSON with content-type: application/json")
+        # A RouterError, not HTTPException(status_code=415): Litestar decides whether to log an
+        # exception by its class's status code, and HTTPException's is 500 (an ERROR per request).
+        raise UnsupportedMediaType("send the body as JSON with content-type: application/json")
 
 
 def _undecodable(request: Request[object, object, State], exc: Exception) -> Response[dict[str, object]]:
