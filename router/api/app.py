@@ -34,6 +34,7 @@ from router.observability import (
 )
 from router.resources import Readiness, lifespans
 from router.settings import Settings
+from schemas.api import ErrorBody
 
 __all__ = ["create_app", "serve"]
 
@@ -129,13 +130,13 @@ above the configured size get 413, malformed ones 400 naming the field (never th
 """
 
 
-def _router_error(request: Request[object, object, State], exc: RouterError) -> Response[dict[str, object]]:
-    return Response(
-        {"status_code": exc.status_code, "error": exc.code, "detail": exc.message},
-        status_code=exc.status_code,
-        media_type=MediaType.JSON,
-        headers=exc.headers or None,
-    )
+def _error(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response[ErrorBody]:
+    """Every error answer: the one body the OpenAPI document declares (router.api.responses)."""
+    return Response(ErrorBody(status, code, detail), status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def _router_error(request: Request[object, object, State], exc: RouterError) -> Response[ErrorBody]:
+    return _error(exc.status_code, exc.code, exc.message, exc.headers or None)
 
 
 _CALLERS_FAULTS: set[int | type[Exception]] = {400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 503}
@@ -171,14 +172,12 @@ async def _require_json(request: Request[object, object, State]) -> None:
         raise UnsupportedMediaType("send the body as JSON with content-type: application/json")
 
 
-def _undecodable(request: Request[object, object, State], exc: Exception) -> Response[dict[str, object]]:
+def _undecodable(request: Request[object, object, State], exc: Exception) -> Response[ErrorBody]:
     detail = "body is not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else "body is nested too deeply"
-    return Response(
-        {"status_code": 400, "error": "bad_request", "detail": detail}, status_code=400, media_type=MediaType.JSON
-    )
+    return _error(400, "bad_request", detail)
 
 
-def _validation_error(request: Request[object, object, State], exc: ValidationException) -> Response[dict[str, object]]:
+def _validation_error(request: Request[object, object, State], exc: ValidationException) -> Response[ErrorBody]:
     # Say which field is wrong and why; never echo the submitted value (it may be personal data).
     problems = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
@@ -187,26 +186,16 @@ def _validation_error(request: Request[object, object, State], exc: ValidationEx
             key = "body" if key == "data" else key
             message = without_values(str(item.get("message", "invalid")))
             problems.append(f"{key}: {message}" if key else message)
-    detail = "; ".join(problems) or exc.detail
-    return Response(
-        {"status_code": 400, "error": "bad_request", "detail": detail},
-        status_code=400,
-        media_type=MediaType.JSON,
-    )
+    return _error(400, "bad_request", "; ".join(problems) or exc.detail)
 
 
-def _http_error(request: Request[object, object, State], exc: HTTPException) -> Response[dict[str, object]]:
+def _http_error(request: Request[object, object, State], exc: HTTPException) -> Response[ErrorBody]:
     if exc.status_code >= 500:
         log.error("internal error on %s: %s", request.url.path, type(exc).__name__)
         detail = "internal error"
     else:
         detail = exc.detail
-    code = _CODES.get(exc.status_code, "error")
-    return Response(
-        {"status_code": exc.status_code, "error": code, "detail": detail},
-        status_code=exc.status_code,
-        media_type=MediaType.JSON,
-    )
+    return _error(exc.status_code, _CODES.get(exc.status_code, "error"), detail)
 
 
 _CODES = {
