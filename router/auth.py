@@ -1,6 +1,6 @@
 """API keys with scopes, and a per-key rate limit.
 
-Keys come from ``ROUTER_AUTH_KEYS`` (``name:scope+scope:secret,...``). Only SHA-256 digests
+Keys come from ``ROUTER_AUTH_KEYS`` (``name:scope+scope:secret[:expires=YYYY-MM-DD],...``). Only SHA-256 digests
 of the secrets are kept; a presented key is hashed and looked up, so the comparison never
 depends on how many leading characters of a real key the caller guessed (a dict lookup on
 digests leaks nothing about the secrets). Each route names the scopes that may call it in
@@ -13,8 +13,10 @@ worker has its own bucket, so the effective limit is ``workers x rate`` (documen
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Iterable
+from datetime import UTC, date, datetime
 from typing import Any
 
 import msgspec
@@ -45,14 +47,22 @@ class ConfigError(ValueError):
 
 
 class ApiKey(msgspec.Struct, frozen=True):
-    """A caller: its name (for the audit log) and what it may do."""
+    """A caller: its name (for the audit log), what it may do, and until when."""
 
     name: str
     scopes: frozenset[str]
+    expires: date | None = None
+    """Last day (UTC) the key is accepted; from the next day on it gets 401."""
+
+
+_EXPIRES = re.compile(r"^(.*):expires=(\S+)$")
 
 
 def parse_keys(spec: str) -> dict[bytes, ApiKey]:
-    """``name:scope+scope:secret,...`` -> SHA-256(secret) -> key; raises :class:`ConfigError`."""
+    """``name:scope+scope:secret[:expires=YYYY-MM-DD],...`` -> SHA-256(secret) -> key.
+
+    Raises :class:`ConfigError` (whose message never contains a secret).
+    """
     keys: dict[bytes, ApiKey] = {}
     names: set[str] = set()
     for i, entry in enumerate(e.strip() for e in spec.split(",")):
@@ -61,6 +71,14 @@ def parse_keys(spec: str) -> dict[bytes, ApiKey]:
         name, sep1, rest = entry.partition(":")
         scopes_text, sep2, secret = rest.partition(":")
         where = f"ROUTER_AUTH_KEYS entry {i + 1}"
+        expires: date | None = None
+        dated = _EXPIRES.match(secret)
+        if dated:
+            secret = dated.group(1)
+            try:
+                expires = date.fromisoformat(dated.group(2))
+            except ValueError:
+                raise ConfigError(f"{where} ({name}): expires is not a date (YYYY-MM-DD)") from None
         if not (sep1 and sep2 and name and scopes_text):
             raise ConfigError(f"{where}: expected name:scope+scope:secret")
         scopes = frozenset(s.strip() for s in scopes_text.split("+") if s.strip())
@@ -75,7 +93,7 @@ def parse_keys(spec: str) -> dict[bytes, ApiKey]:
         if digest in keys:
             raise ConfigError(f"{where} ({name}): same secret as key {keys[digest].name!r}")
         names.add(name)
-        keys[digest] = ApiKey(name, scopes)
+        keys[digest] = ApiKey(name, scopes, expires)
     return keys
 
 
@@ -115,6 +133,8 @@ class Authenticator:
         key = self.keys.get(_digest(presented))
         if key is None:
             raise Unauthorized("unknown API key")
+        if key.expires is not None and datetime.now(UTC).date() > key.expires:
+            raise Unauthorized(f"API key {key.name!r} expired on {key.expires.isoformat()}")
         if key.scopes.isdisjoint(allowed):
             raise Forbidden(f"API key {key.name!r} lacks the scope for this endpoint (needs one of {sorted(allowed)})")
         self._take(key.name)

@@ -131,7 +131,7 @@ class ApiSettings(msgspec.Struct, kw_only=True):
 
 class AuthSettings(msgspec.Struct, kw_only=True):
     keys: str = ""
-    """API keys `name:scope+scope:secret`, comma-separated; scopes helpdesk, telephony, chatbot, ops, admin."""
+    """API keys `name:scope+scope:secret[:expires=YYYY-MM-DD]`, comma-separated; scopes helpdesk, telephony, chatbot, ops, admin."""
     dev_mode: bool = False
     """Without keys, accept the dev key `router-dev-key` (all scopes); without either the API refuses to start."""
     rate_per_s: float = 200.0
