@@ -1,6 +1,6 @@
 """Regenerate BENCHMARKS.md: run the benchmarks, then render their JSON into the report.
 
-Run: ``python -m loadtests.report`` (about 20 minutes: serve benchmark at 10k and 1M customers,
+Run: ``python -m loadtests.report`` (about 10 minutes: serve benchmark at 10k and 1M customers,
 step micro-benchmark, ingest benchmark with 200k events). ``--render-only`` re-renders from
 the JSON already in ``artifacts/``; ``--skip-ingest`` keeps the last ingest figures.
 
@@ -37,10 +37,9 @@ TARGETS = {
 
 _HEADER = """# Benchmarks
 
-Regenerate everything with `python -m loadtests.report` (about 20 minutes); re-render from the
-JSON in `artifacts/` with `python -m loadtests.report --render-only`. Load-test with Locust:
-`locust -f loadtests/locustfile.py` (see its docstring). Sections outside the generated
-markers are kept when the report is regenerated.
+Regenerate the generated sections with `python -m loadtests.report` (about 10 minutes on the
+2-core dev machine); `python -m loadtests.report --render-only` re-renders them from the JSON
+in `artifacts/`. Only the regions between the BEGIN/END markers are rewritten.
 """
 
 
@@ -144,25 +143,30 @@ def render_serve(serve: dict[str, Any], micro: dict[str, Any] | None) -> str:
         f"### Fixed offered load (open loop, latency from the scheduled send time, {cfg['open_duration']:.0f} s per run)\n"
     )
     w(
+        "*Worker busy* is the worker's CPU time over the run ÷ its duration: near 100 % the worker is at "
+        "capacity and the latency is queueing. "
         "End-to-end latency seen by the client, and server-side histograms of the same interval "
         "(`router_http_request_duration_seconds`, `router_decision_duration_seconds`, "
         "`router_redis_duration_seconds{op=read_customer}`, `router_model_inference_seconds{site=request}`; "
         "quantiles interpolated inside buckets as PromQL does).\n"
     )
     w(
-        "| customers | offered | endpoint | achieved | p50 | p90 | p99 | p99.9 | max | failed / degraded | "
+        "| customers | offered | endpoint | achieved | worker busy | p50 | p90 | p99 | p99.9 | max | failed / degraded | "
         "server http p50 / p99 | decision p50 / p99 | Redis read p50 / p99 | ONNX p50 / p99 |"
     )
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p in pops:
         for r in p["open_loop"]:
             http = _server(r, "router_http_request_duration_seconds|route=/")
             dec = _server(r, "router_decision_duration_seconds")
             red = _server(r, "router_redis_duration_seconds|op=read_customer")
             onnx = _server(r, "router_model_inference_seconds|site=request")
+            cpu = r.get("server_cpu_us_per_request")
+            busy = f"{r['achieved_rps'] * cpu / 1e6:.0%}" if cpu else "-"
+            over = r["achieved_rps"] < 0.95 * r["offered_rps"] or r["non_200"] + r["errors"] > 0.01 * r["scheduled"]
             w(
-                f"| {_pop(p['customers'])} | {_num(r['offered_rps'])}/s | {r['kind']} | {_num(r['achieved_rps'])}/s | "
-                f"{_us(r['p50_us'])} | {_us(r['p90_us'])} | {_us(r['p99_us'])} | {_us(r['p999_us'])} | "
+                f"| {_pop(p['customers'])} | {_num(r['offered_rps'])}/s | {r['kind']} | {_num(r['achieved_rps'])}/s"
+                f"{' (over capacity)' if over else ''} | {busy} | {_us(r['p50_us'])} | {_us(r['p90_us'])} | {_us(r['p99_us'])} | {_us(r['p999_us'])} | "
                 f"{_us(r['max_us'])} | {r['non_200'] + r['errors']} / "
                 f"{r['server'].get('degraded_decisions', {}).get('count', 0):.0f} | "
                 f"{_us(http.get('p50_us'))} / {_us(http.get('p99_us'))} | "
@@ -187,6 +191,11 @@ def render_serve(serve: dict[str, Any], micro: dict[str, Any] | None) -> str:
             _num,
         )
         row("floor req/s at saturation", small["saturation"]["floor"]["rps"], big["saturation"]["floor"]["rps"], _num)
+        for kind in ("floor", "classify"):
+            a_cpu = small["saturation"][kind].get("server_cpu_us_per_request")
+            b_cpu = big["saturation"][kind].get("server_cpu_us_per_request")
+            if a_cpu and b_cpu:
+                row(f"{kind}: worker CPU per request at saturation", a_cpu, b_cpu)
         for rate in cfg["rates"]:
             a = next(r for r in small["open_loop"] if r["kind"] == "classify" and r["offered_rps"] == rate)
             b = next(r for r in big["open_loop"] if r["kind"] == "classify" and r["offered_rps"] == rate)
