@@ -18,6 +18,15 @@ def _date(text: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _types(text: str) -> frozenset[str]:
+    from router.training.dataset import ACTIVITY_TYPES
+
+    types = frozenset(t.strip() for t in text.split(",") if t.strip())
+    if not types or not types <= ACTIVITY_TYPES:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(sorted(ACTIVITY_TYPES))}")
+    return types
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``router train`` options on ``parser``."""
     parser.add_argument("--events", required=True, help="event log, JSON Lines (see `router generate`)")
@@ -41,7 +50,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--label",
         choices=("cancel", "inactivity"),
         default="cancel",
-        help="cancel: subscription cancelled in the horizon; inactivity: no activity in it",
+        help="cancel: subscription cancelled in the horizon; inactivity: no activity in it "
+        "(the label for a log of orders only)",
+    )
+    parser.add_argument(
+        "--activity",
+        type=_types,
+        default=None,
+        metavar="TYPE[,TYPE..]",
+        help="event types that count as activity for --label inactivity (default: all but profile, "
+        "outcome and invoice-due payments), e.g. order_placed for 'no order within the horizon'",
     )
     parser.add_argument("--folds", type=int, default=5, help="k of the grouped k-fold CV")
     parser.add_argument("--seed", type=int, default=7)
@@ -67,6 +85,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         holdout=holdout,
         horizon_days=horizon,
         label=args.label,
+        activity=args.activity,
         folds=args.folds,
         seed=args.seed,
         lateness_s=settings.stream.lateness_s,

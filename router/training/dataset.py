@@ -24,16 +24,20 @@ from router.features import FEATURE_NAMES, features
 from router.identity import IdentityHasher
 from router.reducer import Snapshot, fold
 from schemas.events import (
+    EVENT_TYPES,
     CustomerEvent,
     CustomerProfile,
     ErasureRequested,
+    EventBase,
     Outcome,
     Payment,
     SubscriptionChanged,
+    Usage,
     event_decoder,
 )
 
 __all__ = [
+    "ACTIVITY_TYPES",
     "TRAINING_HASH_KEY",
     "Dataset",
     "LabelKind",
@@ -47,8 +51,15 @@ TRAINING_HASH_KEY = b"training-only-key-0123456789"
 
 LabelKind = Literal["cancel", "inactivity"]
 
+ACTIVITY_TYPES: frozenset[str] = frozenset(
+    ("order_placed", "payment", "subscription_changed", "ticket_opened", "ticket_resolved", "usage", "nps_response")
+)
+"""Event types that can count as activity for the inactivity label (``payment`` only when not ``due``)."""
 
-def label_definition(kind: LabelKind, horizon_days: int) -> str:
+NO_CANCEL_EVENTS = "no subscription_changed cancel events: use --label inactivity"
+
+
+def label_definition(kind: LabelKind, horizon_days: int, activity: frozenset[str] | None = None) -> str:
     """The label in words, for the model card."""
     if kind == "cancel":
         return (
@@ -56,10 +67,18 @@ def label_definition(kind: LabelKind, horizon_days: int) -> str:
             f"(cutoff, cutoff + {horizon_days}d]; customers whose subscription is already cancelled or whose "
             f"latest outcome is 'churned' at the cutoff are excluded"
         )
+    what = (
+        "any event except customer_profile, outcome, invoice-due payments, cancellations and usage "
+        "reports with no logins"
+        if activity is None or activity >= ACTIVITY_TYPES
+        else "events of type "
+        + ", ".join(sorted(activity))
+        + " (invoice-due payments, cancellations and empty usage reports excepted)"
+    )
     return (
-        f"1 if the customer has no activity (any event except customer_profile, outcome and invoice-due "
-        f"payments) in (cutoff, cutoff + {horizon_days}d]; customers already inactive for {horizon_days}d "
-        f"at the cutoff are excluded"
+        f"1 if the customer has no activity ({what}) in (cutoff, cutoff + {horizon_days}d]; customers with no "
+        f"such activity at or before the cutoff, none in the {horizon_days}d before it, or whose subscription "
+        f"is already cancelled or latest outcome is 'churned' at the cutoff are excluded"
     )
 
 
@@ -108,12 +127,14 @@ class Dataset:
 
 
 class _Replay:
-    __slots__ = ("active", "bad", "cancelled", "erased", "last_t", "next_k", "rows", "snap")
+    __slots__ = ("active", "bad", "cancelled", "erased", "last_active", "last_t", "next_k", "rows", "snap")
 
     def __init__(self, n_cutoffs: int) -> None:
         self.snap: Snapshot | None = None
         self.next_k = 0
         self.last_t = -1
+        self.last_active = 0
+        """Epoch second of the latest event counted as activity (0: none yet)."""
         self.rows: dict[int, list[float]] = {}
         self.cancelled = [False] * n_cutoffs
         self.active = [False] * n_cutoffs
@@ -121,10 +142,19 @@ class _Replay:
         self.erased = False
 
 
-def _is_activity(event: CustomerEvent) -> bool:
+def _is_activity(event: CustomerEvent, activity: frozenset[str]) -> bool:
     if isinstance(event, (CustomerProfile, Outcome, ErasureRequested)):
         return False
-    return not (isinstance(event, Payment) and event.status == "due")
+    if isinstance(event, Payment) and event.status == "due":
+        return False
+    if isinstance(event, SubscriptionChanged) and event.change == "cancel":
+        return False  # leaving is not activity
+    if isinstance(event, Usage) and not (event.logins or event.features_used):
+        return False  # a usage report of nothing
+    return _TAGS[type(event)] in activity
+
+
+_TAGS: dict[type[EventBase], str] = {cls: str(cls.__struct_config__.tag) for cls in EVENT_TYPES}
 
 
 def build_dataset(
@@ -134,6 +164,7 @@ def build_dataset(
     horizon_days: int,
     label: LabelKind = "cancel",
     lateness_s: int,
+    activity: frozenset[str] | None = None,
     hasher: IdentityHasher | None = None,
     progress: bool = False,
 ) -> Dataset:
@@ -142,7 +173,18 @@ def build_dataset(
     ``cutoffs`` must be sorted. Every label window ``(cutoff, cutoff + horizon]`` must end
     at or before the last event of the log, or the labels would be censored (ValueError).
     Customers with an erasure anywhere in the log are left out entirely.
+
+    ``activity``: the event types that count as activity for the inactivity label (default
+    :data:`ACTIVITY_TYPES`); a log of ``order_placed`` events alone works ("no order within
+    the horizon"). The cancel label on a log without any cancellation is a ValueError.
     """
+    active_types = ACTIVITY_TYPES if activity is None else frozenset(activity)
+    unknown = active_types - ACTIVITY_TYPES
+    if unknown or not active_types:
+        raise ValueError(
+            f"activity event types must be among {', '.join(sorted(ACTIVITY_TYPES))}"
+            + (f" (got {', '.join(sorted(unknown))})" if unknown else "")
+        )
     cuts = [int(c.timestamp()) for c in cutoffs]
     if cuts != sorted(cuts) or len(set(cuts)) != len(cuts):
         raise ValueError("cutoffs must be distinct and sorted")
@@ -153,7 +195,8 @@ def build_dataset(
     first_t = math.inf
     last_t = -math.inf
     n_events = 0
-    skipped = {"already_churned": 0, "erased": 0, "out_of_order": 0}
+    skipped = {"already_churned": 0, "no_activity_yet": 0, "erased": 0, "out_of_order": 0}
+    any_cancel = False
 
     iterator: Iterable[CustomerEvent] = events
     if progress:
@@ -180,14 +223,21 @@ def build_dataset(
             st.bad.update(k for k in range(st.next_k) if t <= cuts[k])
         st.snap, _ = fold(st.snap, event, lateness_s=lateness_s, hasher=hasher)
         st.last_t = max(st.last_t, t)
+        is_cancel = isinstance(event, SubscriptionChanged) and event.change == "cancel"
+        any_cancel = any_cancel or is_cancel
+        is_active = _is_activity(event, active_types)
+        if is_active:
+            st.last_active = max(st.last_active, t)
         # Labels: what happens in each cutoff's horizon.
         for k in range(st.next_k):
             if cuts[k] < t <= cuts[k] + horizon_s:
-                if isinstance(event, SubscriptionChanged) and event.change == "cancel":
+                if is_cancel:
                     st.cancelled[k] = True
-                if _is_activity(event):
+                if is_active:
                     st.active[k] = True
 
+    if n_events and label == "cancel" and not any_cancel:
+        raise ValueError(NO_CANCEL_EVENTS)
     if n_events and cuts and cuts[-1] + horizon_s > last_t:
         raise ValueError(
             f"the label window of cutoff {cutoffs[-1]:%Y-%m-%d} ends after the last event of the log "
@@ -230,12 +280,15 @@ def _checkpoint(st: _Replay, k: int, cut: int, label: LabelKind, horizon_s: int,
     snap = st.snap
     if snap is None or not snap.customer_id:
         return  # not a customer yet at this cutoff (or erased)
-    row = features(snap, cut)
-    if label == "cancel":
-        if snap.subscription == "cancelled" or snap.outcome == "churned":
-            skipped["already_churned"] += 1
-            return
-    elif snap.last_interaction_at and cut - snap.last_interaction_at > horizon_s:
+    if snap.subscription == "cancelled" or snap.outcome == "churned":
         skipped["already_churned"] += 1
         return
-    st.rows[k] = row
+    if label == "inactivity":
+        # A customer must have been active within the horizon before the cutoff to be able to lapse.
+        if not st.last_active:
+            skipped["no_activity_yet"] += 1
+            return
+        if cut - st.last_active > horizon_s:
+            skipped["already_churned"] += 1
+            return
+    st.rows[k] = features(snap, cut)

@@ -32,6 +32,8 @@ class TrainConfig:
     """Later cutoff whose rows are the time-based holdout; training labels end at or before it."""
     horizon_days: int = 90
     label: LabelKind = "cancel"
+    activity: frozenset[str] | None = None
+    """Event types counted as activity by the inactivity label (None: every kind)."""
     folds: int = 5
     seed: int = 7
     lateness_s: int = field(default_factory=lambda: Settings().stream.lateness_s)
@@ -60,10 +62,17 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         horizon_days=cfg.horizon_days,
         label=cfg.label,
         lateness_s=cfg.lateness_s,
+        activity=cfg.activity,
         progress=cfg.progress,
     )
     train = data.select(range(len(cutoffs)))
     holdout = data.select([len(cutoffs)])
+    if cfg.label == "inactivity" and not train.y.sum() and len(train.y):
+        raise ValueError(
+            "no customer goes without activity for a whole horizon in the training windows: with "
+            "subscriptions, usage or payments in the log use --label cancel, or --activity order_placed "
+            "for 'no order within the horizon'"
+        )
     if train.y.sum() < 10 or holdout.y.sum() < 5:
         raise ValueError(
             f"too few positives to train ({int(train.y.sum())} training, {int(holdout.y.sum())} holdout); "
@@ -93,6 +102,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             train=train,
             holdout=holdout,
             label=cfg.label,
+            activity=cfg.activity,
             horizon_days=cfg.horizon_days,
             events_path=str(cfg.events),
             holdout_metrics=hold_metrics,

@@ -281,6 +281,7 @@ def build_card(
     label: LabelKind,
     horizon_days: int,
     events_path: str,
+    activity: frozenset[str] | None = None,
     holdout_metrics: dict[str, Any],
     parity_max_abs: float,
     latency: dict[str, float],
@@ -301,7 +302,11 @@ def build_card(
         "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, N_FEATURES]},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": [None], "meaning": "P(label = 1)"},
         "horizon_days": horizon_days,
-        "label": {"kind": label, "definition": label_definition(label, horizon_days)},
+        "label": {
+            "kind": label,
+            "definition": label_definition(label, horizon_days, activity),
+            **({"activity": sorted(activity)} if label == "inactivity" and activity is not None else {}),
+        },
         "training": {
             "events_file": events_path,
             "events_sha256": _sha256_file(events_path),
