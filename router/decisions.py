@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -46,6 +47,18 @@ from schemas.api import ClassifyRequest, CustomerRef, Decision, Override, ScoreC
 __all__ = ["Breaker", "DecisionService", "Resolved"]
 
 log = logging.getLogger("router.decisions")
+_REFRESH_MIN_S = 5.0
+# Resolving a labelled child costs microseconds per call: on the request path, do it once.
+_READ_SECONDS = metrics.REDIS_SECONDS.labels("read_customer")
+_MODEL_SECONDS = metrics.MODEL_SECONDS.labels("request")
+
+
+@functools.cache
+def _labelled(metric: Any, *values: str) -> Any:
+    return metric.labels(*values)
+
+
+_REFRESH_MAX_S = 60.0
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _REDIS_FAULTS = (RedisError, OSError, TimeoutError)
 _snapshot_dec = msgspec.msgpack.Decoder(Snapshot)
@@ -127,9 +140,12 @@ class DecisionService:
         model: ChurnModel | None,
         policy: Policy,
         audit: AuditWriter,
+        background: StateStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.background = background or store
+        """Same Redis, a client with a budget of seconds: for the population-wide reads."""
         self.hasher: IdentityHasher = store.hasher
         self.model = model
         self.policy = policy
@@ -139,6 +155,7 @@ class DecisionService:
         self._timeout_s = settings.redis.timeout_ms / 1000
         self._read_sha = ""
         self._refresher: asyncio.Task[None] | None = None
+        self._refresh_every_s = _REFRESH_MIN_S
         self._seq = 0
         self._node = os.urandom(3).hex()
 
@@ -156,15 +173,20 @@ class DecisionService:
             self._refresher = None
 
     async def refresh_distribution(self) -> None:
-        """Reload the population's CLV histogram (off the request path)."""
+        """Reload the population's CLV histogram (off the request path, on the background client)."""
+        started = time.perf_counter()
         try:
-            self.distribution = ClvDistribution(await self.store.histogram())
-        except (RedisError, OSError) as exc:
+            self.distribution = ClvDistribution(await self.background.histogram())
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning("CLV histogram refresh failed: %s", type(exc).__name__)
+        # A big population takes a while to read: refresh less often rather than keep Redis and this
+        # worker busy with it (about 5 % of the time at most).
+        took = time.perf_counter() - started
+        self._refresh_every_s = min(_REFRESH_MAX_S, max(_REFRESH_MIN_S, 20 * took))
 
     async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(5.0)
+            await asyncio.sleep(self._refresh_every_s)
             await self.refresh_distribution()
 
     # -- reloads -----------------------------------------------------------------------------
@@ -212,7 +234,7 @@ class DecisionService:
             metrics.REDIS_ERRORS.labels("read_customer", type(exc).__name__).inc()
             return Resolved(customer_id, h, None, "redis_unavailable")
         finally:
-            metrics.REDIS_SECONDS.labels("read_customer").observe(time.perf_counter() - t0)
+            _READ_SECONDS.observe(time.perf_counter() - t0)
         self.breaker.success()
         return Resolved(customer_id, h, record, None, override)
 
@@ -280,7 +302,7 @@ class DecisionService:
                 try:
                     t1 = time.perf_counter()
                     churn = model.predict_one(row)
-                    metrics.MODEL_SECONDS.labels("request").observe(time.perf_counter() - t1)
+                    _MODEL_SECONDS.observe(time.perf_counter() - t1)
                 except Exception as exc:  # onnxruntime raises its own untyped errors; degrade, never 5xx
                     log.warning("churn model failed on a request: %s", type(exc).__name__)
                     degraded = degraded or "model_failed"
@@ -336,7 +358,7 @@ class DecisionService:
         policy = self.policy
         out = decide(policy, inp, received_at)
         if degraded:
-            metrics.DEGRADED.labels(degraded).inc()
+            _labelled(metrics.DEGRADED, degraded).inc()
         decision = Decision(
             decision_id=self.new_decision_id(),
             customer_known=snap is not None,
@@ -363,8 +385,8 @@ class DecisionService:
         )
         bind_decision_id(decision.decision_id)  # every later log line of this request names it
         metrics.DECISION_SECONDS.observe(time.perf_counter() - t0)
-        metrics.DECISIONS.labels(
-            decision.tier, decision.escalation.role, out.actions[0].code if out.actions else "none"
+        _labelled(
+            metrics.DECISIONS, decision.tier, decision.escalation.role, out.actions[0].code if out.actions else "none"
         ).inc()
         self.audit.record(
             AuditRecord(

@@ -43,7 +43,7 @@ class PortfolioService:
         self.decisions = decisions
 
     async def report(self, days: int) -> PortfolioReport:
-        store = self.decisions.store
+        store = self.decisions.background
         today = int(time.time()) // DAY
         key = f"{store.keys.prefix}:{{pf}}:churn-trend"
         try:

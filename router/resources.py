@@ -34,6 +34,7 @@ from router.webhooks import REPLAY_TIMEOUT_S, WebhookService
 __all__ = ["Readiness", "lifespans", "metrics_payload"]
 
 log = logging.getLogger("router.api")
+BACKGROUND_TIMEOUT_S = 10.0
 
 
 class Readiness:
@@ -71,12 +72,16 @@ def lifespans(settings: Settings) -> list[Any]:
         hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
         client = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=settings.redis.timeout_ms / 1000)
         store = StateStore(client, settings.redis.prefix, hasher)
+        # Population-wide reads (CLV histogram, portfolio) take far longer than a request's budget.
+        slow = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=BACKGROUND_TIMEOUT_S)
         app.state.store = store
+        app.state.background_store = StateStore(slow, settings.redis.prefix, hasher)
         app.state.readiness.store = store
         try:
             yield
         finally:
             await client.aclose()
+            await slow.aclose()
 
     @contextlib.asynccontextmanager
     async def webhook_replay_cache(app: Litestar) -> AsyncIterator[None]:
@@ -102,7 +107,7 @@ def lifespans(settings: Settings) -> list[Any]:
         metrics.POLICY_INFO.info({"version": policy.version})
         store: StateStore = app.state.store
         audit = AuditWriter(store.client, settings.redis.prefix)
-        service = DecisionService(settings, store, model, policy, audit)
+        service = DecisionService(settings, store, model, policy, audit, app.state.background_store)
         await audit.start()
         await service.start()
         app.state.decisions = service

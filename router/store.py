@@ -18,7 +18,8 @@ effect exactly-once (see :mod:`router.consumer`). Nothing is keyed by a clear id
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 HIST_SHARDS = 256
+_SHARDS_PER_TRIP = 16
 KPI_TOTALS = ("customers", "active_subscriptions", "mrr", "cac_sum", "clv_sum")
 
 RedisClient = aioredis.Redis | RedisCluster
@@ -317,18 +319,26 @@ class StateStore:
         raw: dict[Any, Any] = await self.client.hgetall(self.keys.offsets(group, topic))
         return {int(k): int(v) for k, v in raw.items()}
 
+    async def _shards(self, key_of: Callable[[int], str]) -> AsyncIterator[dict[Any, Any]]:
+        """Every shard hash, a few per round trip, yielding to the event loop between them.
+
+        At a million customers the shards hold hundreds of thousands of fields: read in one go,
+        parsing them would stall the process's event loop (and its requests) for a long moment.
+        """
+        for start in range(0, HIST_SHARDS, _SHARDS_PER_TRIP):
+            pipe = self.client.pipeline(transaction=False)
+            for shard in range(start, min(HIST_SHARDS, start + _SHARDS_PER_TRIP)):
+                pipe.hgetall(key_of(shard))
+            for shard_map in await pipe.execute():
+                yield shard_map
+            await asyncio.sleep(0)
+
     async def portfolio(self) -> PortfolioCounters:
-        """All portfolio counters, summed over the shards in one round trip (not on the request path)."""
-        pipe = self.client.pipeline(transaction=False)
-        for shard in range(HIST_SHARDS):
-            pipe.hgetall(self.keys.kpi_shard(shard))
-        for shard in range(HIST_SHARDS):
-            pipe.hgetall(self.keys.histogram_shard(shard))
-        results: list[Any] = await pipe.execute()
+        """All portfolio counters, summed over the shards (background work, never on the request path)."""
         totals: dict[str, float] = dict.fromkeys(KPI_TOTALS, 0.0)
         daily: dict[int, dict[str, float]] = {}
         churn: dict[int, int] = {}
-        for shard_map in results[:HIST_SHARDS]:
+        async for shard_map in self._shards(self.keys.kpi_shard):
             for raw_field, raw_value in shard_map.items():
                 field = raw_field.decode() if isinstance(raw_field, bytes) else raw_field
                 value = float(raw_value)
@@ -341,19 +351,12 @@ class StateStore:
                     churn[int(rest)] = churn.get(int(rest), 0) + round(value)
                 else:
                     totals[field] = totals.get(field, 0.0) + value
-        clv: dict[int, int] = {}
-        for shard_map in results[HIST_SHARDS:]:
-            for k, v in shard_map.items():
-                clv[int(k)] = clv.get(int(k), 0) + int(v)
-        return PortfolioCounters(totals=totals, daily=daily, churn_hist=churn, clv_hist=clv)
+        return PortfolioCounters(totals=totals, daily=daily, churn_hist=churn, clv_hist=await self.histogram())
 
     async def histogram(self) -> dict[int, int]:
-        """The whole CLV histogram (bin -> customers), summed over its shards, one round trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for shard in range(HIST_SHARDS):
-            pipe.hgetall(self.keys.histogram_shard(shard))
+        """The whole CLV histogram (bin -> customers), summed over its shards."""
         merged: dict[int, int] = {}
-        for shard_map in await pipe.execute():
+        async for shard_map in self._shards(self.keys.histogram_shard):
             for k, v in shard_map.items():
                 b = int(k)
                 merged[b] = merged.get(b, 0) + int(v)
