@@ -127,6 +127,8 @@ class ApiSettings(msgspec.Struct, kw_only=True):
     """Request bodies above this get 413."""
     log_level: str = "info"
     """Log level of the service."""
+    bench_endpoints: bool = False
+    """Serve POST /bench/snapshot (the snapshot-only floor of loadtests.bench_serve); never in production."""
 
 
 class AuthSettings(msgspec.Struct, kw_only=True):

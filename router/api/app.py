@@ -62,6 +62,10 @@ def create_app(settings: Settings) -> Litestar:
         routes.ready,
         routes.metrics_endpoint,
     ]
+    if settings.api.bench_endpoints:
+        from router.api.bench import bench_route_handlers
+
+        handlers += bench_route_handlers()
 
     # --- dependencies ---------------------------------------------------------------------
     # Services are built once per process by the lifespans; providers only hand them out.
