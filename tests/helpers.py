@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -127,3 +128,46 @@ async def compare_with_reference(
             lost += max(0, want - have)
             duplicated += max(0, have - want)
     return wrong, lost, duplicated
+
+
+def event_stream(
+    rnd: random.Random,
+    n_events: int,
+    n_customers: int,
+    *,
+    prefix: str = "N",
+    days: int = 20,
+    max_step_s: int = 600,
+    retry_rate: float = 0.0,
+) -> tuple[list[CustomerEvent], dict[str, list[CustomerEvent]]]:
+    """Keyed usage/order/ticket events, each customer's in time order, interleaved at random.
+
+    Returns (what the producer sends, each customer's unique events). With ``retry_rate`` some
+    events are sent twice, as a producer retry does (same event id, a new offset).
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from schemas.events import OrderPlaced, TicketOpened, Usage
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=days)
+    clock = {f"{prefix}{c:05d}": start for c in range(n_customers)}
+    per: dict[str, list[CustomerEvent]] = {}
+    stream: list[CustomerEvent] = []
+    for i in range(n_events):
+        cid = f"{prefix}{rnd.randrange(n_customers):05d}"
+        clock[cid] += timedelta(seconds=rnd.randint(1, max_step_s))
+        t = clock[cid]
+        r = rnd.random()
+        eid = f"{prefix.lower()}{i}"
+        e: CustomerEvent
+        if r < 0.5:
+            e = Usage(event_id=eid, customer_id=cid, occurred_at=t, logins=rnd.randint(0, 5))
+        elif r < 0.85:
+            e = OrderPlaced(event_id=eid, customer_id=cid, occurred_at=t, order_id=f"o{i}", amount=rnd.randint(1, 99))
+        else:
+            e = TicketOpened(event_id=eid, customer_id=cid, occurred_at=t, ticket_id=f"t{i}")
+        per.setdefault(cid, []).append(e)
+        stream.append(e)
+        if retry_rate and rnd.random() < retry_rate:
+            stream.append(e)
+    return stream, per

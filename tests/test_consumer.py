@@ -174,7 +174,6 @@ async def test_churn_alert_once_per_crossing(settings: SettingsFactory) -> None:
     decoded = [msgspec.json.decode(r.value, type=ChurnAlert) for r in alerts]  # type: ignore[attr-defined]
     assert sorted(a.customer_id for a in decoded) == ["A0", "A1", "A2"]
     assert all(a.reasons and a.model_version for a in decoded)
-    _ = DAY
 
 
 async def test_portfolio_counters_follow_subscriptions_exactly_once(settings: SettingsFactory) -> None:

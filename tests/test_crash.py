@@ -15,45 +15,16 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from router.reducer import fold_all
 from router.settings import Settings, to_env
-from schemas.events import CustomerEvent, OrderPlaced, TicketOpened, Usage
 from tests.conftest import SettingsFactory
-from tests.helpers import hasher_of, produce, state_store
+from tests.helpers import compare_with_reference, event_stream, produce, state_store
 
 N_EVENTS = 100_000
 N_CUSTOMERS = 2_000
-
-
-def _events(rnd: random.Random) -> tuple[list[CustomerEvent], dict[str, list[CustomerEvent]]]:
-    start = datetime.now(UTC) - timedelta(days=30)
-    per: dict[str, list[CustomerEvent]] = {}
-    stream: list[CustomerEvent] = []
-    clock = {f"K{c:05d}": start for c in range(N_CUSTOMERS)}
-    for i in range(N_EVENTS):
-        cid = f"K{rnd.randrange(N_CUSTOMERS):05d}"
-        clock[cid] += timedelta(seconds=rnd.randint(1, 900))
-        t = clock[cid]
-        r = rnd.random()
-        e: CustomerEvent
-        if r < 0.5:
-            e = Usage(event_id=f"e{i}", customer_id=cid, occurred_at=t, logins=rnd.randint(0, 5))
-        elif r < 0.85:
-            e = OrderPlaced(
-                event_id=f"e{i}", customer_id=cid, occurred_at=t, order_id=f"o{i}", amount=rnd.randint(1, 99)
-            )
-        else:
-            e = TicketOpened(event_id=f"e{i}", customer_id=cid, occurred_at=t, ticket_id=f"t{i}")
-        per.setdefault(cid, []).append(e)
-        stream.append(e)
-        if rnd.random() < 0.01:  # producer retry: same event again, new offset
-            stream.append(e)
-    return stream, per
 
 
 def _spawn(s: Settings, log: Path) -> subprocess.Popen[bytes]:
@@ -71,7 +42,9 @@ def _spawn(s: Settings, log: Path) -> subprocess.Popen[bytes]:
 def test_kill_and_rebalance_lose_nothing_and_apply_nothing_twice(settings: SettingsFactory, tmp_path: Path) -> None:
     s = settings(kafka={"partitions": 6, "session_timeout_ms": 6000})
     rnd = random.Random(2026)
-    stream, per_customer = _events(rnd)
+    stream, per_customer = event_stream(
+        rnd, N_EVENTS, N_CUSTOMERS, prefix="K", days=30, max_step_s=900, retry_rate=0.01
+    )
     asyncio.run(produce(s, stream))
 
     log = tmp_path / "consumers.log"
@@ -112,19 +85,8 @@ def test_kill_and_rebalance_lose_nothing_and_apply_nothing_twice(settings: Setti
                 p.wait()
 
     assert kills == 4
-    hasher = hasher_of(s)
-
-    async def compare() -> tuple[int, list[str]]:
-        wrong = []
-        async with state_store(s) as store:
-            ids = sorted(per_customer)
-            records = await store.read_customers([store.customer_key(c) for c in ids])
-            for cid, rec in zip(ids, records, strict=True):
-                expected = fold_all(per_customer[cid], lateness_s=s.stream.lateness_s, hasher=hasher)
-                if rec.snapshot != expected:
-                    wrong.append(cid)
-        return len(ids), wrong
-
-    checked, wrong = asyncio.run(compare())
-    assert checked == N_CUSTOMERS
-    assert wrong == [], f"{len(wrong)} customers differ from the reference fold, e.g. {wrong[:5]}"
+    wrong, lost, duplicated = asyncio.run(compare_with_reference(s, per_customer))
+    assert len(per_customer) == N_CUSTOMERS
+    assert (wrong, lost, duplicated) == ([], 0, 0), (
+        f"{len(wrong)} customers differ from the reference fold, e.g. {wrong[:5]}"
+    )

@@ -39,13 +39,13 @@ from schemas.events import (
     OrderPlaced,
     Payment,
     SubscriptionChanged,
-    TicketOpened,
     Usage,
 )
 from tests.conftest import SettingsFactory
 from tests.helpers import (
     compare_with_reference,
     drain_topic,
+    event_stream,
     hasher_of,
     running_consumer,
     state_store,
@@ -150,32 +150,6 @@ class PacedProducer:
                     await asyncio.sleep(0.5)
         finally:
             await producer.stop()
-
-
-def event_stream(
-    rnd: random.Random, n_events: int, n_customers: int
-) -> tuple[list[CustomerEvent], dict[str, list[CustomerEvent]]]:
-    start = NOW - timedelta(days=20)
-    clock = {f"N{c:04d}": start for c in range(n_customers)}
-    per: dict[str, list[CustomerEvent]] = {}
-    stream: list[CustomerEvent] = []
-    for i in range(n_events):
-        cid = f"N{rnd.randrange(n_customers):04d}"
-        clock[cid] += timedelta(seconds=rnd.randint(1, 600))
-        t = clock[cid]
-        r = rnd.random()
-        e: CustomerEvent
-        if r < 0.5:
-            e = Usage(event_id=f"n{i}", customer_id=cid, occurred_at=t, logins=rnd.randint(0, 5))
-        elif r < 0.85:
-            e = OrderPlaced(
-                event_id=f"n{i}", customer_id=cid, occurred_at=t, order_id=f"o{i}", amount=rnd.randint(1, 99)
-            )
-        else:
-            e = TicketOpened(event_id=f"n{i}", customer_id=cid, occurred_at=t, ticket_id=f"t{i}")
-        per.setdefault(cid, []).append(e)
-        stream.append(e)
-    return stream, per
 
 
 async def log_ends(s: Settings, timeout: float = 30.0) -> dict[int, int]:

@@ -34,9 +34,9 @@ from router.infra import ManagedProcess
 from router.settings import Settings, to_env
 from tests.api_support import SMALL_PHONE, VIP_ID, api_settings, auth, live_server, populate, population
 from tests.conftest import SettingsFactory
-from tests.helpers import compare_with_reference, produce
+from tests.helpers import compare_with_reference, event_stream, produce
 from tests.tcp_proxy import TcpProxy
-from tests.test_faults_consumer import PacedProducer, event_stream, stored_offsets
+from tests.test_faults_consumer import PacedProducer, stored_offsets
 
 HTTP_TIMEOUT_S = 2.0
 RECOVERY_S = 5.0
