@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from router.consumer import consumer_stack
+from router.consumer import consumer_stack, settle_heap
 from router.infra import start_broker, start_redis
 from router.kafka import ensure_topics
 from router.settings import Settings
@@ -102,6 +102,7 @@ async def _raw_consume(settings: Settings, n: int) -> float:
 async def _router_consume(settings: Settings, n: int) -> tuple[float, int]:
     stop = asyncio.Event()
     async with consumer_stack(settings) as worker:
+        settle_heap()  # as `router consume` does once started
         task = asyncio.create_task(worker.run(stop))
         t0 = 0.0
         key = worker.offsets_key

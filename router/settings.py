@@ -85,6 +85,8 @@ class StreamSettings(msgspec.Struct, kw_only=True):
     """Consumer's /metrics and /health/* port (0 disables it, e.g. for several consumers on one host)."""
     health_host: str = "127.0.0.1"
     """Interface of the consumer's health server."""
+    lanes: int = 2
+    """Customer-disjoint parts of a batch folded concurrently, so one part's Redis round trip overlaps another's fold."""
 
 
 class ModelSettings(msgspec.Struct, kw_only=True):
