@@ -174,7 +174,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     broker = start_broker()
     redis_server = start_redis()
     try:
-        base = Settings()
+        base = Settings.from_env()  # ROUTER_STREAM_* etc. tune the consumer under test
         token = f"bench{int(time.time())}"
         settings = msgspec.structs.replace(
             base,

@@ -42,6 +42,7 @@ __all__ = [
     "StateStore",
     "WriteOp",
     "connect",
+    "encode_marks",
 ]
 
 HIST_SHARDS = 256
@@ -203,6 +204,11 @@ _scores_dec = msgspec.msgpack.Decoder(Scores)
 _marks_dec = msgspec.msgpack.Decoder(dict[int, int])
 
 
+def encode_marks(marks: dict[int, int]) -> bytes:
+    """Applied offsets as stored (the compare-and-set compares these bytes)."""
+    return _enc.encode(marks)
+
+
 def _lua_bytes(data: bytes) -> msgspec.Raw:
     """``data`` as a msgpack str (str32 header): Redis's cmsgpack reads it as a Lua byte string."""
     return msgspec.Raw(b"\xdb" + len(data).to_bytes(4, "big") + data)
@@ -216,7 +222,7 @@ def _packed_op(op: WriteOp) -> tuple[Any, ...]:
     new_bin = op.scores.clv_bin
     return (
         _lua_bytes(op.expected_marks or b""),
-        _lua_bytes(_enc.encode(op.marks)),
+        _lua_bytes(encode_marks(op.marks)),
         _lua_bytes(_enc.encode(op.snapshot)),
         _lua_bytes(_enc.encode(op.scores)),
         False if op.old_bin is None else op.old_bin,

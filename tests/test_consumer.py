@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime, timedelta
 
 import msgspec
+from aiokafka import TopicPartition
+from prometheus_client import REGISTRY
+
+from router.consumer import consumer_stack
 
 from router.reducer import DAY, fold_all
 from schemas.alerts import ChurnAlert
@@ -259,3 +264,34 @@ async def test_shadow_model_is_scored_beside_the_live_one_and_reported(settings:
     assert stored.rows >= 20  # every scored customer, once per batch in which it changed
     # the same file in shadow must agree exactly: the comparison is computed, not assumed
     assert stored.max_abs_diff == 0.0 and stored.alert_agreement == 1.0
+
+
+async def test_a_stale_cached_record_loses_the_compare_and_set_and_is_read_again(settings: SettingsFactory) -> None:
+    """A zombie with a warm cache must not overwrite what the partition's new owner wrote."""
+    s = settings()
+    rnd = random.Random(5)
+    events = _history("Z1", 8, rnd)
+    await produce(s, events)
+    records = sorted(await drain_topic(s, s.kafka.events_topic, len(events)), key=lambda r: r.offset)  # type: ignore[attr-defined]
+    tp = TopicPartition(s.kafka.events_topic, records[0].partition)  # type: ignore[attr-defined]
+    other = msgspec.structs.replace(s, kafka=msgspec.structs.replace(s.kafka, group_id=s.kafka.group_id + "-b"))
+    async with consumer_stack(s) as zombie, consumer_stack(other) as owner:
+        for worker in (zombie, owner):  # a rebalance clears the cache: let the joins happen first
+            for _ in range(100):
+                if worker.assigned:
+                    break
+                await asyncio.sleep(0.1)
+        await zombie.process_batch({tp: records[:4]})
+        assert len(zombie.cache) == 1
+        await owner.process_batch({tp: records[4:7]})  # the new owner reads Redis, not the zombie's memory
+        conflicts = _sample("router_consumer_duplicates_total", kind="cas_conflict")
+        await zombie.process_batch({tp: records[7:]})  # stale cache: expected offsets no longer stored
+        assert _sample("router_consumer_duplicates_total", kind="cas_conflict") == conflicts + 1
+        async with state_store(s) as store:
+            snap = await read_snapshot(store, "Z1")
+    assert snap == fold_all(events, lateness_s=s.stream.lateness_s, hasher=hasher_of(s))
+
+
+def _sample(name: str, **labels: str) -> float:
+    value = REGISTRY.get_sample_value(name, labels)
+    return value or 0.0
