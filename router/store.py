@@ -42,6 +42,7 @@ __all__ = [
     "StateStore",
     "WriteOp",
     "connect",
+    "decode_record",
     "encode_marks",
 ]
 
@@ -88,6 +89,8 @@ class WriteOp(msgspec.Struct):
     """(index key, customer id) pairs to delete if they still point at this customer."""
     kpi: dict[str, float] = {}
     """Increments of portfolio counters (see :meth:`StateStore.portfolio`), applied with the snapshot."""
+    stored: tuple[bytes, bytes, bytes] | None = None
+    """(offsets, snapshot, scores) exactly as :meth:`StateStore.apply` sent them (set by it)."""
 
 
 class PortfolioCounters(msgspec.Struct):
@@ -220,11 +223,12 @@ def _packed_op(op: WriteOp) -> tuple[Any, ...]:
     for field, delta in op.kpi.items():
         incs += (field, delta)
     new_bin = op.scores.clv_bin
+    marks, snapshot, scores = op.stored = (encode_marks(op.marks), _enc.encode(op.snapshot), _enc.encode(op.scores))
     return (
         _lua_bytes(op.expected_marks or b""),
-        _lua_bytes(encode_marks(op.marks)),
-        _lua_bytes(_enc.encode(op.snapshot)),
-        _lua_bytes(_enc.encode(op.scores)),
+        _lua_bytes(marks),
+        _lua_bytes(snapshot),
+        _lua_bytes(scores),
         False if op.old_bin is None else op.old_bin,
         False if new_bin is None else new_bin,
         incs,
@@ -396,6 +400,11 @@ class StateStore:
                 b = int(k)
                 merged[b] = merged.get(b, 0) + int(v)
         return merged
+
+
+def decode_record(stored: tuple[bytes, bytes, bytes]) -> CustomerRecord:
+    """A record from the (offsets, snapshot, scores) bytes a write stored."""
+    return _record((stored[1], stored[0], stored[2]))
 
 
 def _record(row: Sequence[bytes | None]) -> CustomerRecord:

@@ -11,7 +11,6 @@ from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 
 from router.consumer import consumer_stack
-
 from router.reducer import DAY, fold_all
 from schemas.alerts import ChurnAlert
 from schemas.events import (
