@@ -48,6 +48,11 @@ __all__ = [
 
 HIST_SHARDS = 256
 _SHARDS_PER_TRIP = 16
+_READS_PER_CALL = 500
+_WRITES_PER_CALL = 250
+"""Customers per script call. A script runs alone on Redis: a call covering a whole batch held
+every API read back for ~10 ms; calls of this size take about a millisecond each and share one
+pipeline (one round trip), so the API's reads slip in between them."""
 KPI_TOTALS = ("customers", "active_subscriptions", "mrr", "cac_sum", "clv_sum")
 
 RedisClient = aioredis.Redis | RedisCluster
@@ -269,9 +274,7 @@ class StateStore:
         """Read many customers' records in one round trip (one script call per hash tag group)."""
         if not self._read_sha:
             await self.load_scripts()
-        groups: dict[str, list[int]] = {}
-        for i, h in enumerate(customer_keys):
-            groups.setdefault(self._group(h), []).append(i)
+        groups = _calls([self._group(h) for h in customer_keys], _READS_PER_CALL)
         try:
             rows = await self._read_groups(customer_keys, groups)
         except NoScriptError:
@@ -279,14 +282,14 @@ class StateStore:
             rows = await self._read_groups(customer_keys, groups)
         return [_record(row) for row in rows]
 
-    async def _read_groups(self, customer_keys: Sequence[str], groups: dict[str, list[int]]) -> list[Any]:
+    async def _read_groups(self, customer_keys: Sequence[str], groups: list[list[int]]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
-        for members in groups.values():
+        for members in groups:
             # bytes: redis-py packs a str argument at twice the cost (1.5 us per key, thousands per batch)
             keys = [self.keys.customer(customer_keys[i]).encode() for i in members]
             pipe.execute_command("EVALSHA", self._read_sha, len(keys), *keys)
         rows: list[Any] = [None] * len(customer_keys)
-        for members, result in zip(groups.values(), await pipe.execute(), strict=True):
+        for members, result in zip(groups, await pipe.execute(), strict=True):
             for i, row in zip(members, result, strict=True):
                 rows[i] = row
         return rows
@@ -326,10 +329,8 @@ class StateStore:
             for key, cid in op.index_add:
                 pipe.set(key, cid)
                 n_index += 1
-        groups: dict[str, list[int]] = {}
-        for i, op in enumerate(ops):
-            groups.setdefault(self._group(op.customer_key), []).append(i)
-        for members in groups.values():
+        groups = _calls([self._group(op.customer_key) for op in ops], _WRITES_PER_CALL)
+        for members in groups:
             # KEYS: the customers, then the shard pair of the first one's hash tag.
             keys = [self.keys.customer(ops[i].customer_key).encode() for i in members]
             first = ops[members[0]].customer_key
@@ -341,7 +342,7 @@ class StateStore:
                 pipe.hset(key, mapping={str(p): str(o) for p, o in parts.items()})
         results: list[Any] = await pipe.execute()
         ok = [False] * len(ops)
-        for members, flags in zip(groups.values(), results[n_index : n_index + len(groups)], strict=True):
+        for members, flags in zip(groups, results[n_index : n_index + len(groups)], strict=True):
             for i, flag in zip(members, flags, strict=True):
                 ok[i] = bool(flag)
         return ok
@@ -401,6 +402,17 @@ class StateStore:
                 b = int(k)
                 merged[b] = merged.get(b, 0) + int(v)
         return merged
+
+
+def _calls(groups: Sequence[str], size: int) -> list[list[int]]:
+    """Indexes per script call: one hash tag group each (all "" on a single Redis), ``size`` at most."""
+    by_group: dict[str, list[list[int]]] = {}
+    for i, g in enumerate(groups):
+        chunks = by_group.setdefault(g, [[]])
+        if len(chunks[-1]) >= size:
+            chunks.append([])
+        chunks[-1].append(i)
+    return [chunk for chunks in by_group.values() for chunk in chunks]
 
 
 def decode_record(stored: tuple[bytes, bytes, bytes]) -> CustomerRecord:
