@@ -284,7 +284,7 @@ def main() -> None:
         help="populations: 1M (nearly every event a new customer) and 20k (~10 events each, cache hits)",
     )  # fmt: skip
     parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=Settings().stream.batch_max)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="artifacts/bench_ingest.json")
     args = parser.parse_args()

@@ -69,7 +69,7 @@ class RedisSettings(msgspec.Struct, kw_only=True):
 class StreamSettings(msgspec.Struct, kw_only=True):
     lateness_s: int = 86_400
     """Events older than (newest event time of the customer - this) are too late: counted, dead-lettered."""
-    batch_max: int = 2_000
+    batch_max: int = 5_000
     """Maximum records per getmany() batch."""
     poll_timeout_ms: int = 200
     """getmany() timeout."""
