@@ -230,7 +230,7 @@ def _packed_op(op: WriteOp) -> tuple[Any, ...]:
     new_bin = op.scores.clv_bin
     marks, snapshot, scores = op.stored = (encode_marks(op.marks), _enc.encode(op.snapshot), _enc.encode(op.scores))
     return (
-        _lua_bytes(op.expected_marks or b""),
+        _lua_bytes(op.expected_marks) if op.expected_marks else "",  # a new customer's: nothing to wrap
         _lua_bytes(marks),
         _lua_bytes(snapshot),
         _lua_bytes(scores),
