@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from router.consumer import consumer_stack, settle_heap
 from router.infra import start_broker, start_redis
 from router.kafka import ensure_topics
+from router.metrics import RECORD_CACHE as _CACHE
 from router.settings import Settings
 from router.store import connect
 
@@ -112,6 +113,7 @@ async def _router_consume(settings: Settings, n: int) -> dict[str, float]:
         settle_heap()  # as `router consume` does once started
         task = asyncio.create_task(worker.run(stop))
         t0 = cpu0 = redis0 = 0.0
+        hits0, misses0 = _CACHE.labels("hit")._value.get(), _CACHE.labels("miss")._value.get()
         key = worker.offsets_key
         while True:
             await asyncio.sleep(0.05)
@@ -123,6 +125,8 @@ async def _router_consume(settings: Settings, n: int) -> dict[str, float]:
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
         redis_cpu = await _redis_cpu(redis_client) - redis0
+        hits = _CACHE.labels("hit")._value.get() - hits0
+        misses = _CACHE.labels("miss")._value.get() - misses0
         stop.set()
         await task
     await redis_client.aclose()
@@ -133,6 +137,7 @@ async def _router_consume(settings: Settings, n: int) -> dict[str, float]:
         # is the steadier figure on a shared machine, and Redis's shows what the writes cost it
         "consumer_cpu_us_per_event": cpu / n * 1e6,
         "redis_cpu_us_per_event": redis_cpu / n * 1e6,
+        "record_cache_hit_rate": hits / max(1.0, hits + misses),
     }
 
 
@@ -192,9 +197,8 @@ async def _heavy_customer_bytes(settings: Settings) -> float:
     return size
 
 
-async def _population(args: argparse.Namespace, base: Settings, bootstrap: str, url: str, customers: int) -> dict[str, Any]:
-    """One population on its own topics and key prefix: produce, raw ceiling, router, memory."""
-    token = f"bench{int(time.time())}c{customers}"
+async def _isolated(base: Settings, bootstrap: str, url: str, token: str, args: argparse.Namespace) -> Settings:
+    """``base`` on its own topics (created), consumer group and key prefix named after ``token``."""
     settings = msgspec.structs.replace(
         base,
         kafka=msgspec.structs.replace(
@@ -210,6 +214,12 @@ async def _population(args: argparse.Namespace, base: Settings, bootstrap: str, 
         stream=msgspec.structs.replace(base.stream, health_port=0, batch_max=args.batch),
     )
     await ensure_topics(settings.kafka)
+    return settings
+
+
+async def _population(args: argparse.Namespace, base: Settings, bootstrap: str, url: str, customers: int) -> dict[str, Any]:
+    """One population on its own topics and key prefix: produce, raw ceiling, router, memory."""
+    settings = await _isolated(base, bootstrap, url, f"bench{int(time.time())}c{customers}", args)
     print(f"generating {args.events:,} events for {customers:,} customers ...", flush=True)
     records = _events(args.events, customers, args.seed)
     customers_written = len({k for k, _ in records})
@@ -237,6 +247,7 @@ async def _population(args: argparse.Namespace, base: Settings, bootstrap: str, 
         "ratio_to_raw": raw_s / router["seconds"],
         "consumer_cpu_us_per_event": router["consumer_cpu_us_per_event"],
         "redis_cpu_us_per_event": router["redis_cpu_us_per_event"],
+        "record_cache_hit_rate": router["record_cache_hit_rate"],
         "produce_s": produce_s,
         **await _memory(settings, customers_written, used_before),
     }
@@ -248,19 +259,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         base = Settings.from_env()  # ROUTER_STREAM_* etc. tune the consumer under test
         runs = [await _population(args, base, broker.bootstrap, redis_server.url, c) for c in args.customers]
-        heavy_settings = msgspec.structs.replace(
-            base,
-            kafka=msgspec.structs.replace(
-                base.kafka,
-                bootstrap=broker.bootstrap,
-                events_topic=f"heavy{int(time.time())}.events",
-                group_id=f"heavy{int(time.time())}.g",
-                partitions=args.partitions,
-            ),
-            redis=msgspec.structs.replace(base.redis, url=redis_server.url, prefix=f"heavy{int(time.time())}"),
-            stream=msgspec.structs.replace(base.stream, health_port=0),
-        )
-        await ensure_topics(heavy_settings.kafka)
+        heavy_settings = await _isolated(base, broker.bootstrap, redis_server.url, f"heavy{int(time.time())}", args)
         heavy = await _heavy_customer_bytes(heavy_settings)
         return {
             "events": args.events,

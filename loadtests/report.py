@@ -327,14 +327,15 @@ def render_ingest(ingest: dict[str, Any]) -> str:
         "is the CPU time of the consumer's process per event, *Redis CPU* that of redis-server over the same "
         "interval: on a 2-core machine their sum bounds the rate (1e6 ÷ sum events/s when both cores are free).\n",
         "| customers | distinct written | events / customer | raw consume | router applied + committed | ÷ raw | "
-        "consumer CPU / event | Redis CPU / event | Redis bytes / customer | MEMORY USAGE median |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "consumer CPU / event | Redis CPU / event | record cache hits | Redis bytes / customer | MEMORY USAGE median |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ingest["runs"]:
         lines.append(
             f"| {_pop(r['customers_population'])} | {r['customers_written']:,} | {r['events_per_customer']:.1f} | "
             f"{r['raw_consume_events_per_s']:,.0f}/s | **{r['router_applied_committed_events_per_s']:,.0f}/s** | "
             f"{r['ratio_to_raw']:.3f} | {r['consumer_cpu_us_per_event']:.1f} µs | {r['redis_cpu_us_per_event']:.1f} µs | "
+            f"{r.get('record_cache_hit_rate', 0.0):.0%} | "
             f"{r['used_memory_delta_per_customer_bytes']:,.0f} B | {r['memory_usage_median_bytes']:,.0f} B |"
         )
     lines.append(

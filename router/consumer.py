@@ -59,6 +59,8 @@ _SHADOW_REPORT_S = 10.0
 _COMMIT_INTERVAL_S = 1.0
 _SHADOW_ROWS = 20_000
 _alert_encoder = msgspec.json.Encoder()
+_CACHE_HITS = metrics.RECORD_CACHE.labels("hit")
+_CACHE_MISSES = metrics.RECORD_CACHE.labels("miss")
 
 
 @dataclass(slots=True)
@@ -386,6 +388,8 @@ class StateConsumer:
         """Records of these customers: what this consumer last wrote if cached, else read from Redis."""
         records: list[CustomerRecord | None] = [self.cache.take(h) for h in keys]
         missing = [i for i, rec in enumerate(records) if rec is None]
+        _CACHE_HITS.inc(len(keys) - len(missing))
+        _CACHE_MISSES.inc(len(missing))
         if missing:
             read = await self.store.read_customers([keys[i] for i in missing])
             for i, rec in zip(missing, read, strict=True):

@@ -38,6 +38,7 @@ __all__ = [
     "MODEL_LOADED",
     "MODEL_SECONDS",
     "POLICY_INFO",
+    "RECORD_CACHE",
     "REDIS_ERRORS",
     "REDIS_SECONDS",
     "REQUESTS",
@@ -122,6 +123,9 @@ AUDIT_DROPPED = Counter("router_audit_dropped_total", "Audit records that could 
 EVENTS_APPLIED = Counter("router_consumer_events_total", "Events handled by the consumer", ["type", "result"])
 DEAD_LETTERED = Counter("router_consumer_dead_lettered_total", "Events sent to the dead-letter topic", ["reason"])
 DUPLICATES = Counter("router_consumer_duplicates_total", "Events skipped as already applied", ["kind"])
+RECORD_CACHE = Counter(
+    "router_consumer_record_cache_total", "Customer records the consumer took from its cache or read from Redis", ["result"]
+)
 LATE_EVENTS = Counter("router_consumer_late_events_total", "Events beyond the lateness bound")
 BATCH_SIZE = Histogram(
     "router_consumer_batch_size", "Records per consumer batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000)

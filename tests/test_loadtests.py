@@ -56,3 +56,29 @@ def test_bench_serve_tiny_run_produces_every_figure(tmp_path: Path) -> None:
     report.render(md, tmp_path)
     text = md.read_text()
     assert "## Soak\n\nkept" in text and "req/s ÷ floor" in text and "Targets of issue #7" in text
+
+
+@pytest.mark.timeout(180)
+def test_bench_ingest_tiny_run_produces_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench_ingest.json"
+    subprocess.run(
+        [sys.executable, "-m", "loadtests.bench_ingest", "--events", "3000", "--customers", "2000", "300", "--batch", "200",
+         "--out", str(out)],
+        cwd=ROOT, check=True, timeout=170, capture_output=True,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert [r["customers_population"] for r in result["runs"]] == [2000, 300]
+    for r in result["runs"]:
+        assert r["router_applied_committed_events_per_s"] > 0 and r["raw_consume_events_per_s"] > 0
+        assert r["consumer_cpu_us_per_event"] > 0 and r["redis_cpu_us_per_event"] > 0
+        assert 100 < r["memory_usage_median_bytes"] < 2048
+    # 300 customers with ~10 events each: after its first batch the consumer reads them from its cache
+    assert result["runs"][1]["events_per_customer"] > 5
+    assert result["runs"][1]["record_cache_hit_rate"] > 0.5 > result["runs"][0]["record_cache_hit_rate"]
+    assert result["heavy_customer_memory_usage_bytes"] > 1000
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n## Soak\n\nkept\n")
+    (tmp_path / "bench_ingest.json").write_text(out.read_text())
+    report.render(md, tmp_path)
+    text = md.read_text()
+    assert "## Soak\n\nkept" in text and "consumer CPU / event" in text and "Target of issue #3" in text
