@@ -27,11 +27,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from router import metrics
 from router.audit import AuditRecord, AuditWriter
-from router.errors import BadInput
+from router.errors import REDIS_FAULTS, BadInput
 from router.features import FEATURE_NAMES, features
 from router.identity import IdentityHasher, InvalidIdentifier, normalise_email, normalise_phone
 from router.model import ChurnModel
@@ -60,7 +60,6 @@ def _labelled(metric: Any, *values: str) -> Any:
 
 _REFRESH_MAX_S = 60.0
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
-_REDIS_FAULTS = (RedisError, OSError, TimeoutError)
 _snapshot_dec = msgspec.msgpack.Decoder(Snapshot)
 _READ_LUA = "return {redis.call('HMGET', KEYS[1], 's', 'k'), redis.call('GET', KEYS[2]) or false}"
 _scores_dec = msgspec.msgpack.Decoder(Scores)
@@ -177,7 +176,7 @@ class DecisionService:
         started = time.perf_counter()
         try:
             self.distribution = ClvDistribution(await self.background.histogram())
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAULTS as exc:
             log.warning("CLV histogram refresh failed: %s", type(exc).__name__)
         # A big population takes a while to read: refresh less often rather than keep Redis and this
         # worker busy with it (about 5 % of the time at most).
@@ -229,7 +228,7 @@ class DecisionService:
                     h = self.hasher.customer_key(customer_id)
                 assert h is not None
                 record, override = await self.read(h)
-        except _REDIS_FAULTS as exc:
+        except REDIS_FAULTS as exc:
             self.breaker.failure()
             metrics.REDIS_ERRORS.labels("read_customer", type(exc).__name__).inc()
             return Resolved(customer_id, h, None, "redis_unavailable")

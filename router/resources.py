@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar
-from redis.exceptions import RedisError
 
 from router import metrics, observability
 from router.admin import AdminService
 from router.audit import AuditWriter
 from router.customers import CustomerService
 from router.decisions import DecisionService
+from router.errors import REDIS_FAULTS
 from router.handoff import HandoffService
 from router.identity import IdentityHasher
 from router.model import ChurnModel
@@ -35,6 +35,7 @@ __all__ = ["Readiness", "lifespans", "metrics_payload"]
 
 log = logging.getLogger("router.api")
 BACKGROUND_TIMEOUT_S = 10.0
+_READY_FAULTS: tuple[type[Exception], ...] = (*REDIS_FAULTS, AssertionError)
 
 
 class Readiness:
@@ -53,7 +54,7 @@ class Readiness:
             assert self.store is not None
             await self.store.client.ping()
             checks["redis"] = "ok"
-        except (RedisError, OSError, AssertionError, TimeoutError) as exc:
+        except _READY_FAULTS as exc:
             checks["redis"] = f"unavailable ({type(exc).__name__})"
         ok = bool(service and service.model) and checks["redis"] == "ok"
         return ok, checks
