@@ -67,17 +67,19 @@ _dec: msgspec.json.Decoder[AnyRecord] = msgspec.json.Decoder(AnyRecord)
 _BATCH_MAX = 500
 
 # One call per batch. KEYS[1]: the global stream, KEYS[2..]: customer streams. ARGV[1], ARGV[2]:
-# their length caps; then per record its JSON and the KEYS index of its customer stream (0: none).
+# their length caps; ARGV[3]: msgpack array of (record JSON, KEYS index of its customer stream or 0)
+# pairs, one argument for the whole batch (redis-py packs every argument in Python).
 _WRITE_LUA = """
 local cap, per = ARGV[1], ARGV[2]
-for i = 3, #ARGV, 2 do
-  local rec = ARGV[i]
+local batch = cmsgpack.unpack(ARGV[3])
+for i = 1, #batch, 2 do
+  local rec, k = batch[i], batch[i + 1]
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 'r', rec)
-  local k = tonumber(ARGV[i + 1])
   if k > 0 then redis.call('XADD', KEYS[k], 'MAXLEN', '~', per, '*', 'r', rec) end
 end
-return (#ARGV - 2) / 2
+return #batch / 2
 """
+_pack = msgspec.msgpack.Encoder()
 
 
 class AuditWriter:
@@ -151,7 +153,7 @@ class AuditWriter:
         if self._script is not None:
             keys: list[str] = [self.stream]
             index: dict[str, int] = {}
-            args: list[bytes | int] = [self.maxlen, self.per_customer]
+            pairs: list[str | int] = []
             for rec in batch:
                 k = 0
                 if rec.customer_key:
@@ -160,8 +162,8 @@ class AuditWriter:
                     if not k:
                         keys.append(stream)
                         k = index[stream] = len(keys)
-                args += (_enc.encode(rec), k)
-            await self._script(keys, args)
+                pairs += (_enc.encode(rec).decode(), k)  # msgpack str: Redis's cmsgpack reads no bin type
+            await self._script(keys, (self.maxlen, self.per_customer, _pack.encode(pairs)))
             return
         pipe = self.client.pipeline(transaction=False)
         for rec in batch:
