@@ -41,7 +41,7 @@ from router.policy import DecisionInput, Policy, decide, load_policy
 from router.reducer import Snapshot
 from router.scoring import ClvDistribution, advocacy_score, clv, sentiment_label, upsell_score
 from router.settings import Settings
-from router.store import CustomerRecord, Scores, StateStore
+from router.store import CustomerRecord, RedisClient, Scores, StateStore
 from schemas.api import ClassifyRequest, CustomerRef, Decision, Override, ScoreCard
 
 __all__ = ["Breaker", "DecisionService", "Resolved"]
@@ -140,11 +140,14 @@ class DecisionService:
         policy: Policy,
         audit: AuditWriter,
         background: StateStore | None = None,
+        reader: StateStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.background = background or store
         """Same Redis, a client with a budget of seconds: for the population-wide reads."""
+        self.reader = reader or store
+        """Same Redis, a client without socket timeouts: :meth:`resolve` bounds the lookup as a whole."""
         self.hasher: IdentityHasher = store.hasher
         self.model = model
         self.policy = policy
@@ -220,15 +223,15 @@ class DecisionService:
             return Resolved(customer_id, h, None, "redis_unavailable")
         t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self._timeout_s):  # the reader client's only bound
                 if index_key is not None:
-                    customer_id = await self.store.resolve_index(index_key)
+                    customer_id = await self.reader.resolve_index(index_key)
                     if customer_id is None:
                         self.breaker.success()
                         return Resolved(None, None, None, None)
                     h = self.hasher.customer_key(customer_id)
                 assert h is not None
-                record, override = await self.read(h)
+                record, override = await self._read(self.reader.client, h)
         except REDIS_FAULTS as exc:
             self.breaker.failure()
             metrics.REDIS_ERRORS.labels("read_customer", type(exc).__name__).inc()
@@ -240,9 +243,11 @@ class DecisionService:
 
     async def read(self, h: str) -> tuple[CustomerRecord, Override | None]:
         """Snapshot, scores and override of the customer with keyed hash ``h`` (raises on Redis faults)."""
+        return await self._read(self.store.client, h)
+
+    async def _read(self, client: RedisClient, h: str) -> tuple[CustomerRecord, Override | None]:
         # Snapshot hash and override share the hash tag {h[:2]}, so one script call reads both:
         # one command, one round trip, on a cluster too (a pipeline of two costs ~100 us more).
-        client = self.store.client
         keys = (self.store.keys.customer(h), override_key(self.store.keys, h))
         if not self._read_sha:
             self._read_sha = str(await client.script_load(_READ_LUA))

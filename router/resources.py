@@ -75,14 +75,19 @@ def lifespans(settings: Settings) -> list[Any]:
         store = StateStore(client, settings.redis.prefix, hasher)
         # Population-wide reads (CLV histogram, portfolio) take far longer than a request's budget.
         slow = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=BACKGROUND_TIMEOUT_S)
+        # The decision's own read: its caller bounds the whole lookup with one asyncio timeout, so the
+        # client needs no socket timeout of its own (redis-py's costs a task and a timer per command).
+        reader = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=None)
         app.state.store = store
         app.state.background_store = StateStore(slow, settings.redis.prefix, hasher)
+        app.state.reader_store = StateStore(reader, settings.redis.prefix, hasher)
         app.state.readiness.store = store
         try:
             yield
         finally:
             await client.aclose()
             await slow.aclose()
+            await reader.aclose()
 
     @contextlib.asynccontextmanager
     async def webhook_replay_cache(app: Litestar) -> AsyncIterator[None]:
@@ -108,7 +113,9 @@ def lifespans(settings: Settings) -> list[Any]:
         metrics.POLICY_INFO.info({"version": policy.version})
         store: StateStore = app.state.store
         audit = AuditWriter(store.client, settings.redis.prefix)
-        service = DecisionService(settings, store, model, policy, audit, app.state.background_store)
+        service = DecisionService(
+            settings, store, model, policy, audit, app.state.background_store, app.state.reader_store
+        )
         await audit.start()
         await service.start()
         app.state.decisions = service
