@@ -47,6 +47,7 @@ import redis
 
 from loadtests import openloop
 from loadtests.population import load_population
+from router.api.app import UVICORN_HTTP, UVICORN_LOOP
 from router.identity import IdentityHasher
 from router.infra import ManagedProcess, RedisServer, free_port, start_redis
 from router.settings import Settings, to_env
@@ -134,6 +135,7 @@ def api_server(
         sys.executable, "-m", "uvicorn", app, "--factory",
         "--host", HOST, "--port", str(settings.api.port), "--workers", "1",
         "--no-access-log", "--log-level", "warning", "--lifespan", "on",
+        "--loop", UVICORN_LOOP, "--http", UVICORN_HTTP,  # as router serve: fails if a wheel is missing
     ]  # fmt: skip
     proc = ManagedProcess("api", _pinned(SERVER_CORE, argv), log_path=log_path, env=env, cwd=ROOT)
     try:
@@ -546,7 +548,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "pinning": f"API on core {SERVER_CORE}; Redis and load generators on core {LOAD_CORE}"
             if (os.cpu_count() or 1) > 1
             else "none (one core)",
-            "uvicorn_loop_http": _loop_http(),
+            "uvicorn_loop_http": f"loop={UVICORN_LOOP}, http={UVICORN_HTTP}",
             "nice": os.getpriority(os.PRIO_PROCESS, 0),
         },
         "commit": _commit(),
@@ -601,14 +603,6 @@ def _cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor()
-
-
-def _loop_http() -> str:
-    # What uvicorn's "auto" picks in the server's environment: uvloop/httptools only if importable.
-    probe = "import importlib.util as u; print(bool(u.find_spec('uvloop')), bool(u.find_spec('httptools')))"
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
-    uvloop, httptools = [*done.stdout.split(), "False", "False"][:2]
-    return f"loop={'uvloop' if uvloop == 'True' else 'asyncio'}, http={'httptools' if httptools == 'True' else 'h11'}"
 
 
 def main(argv: list[str] | None = None) -> None:

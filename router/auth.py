@@ -4,7 +4,8 @@ Keys come from ``ROUTER_AUTH_KEYS`` (``name:scope+scope:secret[:expires=YYYY-MM-
 of the secrets are kept; a presented key is hashed and looked up, so the comparison never
 depends on how many leading characters of a real key the caller guessed (a dict lookup on
 digests leaks nothing about the secrets). Each route names the scopes that may call it in
-its ``opt["scopes"]``; :func:`require_key` is the one guard that enforces them.
+its ``opt["scopes"]``; :func:`require_key` is the one check that enforces them (the app's
+``before_request`` hook calls it on every request, before anything looks at the body).
 
 Rate limiting is an in-process token bucket per key: with several uvicorn workers each
 worker has its own bucket, so the effective limit is ``workers x rate`` (documented).
@@ -21,13 +22,13 @@ from typing import Any
 
 import msgspec
 from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 
 from router.errors import Forbidden, RateLimited, Unauthorized
 from router.settings import AuthSettings
 
 __all__ = [
     "DEV_KEY",
+    "KEY_REQUIRED",
     "SCOPES",
     "ApiKey",
     "Authenticator",
@@ -40,6 +41,9 @@ SCOPES: frozenset[str] = frozenset({"helpdesk", "telephony", "chatbot", "ops", "
 DEV_KEY = "router-dev-key"
 """Accepted only with ``ROUTER_AUTH_DEV_MODE=true`` and no configured keys (``router dev``, tests)."""
 _HEADER = "x-api-key"
+KEY_REQUIRED: dict[str, Any] = {"scopes": frozenset()}
+"""``opt`` of a controller whose routes need a key: a route that names no scopes of its own is
+closed to every key (403) rather than open."""
 
 
 class ConfigError(ValueError):
@@ -155,19 +159,26 @@ class Authenticator:
         bucket.tokens = tokens - 1.0
 
 
-async def require_key(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """Guard: a valid key with one of the route's ``opt["scopes"]``; the caller lands on ``state.caller``.
+def require_key(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """A valid key with one of the route's ``opt["scopes"]``; the caller lands on ``state.caller``.
 
-    Routes with ``opt["query_key"]`` also accept ``?key=`` (a CTI opening the HTML card cannot
-    set headers); such URLs must not be logged, and the service writes no access log.
-    Async on purpose: Litestar runs a sync guard in a worker thread, which costs more than the check.
+    Routes without ``opt["scopes"]`` are open (health, metrics, the signed webhooks); controllers
+    of keyed routes set ``opt = KEY_REQUIRED``. Routes with ``opt["query_key"]`` also accept ``?key=`` (a
+    CTI opening the HTML card cannot set headers); such URLs must not be logged, and the service
+    writes no access log. Not a Litestar guard: Litestar copies the route handler for each guard
+    call, which cost more than the check itself.
     """
+    opt = connection.route_handler.opt
+    scopes = opt.get("scopes")
+    if scopes is None:
+        return
     auth: Authenticator = connection.app.state.auth
-    presented = connection.headers.get(_HEADER)
+    headers = connection.headers
+    presented = headers.get(_HEADER)
     if presented is None:
-        bearer = connection.headers.get("authorization")
+        bearer = headers.get("authorization")
         if bearer is not None and bearer[:7].lower() == "bearer ":
             presented = bearer[7:].strip()
-        elif handler.opt.get("query_key"):
+        elif opt.get("query_key"):
             presented = connection.query_params.get("key")
-    connection.state.caller = auth.authenticate(presented, handler.opt["scopes"])
+    connection.state.caller = auth.authenticate(presented, scopes)

@@ -15,11 +15,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from router.audit import AdminRecord, AnyRecord, AuditWriter
 from router.decisions import DecisionService
-from router.errors import NotFound, Unavailable
+from router.errors import REDIS_FAULTS, NotFound, Unavailable
 from router.features import FEATURE_NAMES, features
 from router.overrides import encode_override, override_key
 from router.publisher import EventPublisher
@@ -42,7 +40,6 @@ from schemas.events import ErasureRequested, Outcome
 __all__ = ["CustomerService"]
 
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
-_REDIS_FAULTS = (RedisError, OSError, TimeoutError)
 
 
 class CustomerService:
@@ -64,7 +61,7 @@ class CustomerService:
         try:
             record, override = await service.read(h)
             history = await self.audit.for_customer(h, count=20)
-        except _REDIS_FAULTS as exc:
+        except REDIS_FAULTS as exc:
             raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
         model, policy = service.model, service.policy
         snap = record.snapshot if record.snapshot is not None and record.snapshot.customer_id else None
@@ -155,7 +152,7 @@ class CustomerService:
                 raise NotFound("no such customer: an override needs a known customer")
             ttl_ms = max(1, round(req.expires_in_hours * 3_600_000))
             await service.store.client.set(override_key(service.store.keys, h), encode_override(override), px=ttl_ms)
-        except _REDIS_FAULTS as exc:
+        except REDIS_FAULTS as exc:
             raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
         self._admin("override_set", actor, h, f"tier {req.tier} until {override.expires_at.isoformat()}")
         return override
@@ -165,7 +162,7 @@ class CustomerService:
         h = service.hasher.customer_key(customer_id)
         try:
             deleted: Any = await service.store.client.delete(override_key(service.store.keys, h))
-        except _REDIS_FAULTS as exc:
+        except REDIS_FAULTS as exc:
             raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
         if not deleted:
             raise NotFound("no override for this customer (never set, removed or expired)")
@@ -205,7 +202,7 @@ class CustomerService:
                 pipe.delete(override_key(service.store.keys, h))
                 pipe.delete(self.audit.customer_stream(h))
                 await pipe.execute()
-        except _REDIS_FAULTS as exc:
+        except REDIS_FAULTS as exc:
             raise Unavailable(
                 f"erasure event accepted, but the override and audit stream could not be deleted yet "
                 f"({type(exc).__name__}); repeat the request"

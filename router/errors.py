@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 
+from redis.exceptions import RedisError
+
 __all__ = [
+    "REDIS_FAULTS",
     "BadInput",
     "Conflict",
     "Forbidden",
@@ -21,6 +24,11 @@ __all__ = [
     "UnsupportedMediaType",
     "without_values",
 ]
+
+REDIS_FAULTS: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError, RuntimeError)
+"""What a Redis call in the API can raise when Redis is slow, gone or back. RuntimeError: under
+uvloop, writing to a connection Redis has just closed raises "unable to perform operation on
+<TCPTransport closed=True>" where plain asyncio ignored the write and the read then failed."""
 
 _QUOTED_VALUE = re.compile(r"(Invalid (?:enum )?value) '(?:[^'\\]|\\.)*'")
 

@@ -137,13 +137,23 @@ class ChurnModel:
     def predict_one(self, row: Sequence[float]) -> float:
         """Churn probability of one feature row (``router.features.features`` output)."""
         try:
-            buf, feed = self._local.one
+            buf, out, binding = self._local.one
         except AttributeError:  # first call on this thread
-            buf = np.zeros((1, N_FEATURES), dtype=np.float32)
-            feed = {self._input: buf}
-            self._local.one = (buf, feed)
+            buf, out, binding = self._local.one = self._bind_one()
         buf[0] = row
-        return float(self._session.run(self._outputs, feed)[0][0])
+        # Bound input and output buffers: no feed dict to check and no output array to allocate per call.
+        self._session.run_with_iobinding(binding)
+        return float(out[0])
+
+    def _bind_one(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], Any]:
+        import onnxruntime as ort
+
+        buf = np.zeros((1, N_FEATURES), dtype=np.float32)
+        out = np.zeros((1,), dtype=np.float32)
+        binding = self._session.io_binding()
+        binding.bind_ortvalue_input(self._input, ort.OrtValue.ortvalue_from_numpy(buf))
+        binding.bind_output(self._outputs[0], "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        return buf, out, binding  # ``out`` and ``buf`` must outlive the binding: kept together
 
     def explain(self, row: Sequence[float], top: int = 3) -> list[Factor]:
         """The ``top`` features that move this customer's score most, largest first.

@@ -20,10 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
 
 from router.decisions import DecisionService
-from router.errors import Unavailable
+from router.errors import REDIS_FAULTS, Unavailable
 from router.policy.model import TIERS
 from router.reducer import DAY
 from router.store import PortfolioCounters
@@ -53,7 +52,7 @@ class PortfolioService:
             pipe.hset(key, str(today), _enc.encode((mean, high)))
             pipe.hgetall(key)
             _, raw = await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAULTS as exc:
             raise Unavailable(f"portfolio counters unavailable ({type(exc).__name__})") from None
         trend: dict[int, tuple[float, float]] = {int(k): _point_dec.decode(v) for k, v in raw.items()}
         stale = [str(d) for d in trend if d <= today - _TREND_KEEP_DAYS]

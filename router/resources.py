@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar import Litestar
-from redis.exceptions import RedisError
 
 from router import metrics, observability
 from router.admin import AdminService
 from router.audit import AuditWriter
 from router.customers import CustomerService
 from router.decisions import DecisionService
+from router.errors import REDIS_FAULTS
 from router.handoff import HandoffService
 from router.identity import IdentityHasher
 from router.model import ChurnModel
@@ -35,6 +35,7 @@ __all__ = ["Readiness", "lifespans", "metrics_payload"]
 
 log = logging.getLogger("router.api")
 BACKGROUND_TIMEOUT_S = 10.0
+_READY_FAULTS: tuple[type[Exception], ...] = (*REDIS_FAULTS, AssertionError)
 
 
 class Readiness:
@@ -53,7 +54,7 @@ class Readiness:
             assert self.store is not None
             await self.store.client.ping()
             checks["redis"] = "ok"
-        except (RedisError, OSError, AssertionError, TimeoutError) as exc:
+        except _READY_FAULTS as exc:
             checks["redis"] = f"unavailable ({type(exc).__name__})"
         ok = bool(service and service.model) and checks["redis"] == "ok"
         return ok, checks
@@ -74,14 +75,19 @@ def lifespans(settings: Settings) -> list[Any]:
         store = StateStore(client, settings.redis.prefix, hasher)
         # Population-wide reads (CLV histogram, portfolio) take far longer than a request's budget.
         slow = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=BACKGROUND_TIMEOUT_S)
+        # The decision's own read: its caller bounds the whole lookup with one asyncio timeout, so the
+        # client needs no socket timeout of its own (redis-py's costs a task and a timer per command).
+        reader = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=None)
         app.state.store = store
         app.state.background_store = StateStore(slow, settings.redis.prefix, hasher)
+        app.state.reader_store = StateStore(reader, settings.redis.prefix, hasher)
         app.state.readiness.store = store
         try:
             yield
         finally:
             await client.aclose()
             await slow.aclose()
+            await reader.aclose()
 
     @contextlib.asynccontextmanager
     async def webhook_replay_cache(app: Litestar) -> AsyncIterator[None]:
@@ -107,7 +113,9 @@ def lifespans(settings: Settings) -> list[Any]:
         metrics.POLICY_INFO.info({"version": policy.version})
         store: StateStore = app.state.store
         audit = AuditWriter(store.client, settings.redis.prefix)
-        service = DecisionService(settings, store, model, policy, audit, app.state.background_store)
+        service = DecisionService(
+            settings, store, model, policy, audit, app.state.background_store, app.state.reader_store
+        )
         await audit.start()
         await service.start()
         app.state.decisions = service

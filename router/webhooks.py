@@ -29,11 +29,10 @@ import time
 from datetime import datetime
 
 import msgspec
-from redis.exceptions import RedisError
 
 from router import metrics
 from router.decisions import DecisionService
-from router.errors import BadInput, Conflict, Forbidden, Unauthorized, without_values
+from router.errors import REDIS_FAULTS, BadInput, Conflict, Forbidden, Unauthorized, without_values
 from router.settings import WebhookSettings
 from router.store import RedisClient
 from schemas.api import (
@@ -140,7 +139,7 @@ class WebhookService:
         try:
             async with asyncio.timeout(REPLAY_TIMEOUT_S):
                 fresh = await self.client.set(key, b"1", nx=True, ex=max(1, self.settings.max_age_s))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAULTS as exc:
             metrics.REDIS_ERRORS.labels("webhook_replay", type(exc).__name__).inc()
             return False
         if not fresh:

@@ -11,7 +11,7 @@ from litestar.status_codes import HTTP_200_OK
 
 from router.admin import AdminService
 from router.api.responses import BODY, KEYED, errors
-from router.auth import ApiKey, require_key
+from router.auth import KEY_REQUIRED, ApiKey
 from router.portfolio import PortfolioService
 from schemas.api import PortfolioReport, ReloadRequest, ReloadResult
 
@@ -22,7 +22,7 @@ _ADMIN = frozenset({"admin"})
 
 class AdminController(Controller):
     path = "/v1"
-    guards = (require_key,)
+    opt = KEY_REQUIRED
     security = ({"ApiKey": []},)
 
     @get(

@@ -10,7 +10,7 @@ from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED, HTTP_204_NO_CONTENT
 
 from router.api.responses import BODY, KEYED, errors
-from router.auth import ApiKey, require_key
+from router.auth import KEY_REQUIRED, ApiKey
 from router.customers import CustomerService
 from schemas.api import CustomerView, ErasureAccepted, OutcomeAccepted, OutcomeRequest, Override, OverrideRequest
 
@@ -24,7 +24,7 @@ _ADMIN = frozenset({"admin"})
 class CustomerController(Controller):
     path = "/v1"
     tags = ("customers",)
-    guards = (require_key,)
+    opt = KEY_REQUIRED
     security = ({"ApiKey": []},)
 
     @get(

@@ -11,7 +11,7 @@ from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
 from router.api.responses import BODY, KEYED, errors
-from router.auth import require_key
+from router.auth import KEY_REQUIRED
 from router.decisions import DecisionService
 from router.handoff import HandoffService
 from router.screenpop import ScreenPopService, render_card
@@ -31,7 +31,7 @@ Phone = Annotated[
 class DecisionController(Controller):
     path = "/v1"
     tags = ("decisions",)
-    guards = (require_key,)
+    opt = KEY_REQUIRED
     security = ({"ApiKey": []},)
 
     @post(
