@@ -325,7 +325,8 @@ def render_ingest(ingest: dict[str, Any]) -> str:
         f"One consumer process, {ingest['partitions']} partitions, batches of up to {ingest['batch_max']:,} records, "
         f"{ingest.get('lanes', 1)} lanes, record cache {ingest.get('cache_customers', 0):,} customers. *Consumer CPU* "
         "is the CPU time of the consumer's process per event, *Redis CPU* that of redis-server over the same "
-        "interval: on a 2-core machine their sum bounds the rate (1e6 ÷ sum events/s when both cores are free).\n",
+        "interval. Both are single-threaded, on a core each at best: 1e6 ÷ the larger of the two is the most one "
+        "consumer process can apply per second, however well its Redis round trips overlap.\n",
         "| customers | distinct written | events / customer | raw consume | router applied + committed | ÷ raw | "
         "consumer CPU / event | Redis CPU / event | record cache hits | Redis bytes / customer | MEMORY USAGE median |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -14,8 +14,9 @@ Key layout (``P`` is the configured prefix, ``H`` the keyed hash of the customer
 A customer's snapshot, its offsets and the histogram and counter shards its write lands in
 share one hash tag, so a single Lua script updates them atomically even on Redis Cluster:
 that is what makes the consumer's effect exactly-once (see :mod:`router.consumer`). Only the
-sum of a field over the 256 shards means anything (one batch's increments land in one shard
-pair), so readers always sum. Nothing is keyed by a clear identifier.
+sum of a field over the 256 shards means anything (a script call's increments land in one
+shard pair: its hash tag's on a cluster, always 00 on a single Redis), so readers always sum.
+Nothing is keyed by a clear identifier.
 """
 
 from __future__ import annotations
@@ -149,8 +150,8 @@ class Keys:
 
 
 # Many customers in one call. KEYS: the customers' hashes, then one CLV histogram shard and
-# one KPI shard, all with one hash tag on Redis Cluster. ARGV[1]: one msgpack array with an
-# entry per customer: {expected offsets ('' = none), new offsets, snapshot, scores,
+# one KPI shard (on Redis Cluster all with one hash tag; on a single Redis always shard 00).
+# ARGV[1]: one msgpack array with an entry per customer: {expected offsets ('' = none), new offsets, snapshot, scores,
 # old bin|false, new bin|false, {kpi field, delta, ...}}. Byte strings travel as msgpack str
 # (Redis's cmsgpack knows no bin type; Lua strings are bytes). One argument instead of eight
 # per customer: redis-py packs every argument in Python, which was a fifth of the consumer's CPU.
@@ -333,8 +334,11 @@ class StateStore:
         for members in groups:
             # KEYS: the customers, then the shard pair of the first one's hash tag.
             keys = [self.keys.customer(ops[i].customer_key).encode() for i in members]
-            first = ops[members[0]].customer_key
-            keys += (self.keys.histogram(first).encode(), self.keys.kpi(first).encode())
+            # On a cluster the group's own tag; on a single Redis always shard 00, so the CLV histogram
+            # the API reads in the background is ~1k fields in one hash, not ~160k spread over 256
+            # (at 1M customers that read held the worker's event loop for milliseconds per chunk).
+            shard = self._group(ops[members[0]].customer_key) or "00"
+            keys += (self.keys.histogram(shard).encode(), self.keys.kpi(shard).encode())
             packed = _enc.encode([_packed_op(ops[i]) for i in members])
             pipe.execute_command("EVALSHA", self._apply_sha, len(keys), *keys, packed)
         for key, parts in offsets.items():
