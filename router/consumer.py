@@ -280,7 +280,7 @@ class StateConsumer:
                     self.cache.put(op)
                 else:
                     lost.add(op.customer_key)
-                    self.cache.discard(op.customer_key)  # its cached snapshot was folded into: read it again
+                    self.cache.discard(op.customer_key)  # the retry must read what the other writer stored
             if not lost:
                 return
             # Another writer (a zombie from before a rebalance) got in between: read again, refold.
