@@ -35,7 +35,8 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from router.consumer import consumer_stack, settle_heap
+from router.consumer import consumer_stack
+from router.heap import settle_heap
 from router.infra import start_broker, start_redis
 from router.kafka import ensure_topics
 from router.metrics import RECORD_CACHE as _CACHE

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import logging
 import re
 import signal
@@ -39,6 +38,7 @@ from prometheus_client import Counter
 from router import metrics
 from router.features import features
 from router.health import HealthServer
+from router.heap import settle_heap
 from router.identity import IdentityHasher
 from router.kafka import consumer_config, producer_config
 from router.model import ChurnModel, Comparison, ModelError, compare
@@ -50,7 +50,7 @@ from router.store import CustomerRecord, Scores, StateStore, WriteOp, connect, d
 from schemas.alerts import ChurnAlert
 from schemas.events import CustomerEvent, SubscriptionChanged, event_decoder
 
-__all__ = ["RecordCache", "StateConsumer", "consumer_stack", "run_consumer", "settle_heap"]
+__all__ = ["RecordCache", "StateConsumer", "consumer_stack", "run_consumer"]
 
 log = logging.getLogger("router.consumer")
 
@@ -622,23 +622,6 @@ def _decode(rec: ConsumerRecord[bytes, bytes], dead: list[_Dead]) -> CustomerEve
         dead.append(_Dead(rec, "undecodable", exc))
     metrics.EVENTS_APPLIED.labels("unknown", "dead_lettered").inc()
     return None
-
-
-def settle_heap() -> None:
-    """Hide everything allocated at start-up (modules, model, clients) from the cyclic collector.
-
-    Every batch allocates tens of thousands of short-lived containers (events, snapshots,
-    buckets); each young-generation collection they trigger also walked the long-lived heap
-    and, with the default thresholds, took a quarter of the consumer's CPU (12.3k -> 17.7k
-    events/s with the collector off in ``loadtests.bench_ingest``). Snapshots hold no cycles,
-    so reference counting frees them. The young-generation threshold counts *net* allocations:
-    at 100,000 the collector runs only when that many containers outlive their batch (a leak or
-    cycles piling up), not several times per batch (55 collections of ~1.5 ms per 40k events
-    at 10,000; none at 100,000).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 10, 10)
 
 
 async def run_consumer(settings: Settings) -> None:

@@ -21,6 +21,7 @@ from router.customers import CustomerService
 from router.decisions import DecisionService
 from router.errors import REDIS_FAULTS
 from router.handoff import HandoffService
+from router.heap import settle_heap
 from router.identity import IdentityHasher
 from router.model import ChurnModel
 from router.policy import load_policy
@@ -148,6 +149,8 @@ def lifespans(settings: Settings) -> list[Any]:
         state.portfolio = PortfolioService(decisions)
         state.admin = AdminService(decisions, decisions.audit)
         hup = _install_sighup(state.admin.on_sighup)
+        if settings.api.settle_heap:
+            settle_heap()  # everything a worker keeps is loaded by now
         try:
             yield
         finally:

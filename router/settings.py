@@ -134,6 +134,8 @@ class ApiSettings(msgspec.Struct, kw_only=True):
     """Log level of the service."""
     bench_endpoints: bool = False
     """Serve POST /bench/snapshot (the snapshot-only floor of loadtests.bench_serve); never in production."""
+    settle_heap: bool = True
+    """Freeze the worker's start-up heap and collect young objects less often once the app is up (GC pauses)."""
 
 
 class AuthSettings(msgspec.Struct, kw_only=True):
