@@ -175,7 +175,7 @@ async def _load_chunk_async(start: int, stop: int, now_ts: float) -> int:
         for k in range(0, len(ops), 1_000):
             batch = ops[k : k + 1_000]
             await client.mset({keys.phone(op.snapshot.phone_keys[0]): op.snapshot.customer_id for op in batch})
-            await store.apply(batch, {})
+            await store.apply(batch)
     finally:
         await client.aclose()
     return stop - start

@@ -273,14 +273,13 @@ class StateConsumer:
         for _ in range(_MAX_CAS_RETRIES):
             outcome = await self._fold(pending)
             await self._publish(outcome)
-            ok = await self.store.apply(outcome.ops, {})
+            ok = await self.store.apply(outcome.ops)
             lost = set()
             for op, good in zip(outcome.ops, ok, strict=True):
                 if good:
                     self.cache.put(op)
-                else:
+                else:  # not put back (taken out when read): the retry reads what the other writer stored
                     lost.add(op.customer_key)
-                    self.cache.discard(op.customer_key)  # the retry must read what the other writer stored
             if not lost:
                 return
             # Another writer (a zombie from before a rebalance) got in between: read again, refold.
@@ -497,7 +496,7 @@ class RecordCache:
     entry fails and the customer is read from Redis again. Entries are the bytes that were
     stored, decoded when taken: no shared mutable snapshot, and nothing for the cyclic
     collector to walk (20k cached snapshot objects cost more in collections than the reads
-    they saved). A failed compare-and-set discards its customer; a failed batch or a
+    they saved). A customer that lost its compare-and-set is not put back; a failed batch or a
     rebalance clears everything. Least recently written entries go first.
     """
 
@@ -522,9 +521,6 @@ class RecordCache:
         entries[op.customer_key] = op.stored
         if len(entries) > self.capacity:
             entries.popitem(last=False)
-
-    def discard(self, customer_key: str) -> None:
-        self._entries.pop(customer_key, None)
 
     def clear(self) -> None:
         self._entries.clear()
