@@ -8,7 +8,11 @@ and key prefix:
 1. produce N keyed events spread over C customers (1M: nearly every event is a customer's
    first; 20k: about ten events per customer, so snapshots carry history and the consumer's
    record cache hits);
-2. **ceiling**: an aiokafka consumer that only fetches the records (no decode, no Redis);
+2. **ceilings**, each an aiokafka consumer of this process in a fresh group: *raw* only fetches
+   the records; *decode* also decodes each into its typed event; *compute* runs the per-event
+   computation of the consumer and nothing else (decode, the reducer's fold into snapshots kept
+   in a dict, features, batched ONNX, CLV, the snapshot's encoding; no Redis, no bookkeeping),
+   so the gap between it and *router* is what exactly-once writing and bookkeeping cost;
 3. **router**: a :class:`router.consumer.StateConsumer` (decode, fold, score with ONNX, the
    Lua compare-and-set per lane, offsets, Kafka commit), timed from its first poll until the
    offsets stored with the state cover all N events; CPU seconds of this process (the
@@ -28,20 +32,28 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from router.consumer import consumer_stack
+from router.features import features
 from router.heap import settle_heap
+from router.identity import IdentityHasher
 from router.infra import start_broker, start_redis
 from router.kafka import ensure_topics
 from router.metrics import RECORD_CACHE as _CACHE
+from router.model import ChurnModel
+from router.reducer import Snapshot, fold
+from router.scoring import clv, clv_bin
 from router.settings import Settings
 from router.store import connect
+from schemas.events import event_decoder
 
 _enc = msgspec.json.Encoder()
 
@@ -83,11 +95,12 @@ async def _produce(settings: Settings, records: list[tuple[bytes, bytes]]) -> fl
     return time.perf_counter() - t0
 
 
-async def _raw_consume(settings: Settings, n: int) -> float:
+async def _fetch(settings: Settings, n: int, group: str, handle: Callable[[list[Any]], None]) -> tuple[float, float]:
+    """Fetch ``n`` records in a fresh consumer group, handing each polled batch to ``handle``: (wall, CPU) s."""
     consumer = AIOKafkaConsumer(
         settings.kafka.events_topic,
         bootstrap_servers=settings.kafka.bootstrap,
-        group_id=settings.kafka.group_id + "-raw",
+        group_id=f"{settings.kafka.group_id}-{group}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -95,15 +108,73 @@ async def _raw_consume(settings: Settings, n: int) -> float:
     await consumer.start()
     try:
         got = 0
-        t0 = 0.0
+        t0 = cpu0 = 0.0
         while got < n:
             batch = await consumer.getmany(timeout_ms=500, max_records=settings.stream.batch_max)
             if batch and not t0:
-                t0 = time.perf_counter()
-            got += sum(len(r) for r in batch.values())
-        return time.perf_counter() - t0
+                t0, cpu0 = time.perf_counter(), time.process_time()
+            records = [rec for recs in batch.values() for rec in recs]
+            handle(records)
+            got += len(records)
+        return time.perf_counter() - t0, time.process_time() - cpu0
     finally:
         await consumer.stop()
+
+
+def _decode_only(records: list[Any]) -> None:
+    for rec in records:
+        event_decoder.decode(rec.value)
+
+
+class _InMemoryPipeline:
+    """The consumer's per-event computation with nothing around it: decode, fold, features, batched
+    ONNX, CLV and the snapshot's encoding, on snapshots kept in a dict as the bytes the consumer
+    would store (decoded again when the customer's next event comes, as a read from Redis would
+    be). No Redis, no offsets, no dead letters, no counters: what any consumer built on this
+    reducer and model must spend."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+        self.model = ChurnModel.load(settings.model.path)
+        self.stored: dict[str, bytes] = {}
+        self.encoder = msgspec.msgpack.Encoder()
+        self.decoder = msgspec.msgpack.Decoder(Snapshot)
+
+    def __call__(self, records: list[Any]) -> None:
+        lateness, hasher, stored = self.settings.stream.lateness_s, self.hasher, self.stored
+        touched: dict[str, Snapshot] = {}
+        for rec in records:
+            event = event_decoder.decode(rec.value)
+            cid = event.customer_id
+            snap = touched.get(cid)
+            if snap is None and cid in stored:
+                snap = self.decoder.decode(stored[cid])
+            touched[cid], _ = fold(snap, event, lateness_s=lateness, hasher=hasher)
+        if not touched:
+            return
+        now = int(time.time())
+        snaps = list(touched.values())
+        rows = [features(snap, max(now, snap.last_event_at)) for snap in snaps]
+        churn = self.model.predict(np.asarray(rows, dtype=np.float32)).tolist()
+        for cid, snap, row, p in zip(touched, snaps, rows, churn, strict=True):
+            clv_bin(clv(snap, row, p, self.settings.model))
+            stored[cid] = self.encoder.encode(snap)
+
+
+async def _ceilings(settings: Settings, n: int) -> dict[str, float]:
+    """Same-run ceilings for one process: fetch only, fetch + decode, fetch + the in-memory pipeline."""
+    out: dict[str, float] = {}
+    settle_heap()  # as the consumer runs
+    for name, handle in (
+        ("raw", lambda records: None),
+        ("decode", _decode_only),
+        ("compute", _InMemoryPipeline(settings)),
+    ):
+        wall, cpu = await _fetch(settings, n, name, handle)
+        out[f"{name}_events_per_s"] = n / wall
+        out[f"{name}_cpu_us_per_event"] = cpu / n * 1e6
+    return out
 
 
 async def _router_consume(settings: Settings, n: int) -> dict[str, float]:
@@ -218,7 +289,9 @@ async def _isolated(base: Settings, bootstrap: str, url: str, token: str, args: 
     return settings
 
 
-async def _population(args: argparse.Namespace, base: Settings, bootstrap: str, url: str, customers: int) -> dict[str, Any]:
+async def _population(
+    args: argparse.Namespace, base: Settings, bootstrap: str, url: str, customers: int
+) -> dict[str, Any]:
     """One population on its own topics and key prefix: produce, raw ceiling, router, memory."""
     settings = await _isolated(base, bootstrap, url, f"bench{int(time.time())}c{customers}", args)
     print(f"generating {args.events:,} events for {customers:,} customers ...", flush=True)
@@ -227,8 +300,15 @@ async def _population(args: argparse.Namespace, base: Settings, bootstrap: str, 
     produce_s = await _produce(settings, records)
     del records
     print(f"produced in {produce_s:.1f} s", flush=True)
-    raw_s = await _raw_consume(settings, args.events)
-    print(f"raw consume: {args.events / raw_s:,.0f} events/s", flush=True)
+    ceilings = await _ceilings(settings, args.events)
+    print(
+        "same-process ceilings: "
+        + ", ".join(
+            f"{name} {ceilings[f'{name}_events_per_s']:,.0f} events/s ({ceilings[f'{name}_cpu_us_per_event']:.1f} us CPU)"
+            for name in ("raw", "decode", "compute")
+        ),
+        flush=True,
+    )
     client = connect(settings.redis.url, cluster=False)
     used_before = int((await client.info("memory"))["used_memory"])
     await client.aclose()
@@ -243,9 +323,10 @@ async def _population(args: argparse.Namespace, base: Settings, bootstrap: str, 
         "customers_population": customers,
         "customers_written": customers_written,
         "events_per_customer": args.events / customers_written,
-        "raw_consume_events_per_s": args.events / raw_s,
+        "raw_consume_events_per_s": ceilings["raw_events_per_s"],
         "router_applied_committed_events_per_s": args.events / router["seconds"],
-        "ratio_to_raw": raw_s / router["seconds"],
+        "ratio_to_raw": args.events / router["seconds"] / ceilings["raw_events_per_s"],
+        **{k: v for k, v in ceilings.items() if k != "raw_events_per_s"},
         "consumer_cpu_us_per_event": router["consumer_cpu_us_per_event"],
         "redis_cpu_us_per_event": router["redis_cpu_us_per_event"],
         "record_cache_hit_rate": router["record_cache_hit_rate"],

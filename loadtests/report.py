@@ -327,15 +327,23 @@ def render_ingest(ingest: dict[str, Any]) -> str:
         "is the CPU time of the consumer's process per event, *Redis CPU* that of redis-server over the same "
         "interval. Both are single-threaded, on a core each at best: 1e6 ÷ the larger of the two is the most one "
         "consumer process can apply per second, however well its Redis round trips overlap.\n",
-        "| customers | distinct written | events / customer | raw consume | router applied + committed | ÷ raw | "
-        "consumer CPU / event | Redis CPU / event | record cache hits | Redis bytes / customer | MEMORY USAGE median |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "*Ceilings* are measured in the same run by this process with fresh consumer groups: *raw* only fetches, "
+        "*decode* also decodes every event, *compute* runs the consumer's per-event computation and nothing else "
+        "(decode, fold, features, batched ONNX, CLV, snapshot encoding; snapshots kept in memory, no Redis, no "
+        "bookkeeping). No consumer of this reducer and model in one CPython process can beat *compute*.\n",
+        "| customers | distinct written | events / customer | raw consume | decode ceiling | compute ceiling | "
+        "router applied + committed | ÷ raw | ÷ compute | consumer CPU / event | compute CPU / event | "
+        "Redis CPU / event | record cache hits | Redis bytes / customer | MEMORY USAGE median |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ingest["runs"]:
         lines.append(
             f"| {_pop(r['customers_population'])} | {r['customers_written']:,} | {r['events_per_customer']:.1f} | "
-            f"{r['raw_consume_events_per_s']:,.0f}/s | **{r['router_applied_committed_events_per_s']:,.0f}/s** | "
-            f"{r['ratio_to_raw']:.3f} | {r['consumer_cpu_us_per_event']:.1f} µs | {r['redis_cpu_us_per_event']:.1f} µs | "
+            f"{r['raw_consume_events_per_s']:,.0f}/s | {_rate(r.get('decode_events_per_s'))} | "
+            f"{_rate(r.get('compute_events_per_s'))} | **{r['router_applied_committed_events_per_s']:,.0f}/s** | "
+            f"{r['ratio_to_raw']:.3f} | {_ratio(r['router_applied_committed_events_per_s'], r.get('compute_events_per_s'))} | "
+            f"{r['consumer_cpu_us_per_event']:.1f} µs | {_us(r.get('compute_cpu_us_per_event'))} | "
+            f"{r['redis_cpu_us_per_event']:.1f} µs | "
             f"{r.get('record_cache_hit_rate', 0.0):.0%} | "
             f"{r['used_memory_delta_per_customer_bytes']:,.0f} B | {r['memory_usage_median_bytes']:,.0f} B |"
         )
@@ -345,6 +353,18 @@ def render_ingest(ingest: dict[str, Any]) -> str:
         "per process and ≥ 0.5 × raw; ≤ 2 KB per customer snapshot."
     )
     return "\n".join(lines) + "\n"
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}/s"
+
+
+def _ratio(value: float, base: float | None) -> str:
+    return "–" if not base else f"{value / base:.2f}"
+
+
+def _us(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f} µs"
 
 
 def update_file(path: Path, regions: dict[str, str]) -> None:

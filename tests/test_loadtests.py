@@ -70,6 +70,8 @@ def test_bench_ingest_tiny_run_produces_every_figure(tmp_path: Path) -> None:
     assert [r["customers_population"] for r in result["runs"]] == [2000, 300]
     for r in result["runs"]:
         assert r["router_applied_committed_events_per_s"] > 0 and r["raw_consume_events_per_s"] > 0
+        # the ceilings do strictly more work each: fetch < fetch + decode < fetch + decode + fold + score
+        assert 0 < r["compute_cpu_us_per_event"] and r["decode_cpu_us_per_event"] < r["compute_cpu_us_per_event"]
         assert r["consumer_cpu_us_per_event"] > 0 and r["redis_cpu_us_per_event"] > 0
         assert 100 < r["memory_usage_median_bytes"] < 2048
     # 300 customers with ~10 events each: after its first batch the consumer reads them from its cache
@@ -82,3 +84,4 @@ def test_bench_ingest_tiny_run_produces_every_figure(tmp_path: Path) -> None:
     report.render(md, tmp_path)
     text = md.read_text()
     assert "## Soak\n\nkept" in text and "consumer CPU / event" in text and "Target of issue #3" in text
+    assert "compute ceiling" in text
