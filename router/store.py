@@ -259,8 +259,8 @@ class StateStore:
         self._apply_sha = ""
         self._read_sha = ""
         self._unindex_sha = ""
-        # Standalone Redis takes a whole batch in one script call; a cluster one call per hash tag.
-        self._group: Callable[[str], str] = (lambda h: h[:2]) if isinstance(client, RedisCluster) else (lambda h: "")
+        # Standalone Redis: any customers share a script call; a cluster: one call per hash tag.
+        self._cluster = isinstance(client, RedisCluster)
 
     async def load_scripts(self) -> None:
         """Load the Lua scripts (again after a Redis restart flushed them)."""
@@ -276,13 +276,25 @@ class StateStore:
         """Read many customers' records in one round trip (one script call per hash tag group)."""
         if not self._read_sha:
             await self.load_scripts()
-        groups = _calls([self._group(h) for h in customer_keys], _READS_PER_CALL)
+        groups = self._calls(customer_keys, _READS_PER_CALL)
         try:
             rows = await self._read_groups(customer_keys, groups)
         except NoScriptError:
             await self.load_scripts()
             rows = await self._read_groups(customer_keys, groups)
         return [_record(row) for row in rows]
+
+    def _calls(self, customer_keys: Sequence[str], size: int) -> list[list[int]]:
+        """Indexes per script call, ``size`` at most: one hash tag each on a cluster, any on a single Redis."""
+        if not self._cluster:
+            return [list(range(i, min(i + size, len(customer_keys)))) for i in range(0, len(customer_keys), size)]
+        by_tag: dict[str, list[list[int]]] = {}
+        for i, h in enumerate(customer_keys):
+            chunks = by_tag.setdefault(h[:2], [[]])
+            if len(chunks[-1]) >= size:
+                chunks.append([])
+            chunks[-1].append(i)
+        return [chunk for chunks in by_tag.values() for chunk in chunks]
 
     async def _read_groups(self, customer_keys: Sequence[str], groups: list[list[int]]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
@@ -332,13 +344,13 @@ class StateStore:
             for key, cid in op.index_add:
                 pipe.set(key, cid)
                 n_index += 1
-        groups = _calls([self._group(op.customer_key) for op in ops], _WRITES_PER_CALL)
+        groups = self._calls([op.customer_key for op in ops], _WRITES_PER_CALL)
         for members in groups:
             keys = [self.keys.customer(ops[i].customer_key).encode() for i in members]
             # On a cluster the group's own tag; on a single Redis always shard 00, so the CLV histogram
             # the API reads in the background is ~1k fields in one hash, not ~160k spread over 256
             # (at 1M customers that read held the worker's event loop for milliseconds per chunk).
-            shard = self._group(ops[members[0]].customer_key) or "00"
+            shard = ops[members[0]].customer_key[:2] if self._cluster else "00"
             keys += (self.keys.histogram(shard).encode(), self.keys.kpi(shard).encode())
             packed = _enc.encode([_packed_op(ops[i]) for i in members])
             pipe.execute_command("EVALSHA", self._apply_sha, len(keys), *keys, packed)
@@ -404,17 +416,6 @@ class StateStore:
                 b = int(k)
                 merged[b] = merged.get(b, 0) + int(v)
         return merged
-
-
-def _calls(groups: Sequence[str], size: int) -> list[list[int]]:
-    """Indexes per script call: one hash tag group each (all "" on a single Redis), ``size`` at most."""
-    by_group: dict[str, list[list[int]]] = {}
-    for i, g in enumerate(groups):
-        chunks = by_group.setdefault(g, [[]])
-        if len(chunks[-1]) >= size:
-            chunks.append([])
-        chunks[-1].append(i)
-    return [chunk for chunks in by_group.values() for chunk in chunks]
 
 
 def decode_record(stored: tuple[bytes, bytes, bytes]) -> CustomerRecord:
