@@ -52,7 +52,7 @@ from router.model import ChurnModel
 from router.reducer import Snapshot, fold
 from router.scoring import clv, clv_bin
 from router.settings import Settings
-from router.store import connect
+from router.store import connect, decode_snapshot, encode_snapshot
 from schemas.events import event_decoder
 
 _enc = msgspec.json.Encoder()
@@ -138,8 +138,6 @@ class _InMemoryPipeline:
         self.hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
         self.model = ChurnModel.load(settings.model.path)
         self.stored: dict[str, bytes] = {}
-        self.encoder = msgspec.msgpack.Encoder()
-        self.decoder = msgspec.msgpack.Decoder(Snapshot)
 
     def __call__(self, records: list[Any]) -> None:
         lateness, hasher, stored = self.settings.stream.lateness_s, self.hasher, self.stored
@@ -149,7 +147,7 @@ class _InMemoryPipeline:
             cid = event.customer_id
             snap = touched.get(cid)
             if snap is None and cid in stored:
-                snap = self.decoder.decode(stored[cid])
+                snap = decode_snapshot(stored[cid])
             touched[cid], _ = fold(snap, event, lateness_s=lateness, hasher=hasher)
         if not touched:
             return
@@ -159,7 +157,7 @@ class _InMemoryPipeline:
         churn = self.model.predict(np.asarray(rows, dtype=np.float32)).tolist()
         for cid, snap, row, p in zip(touched, snaps, rows, churn, strict=True):
             clv_bin(clv(snap, row, p, self.settings.model))
-            stored[cid] = self.encoder.encode(snap)
+            stored[cid] = encode_snapshot(snap)
 
 
 async def _ceilings(settings: Settings, n: int) -> dict[str, float]:

@@ -32,7 +32,7 @@ from router.policy import DecisionInput, decide, load_policy
 from router.reducer import Snapshot, fold
 from router.scoring import ClvDistribution, advocacy_score, clv, clv_bin, upsell_score
 from router.settings import Settings
-from router.store import CustomerRecord, Scores, StateStore, connect
+from router.store import CustomerRecord, Scores, StateStore, connect, decode_snapshot, encode_snapshot
 from schemas.api import ClassifyRequest, CustomerRef
 
 __all__ = ["measure"]
@@ -69,8 +69,7 @@ def measure(n: int = 2_000, repeats: int = 5) -> dict[str, Any]:
     churns = [model.predict_one(r) for r in rows]
     values = [clv(s, r, c, settings.model) for s, r, c in zip(snaps, rows, churns, strict=True)]
     dist = ClvDistribution({b: 1 + (b % 7) for b in {clv_bin(v) for v in values}})
-    raw = [msgspec.msgpack.encode(s) for s in snaps]
-    dec = msgspec.msgpack.Decoder(Snapshot)
+    raw = [encode_snapshot(s) for s in snaps]
     # Never connected: decide() does no I/O; the audit queue is drained between rounds.
     store = StateStore(connect(settings.redis.url, cluster=False), settings.redis.prefix, hasher)
     audit = AuditWriter(store.client, settings.redis.prefix)
@@ -101,7 +100,7 @@ def measure(n: int = 2_000, repeats: int = 5) -> dict[str, Any]:
         return service.decide(reqs[i % k], resolved[i % k])
 
     return {
-        "snapshot_decode_us": _time(lambda i: dec.decode(raw[i % k]), n, repeats),
+        "snapshot_decode_us": _time(lambda i: decode_snapshot(raw[i % k]), n, repeats),
         "snapshot_bytes_median": statistics.median(len(b) for b in raw),
         "features_us": _time(lambda i: features(snaps[i % k], ts), n, repeats),
         "predict_one_us": _time(lambda i: model.predict_one(rows[i % k]), n, repeats),

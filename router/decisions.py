@@ -41,7 +41,7 @@ from router.policy import DecisionInput, Policy, decide, load_policy
 from router.reducer import Snapshot
 from router.scoring import ClvDistribution, advocacy_score, clv, sentiment_label, upsell_score
 from router.settings import Settings
-from router.store import CustomerRecord, RedisClient, Scores, StateStore
+from router.store import CustomerRecord, RedisClient, Scores, StateStore, decode_snapshot
 from schemas.api import ClassifyRequest, CustomerRef, Decision, Override, ScoreCard
 
 __all__ = ["Breaker", "DecisionService", "Resolved"]
@@ -60,7 +60,6 @@ def _labelled(metric: Any, *values: str) -> Any:
 
 _REFRESH_MAX_S = 60.0
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
-_snapshot_dec = msgspec.msgpack.Decoder(Snapshot)
 _READ_LUA = "return {redis.call('HMGET', KEYS[1], 's', 'k'), redis.call('GET', KEYS[2]) or false}"
 _scores_dec = msgspec.msgpack.Decoder(Scores)
 
@@ -258,7 +257,7 @@ class DecisionService:
             row = await client.evalsha(self._read_sha, 2, *keys)
         (raw_snap, raw_scores), raw_override = row
         record = CustomerRecord(
-            snapshot=_snapshot_dec.decode(raw_snap) if raw_snap else None,
+            snapshot=decode_snapshot(raw_snap) if raw_snap else None,
             marks={},
             scores=_scores_dec.decode(raw_scores) if raw_scores else None,
             raw_marks=None,

@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from router.consumer import consumer_stack
 from router.reducer import DAY, fold_all
+from router.store import decode_snapshot, encode_snapshot
 from schemas.alerts import ChurnAlert
 from schemas.events import (
     CustomerEvent,
@@ -20,6 +21,7 @@ from schemas.events import (
     OrderPlaced,
     SubscriptionChanged,
     TicketOpened,
+    TicketResolved,
     Usage,
 )
 from tests.conftest import SettingsFactory
@@ -294,3 +296,34 @@ async def test_a_stale_cached_record_loses_the_compare_and_set_and_is_read_again
 def _sample(name: str, **labels: str) -> float:
     value = REGISTRY.get_sample_value(name, labels)
     return value or 0.0
+
+
+async def test_long_snapshots_are_stored_compressed_and_read_back_whole(settings: SettingsFactory) -> None:
+    s = settings()
+    heavy: list[CustomerEvent] = []
+    for d in range(95):  # the worst usual case: activity every day of the 90-day window
+        t = NOW - timedelta(days=95 - d)
+        heavy += [
+            Usage(event_id=f"h{d}u", customer_id="HEAVY", occurred_at=t, logins=7, features_used=4),
+            OrderPlaced(event_id=f"h{d}o", customer_id="HEAVY", occurred_at=t, order_id=f"o{d}", amount=120.5),
+            TicketResolved(event_id=f"h{d}t", customer_id="HEAVY", occurred_at=t, ticket_id=f"t{d}", sentiment=0.3,
+                           csat=4),
+        ]  # fmt: skip
+    light = [Usage(event_id="l1", customer_id="LIGHT", occurred_at=NOW - timedelta(hours=1), logins=2)]
+    await produce(s, heavy + light)
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, len(heavy) + len(light))
+    hasher = hasher_of(s)
+    async with state_store(s) as store:
+        expected = {cid: fold_all(evs, lateness_s=s.stream.lateness_s, hasher=hasher)
+                    for cid, evs in (("HEAVY", heavy), ("LIGHT", light))}  # fmt: skip
+        for cid, snap in expected.items():
+            assert snap is not None and await read_snapshot(store, cid) == snap
+            # old, uncompressed records stay readable: the format needs no flag
+            assert decode_snapshot(msgspec.msgpack.encode(snap)) == snap == decode_snapshot(encode_snapshot(snap))
+        heavy_key = store.keys.customer(store.customer_key("HEAVY"))
+        raw_heavy = await store.client.hget(heavy_key, "s")
+        raw_light = await store.client.hget(store.keys.customer(store.customer_key("LIGHT")), "s")
+        assert raw_heavy[:1] == b"x" and raw_light[:1] != b"x"  # zlib stream vs msgpack array
+        assert len(raw_heavy) < len(msgspec.msgpack.encode(expected["HEAVY"])) / 2
+        assert int(await store.client.memory_usage(heavy_key)) < 2048  # the bound, even for this customer

@@ -70,14 +70,14 @@ def test_bench_ingest_tiny_run_produces_every_figure(tmp_path: Path) -> None:
     assert [r["customers_population"] for r in result["runs"]] == [2000, 300]
     for r in result["runs"]:
         assert r["router_applied_committed_events_per_s"] > 0 and r["raw_consume_events_per_s"] > 0
-        # the ceilings do strictly more work each: fetch < fetch + decode < fetch + decode + fold + score
-        assert 0 < r["compute_cpu_us_per_event"] and r["decode_cpu_us_per_event"] < r["compute_cpu_us_per_event"]
+        # folding and scoring cost several times what decoding does: the compute ceiling costs more CPU
+        assert 0 < r["decode_cpu_us_per_event"] < r["compute_cpu_us_per_event"]
         assert r["consumer_cpu_us_per_event"] > 0 and r["redis_cpu_us_per_event"] > 0
         assert 100 < r["memory_usage_median_bytes"] < 2048
     # 300 customers with ~10 events each: after its first batch the consumer reads them from its cache
     assert result["runs"][1]["events_per_customer"] > 5
     assert result["runs"][1]["record_cache_hit_rate"] > 0.5 > result["runs"][0]["record_cache_hit_rate"]
-    assert result["heavy_customer_memory_usage_bytes"] > 1000
+    assert 300 < result["heavy_customer_memory_usage_bytes"] < 2048  # stored compressed: under the 2 KB bound
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n\n## Soak\n\nkept\n")
     (tmp_path / "bench_ingest.json").write_text(out.read_text())
