@@ -18,7 +18,10 @@ and key prefix:
    offsets stored with the state cover all N events; CPU seconds of this process (the
    consumer) and of Redis over that interval, per event;
 4. Redis memory per customer snapshot (``used_memory`` delta / customers written, and
-   ``MEMORY USAGE`` of sampled keys), and one customer with 95 days of daily history.
+   ``MEMORY USAGE`` of sampled keys), and one customer with 95 days of daily history;
+5. **scale-out** (``--processes``, default 1 and 2): that many ``router consume`` processes in
+   one fresh consumer group and key prefix, timed from the first offsets they store until all
+   N events are applied.
 
 Consumer settings come from the environment (``ROUTER_STREAM_LANES``, ...). Writes JSON to
 ``--out`` (default ``artifacts/bench_ingest.json``) and prints it.
@@ -29,8 +32,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -39,20 +44,21 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from router.consumer import consumer_stack
 from router.features import features
 from router.heap import settle_heap
 from router.identity import IdentityHasher
-from router.infra import start_broker, start_redis
+from router.infra import ManagedProcess, start_broker, start_redis
 from router.kafka import ensure_topics
 from router.metrics import RECORD_CACHE as _CACHE
 from router.model import ChurnModel
 from router.reducer import Snapshot, fold
 from router.scoring import clv, clv_bin
-from router.settings import Settings
-from router.store import connect, decode_snapshot, encode_snapshot
+from router.settings import Settings, to_env
+from router.store import Keys, connect, decode_snapshot, encode_snapshot
 from schemas.events import event_decoder
 
 _enc = msgspec.json.Encoder()
@@ -211,6 +217,41 @@ async def _router_consume(settings: Settings, n: int) -> dict[str, float]:
     }
 
 
+async def _group_consume(settings: Settings, n: int, processes: int) -> dict[str, float]:
+    """``processes`` × ``router consume`` in one fresh group and key prefix: the group's events/s.
+
+    Timed from the first offsets the group stores until they cover all ``n`` events, counting
+    only the events applied in that interval (start-up and the first batch are excluded)."""
+    settings = msgspec.structs.replace(
+        settings,
+        kafka=msgspec.structs.replace(settings.kafka, group_id=f"{settings.kafka.group_id}-x{processes}"),
+        redis=msgspec.structs.replace(settings.redis, prefix=f"{settings.redis.prefix}x{processes}"),
+    )
+    env = {**os.environ, **to_env(settings)}
+    argv = [sys.executable, "-m", "router.cli", "consume"]
+    procs = [ManagedProcess(f"consume{i}", argv, env=env) for i in range(processes)]
+    client = connect(settings.redis.url, cluster=False)
+    key = Keys(settings.redis.prefix).offsets(settings.kafka.group_id, settings.kafka.events_topic)
+    try:
+        t0 = 0.0
+        first = done = 0
+        deadline = time.monotonic() + 600
+        while done < n:
+            if time.monotonic() > deadline or not all(p.running for p in procs):
+                raise RuntimeError("group did not catch up: " + " | ".join(p.tail(5) for p in procs))
+            await asyncio.sleep(0.02)
+            done = sum(int(v) for v in (await client.hgetall(key)).values())
+            if done and not t0:
+                t0, first = time.perf_counter(), done
+        elapsed = time.perf_counter() - t0
+        cpu = sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in procs)
+        return {"processes": processes, "events_per_s": (n - first) / elapsed, "cpu_us_per_event_all": cpu / n * 1e6}
+    finally:
+        for p in procs:
+            p.stop()
+        await client.aclose()
+
+
 async def _redis_cpu(client: Any) -> float:
     info = await client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -317,7 +358,12 @@ async def _population(
         "Redis CPU per event)",
         flush=True,
     )
+    memory = await _memory(settings, customers_written, used_before)  # before the groups write their own copies
+    groups = [await _group_consume(settings, args.events, k) for k in args.processes]
+    for g in groups:
+        print(f"group of {g['processes']:.0f} `router consume`: {g['events_per_s']:,.0f} events/s", flush=True)
     return {
+        "groups": groups,
         "customers_population": customers,
         "customers_written": customers_written,
         "events_per_customer": args.events / customers_written,
@@ -329,7 +375,7 @@ async def _population(
         "redis_cpu_us_per_event": router["redis_cpu_us_per_event"],
         "record_cache_hit_rate": router["record_cache_hit_rate"],
         "produce_s": produce_s,
-        **await _memory(settings, customers_written, used_before),
+        **memory,
     }
 
 
@@ -364,6 +410,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--batch", type=int, default=Settings().stream.batch_max)
+    parser.add_argument(
+        "--processes", type=int, nargs="*", default=[1, 2],
+        help="also run groups of this many `router consume` processes (scale-out; none: skip)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default="artifacts/bench_ingest.json")
     args = parser.parse_args()

@@ -63,7 +63,7 @@ def test_bench_ingest_tiny_run_produces_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench_ingest.json"
     subprocess.run(
         [sys.executable, "-m", "loadtests.bench_ingest", "--events", "3000", "--customers", "2000", "300", "--batch", "200",
-         "--out", str(out)],
+         "--processes", "2", "--out", str(out)],
         cwd=ROOT, check=True, timeout=170, capture_output=True,
     )  # fmt: skip
     result = json.loads(out.read_text())
@@ -72,6 +72,8 @@ def test_bench_ingest_tiny_run_produces_every_figure(tmp_path: Path) -> None:
         assert r["router_applied_committed_events_per_s"] > 0 and r["raw_consume_events_per_s"] > 0
         # folding and scoring cost several times what decoding does: the compute ceiling costs more CPU
         assert 0 < r["decode_cpu_us_per_event"] < r["compute_cpu_us_per_event"]
+        # two `router consume` processes in one group applied every event (the wait ends only then)
+        assert [g["processes"] for g in r["groups"]] == [2] and r["groups"][0]["events_per_s"] > 0
         assert r["consumer_cpu_us_per_event"] > 0 and r["redis_cpu_us_per_event"] > 0
         assert 100 < r["memory_usage_median_bytes"] < 2048
     # 300 customers with ~10 events each: after its first batch the consumer reads them from its cache
@@ -84,4 +86,4 @@ def test_bench_ingest_tiny_run_produces_every_figure(tmp_path: Path) -> None:
     report.render(md, tmp_path)
     text = md.read_text()
     assert "## Soak\n\nkept" in text and "consumer CPU / event" in text and "Target of issue #3" in text
-    assert "compute ceiling" in text
+    assert "compute ceiling" in text and "Scale-out" in text
