@@ -136,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(func=_train)
 
-    sub.add_parser("shadow-report", help="how the shadow (candidate) model compares with the live one").set_defaults(
-        func=_shadow_report
-    )
+    sub.add_parser(
+        "shadow-report", help="how the shadow (candidate) model compares with the live one"
+    ).set_defaults(func=_shadow_report)
 
     schemas = sub.add_parser("export-schemas", help="write JSON Schemas of the contracts to schemas/json")
     schemas.add_argument("--check", action="store_true", help="fail if the committed files differ")
