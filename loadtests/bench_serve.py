@@ -204,10 +204,13 @@ def scrape(port: int) -> dict[str, dict[float, float]]:
         text = r.read().decode()
     series: dict[str, dict[float, float]] = {}
     degraded = 0.0
+    churn = {"computed": 0.0, "reused": 0.0}
     for line in text.splitlines():
         m = _SAMPLE.match(line)
         if m and m.group(1) == "router_degraded_decisions_total":
             degraded += float(m.group(3))
+        if m and m.group(1) == "router_request_churn_total":
+            churn[dict(_LABEL.findall(m.group(2) or "")).get("source", "computed")] += float(m.group(3))
         if not m or not m.group(1).endswith("_bucket"):
             continue
         labels = dict(_LABEL.findall(m.group(2) or ""))
@@ -215,6 +218,7 @@ def scrape(port: int) -> dict[str, dict[float, float]]:
         key = m.group(1)[: -len("_bucket")] + "|" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         series.setdefault(key, {})[le] = float(m.group(3))
     series["degraded"] = {0.0: degraded}
+    series["churn"] = {0.0: churn["computed"], 1.0: churn["reused"]}
     return series
 
 
@@ -252,6 +256,9 @@ def server_side(
     out: dict[str, dict[str, float]] = {
         "degraded_decisions": {"count": after["degraded"][0.0] - before.get("degraded", {0.0: 0.0})[0.0]}
     }
+    churn_before = before.get("churn", {0.0: 0.0, 1.0: 0.0})
+    computed, reused = (after["churn"][k] - churn_before[k] for k in (0.0, 1.0))
+    out["request_churn"] = {"computed": computed, "reused": reused}
     for key, buckets in after.items():
         if "duration_seconds" not in key and "inference_seconds" not in key:
             continue

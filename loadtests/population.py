@@ -167,11 +167,21 @@ async def _load_chunk_async(start: int, stop: int, now_ts: float) -> int:
             "phone key differs from the reducer's"
         )
         as_of = int(now_ts)
-        rows = np.asarray([features(op.snapshot, max(as_of, op.snapshot.last_event_at)) for op in ops], np.float32)
-        churn = model.predict(rows).tolist()
-        for op, row, p in zip(ops, rows.tolist(), churn, strict=True):
+        times = [max(as_of, op.snapshot.last_event_at) for op in ops]
+        feats = [features(op.snapshot, t) for op, t in zip(ops, times, strict=True)]
+        churn = model.predict(np.asarray(feats, np.float32)).tolist()
+        for op, row, t, p in zip(ops, feats, times, churn, strict=True):
             value = clv(op.snapshot, row, p, settings.model)
-            op.scores = Scores(churn=p, clv=value, clv_bin=clv_bin(value), scored_at=as_of)
+            # As the consumer writes them: the request path reuses the score while it stays exact.
+            op.scores = Scores(
+                churn=p,
+                clv=value,
+                clv_bin=clv_bin(value),
+                scored_at=as_of,
+                model_id=model.model_id,
+                as_of=t,
+                valid_until=model.stable_until(op.snapshot, row, t),
+            )
         for k in range(0, len(ops), 1_000):
             batch = ops[k : k + 1_000]
             await client.mset({keys.phone(op.snapshot.phone_keys[0]): op.snapshot.customer_id for op in batch})

@@ -57,6 +57,12 @@ def _pop(n: int) -> str:
     return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else f"{n // 1000}k" if n >= 1000 else str(n)
 
 
+def _reused(r: dict[str, Any]) -> str:
+    churn = r.get("server", {}).get("request_churn")
+    total = churn["computed"] + churn["reused"] if churn else 0
+    return f"{churn['reused'] / total:.1%}" if churn and total else "-"
+
+
 def _server(run: dict[str, Any], prefix: str) -> dict[str, float]:
     for key, q in run.get("server", {}).items():
         if key.startswith(prefix):
@@ -148,13 +154,15 @@ def render_serve(serve: dict[str, Any], micro: dict[str, Any] | None) -> str:
         "End-to-end latency seen by the client, and server-side histograms of the same interval "
         "(`router_http_request_duration_seconds`, `router_decision_duration_seconds`, "
         "`router_redis_duration_seconds{op=read_customer}`, `router_model_inference_seconds{site=request}`; "
-        "quantiles interpolated inside buckets as PromQL does).\n"
+        "quantiles interpolated inside buckets as PromQL does). *Churn reused*: share of known customers' "
+        "decisions that served the consumer's stored score because it was provably still the model's answer "
+        "(`router_request_churn_total{source}`); the others ran the model.\n"
     )
     w(
         "| customers | offered | endpoint | achieved | worker busy | p50 | p90 | p99 | p99.9 | max | failed / degraded | "
-        "server http p50 / p99 | decision p50 / p99 | Redis read p50 / p99 | ONNX p50 / p99 |"
+        "server http p50 / p99 | decision p50 / p99 | Redis read p50 / p99 | ONNX p50 / p99 | churn reused |"
     )
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p in pops:
         for r in p["open_loop"]:
             http = _server(r, "router_http_request_duration_seconds|route=/")
@@ -172,7 +180,7 @@ def render_serve(serve: dict[str, Any], micro: dict[str, Any] | None) -> str:
                 f"{_us(http.get('p50_us'))} / {_us(http.get('p99_us'))} | "
                 f"{_us(dec.get('p50_us'))} / {_us(dec.get('p99_us'))} | "
                 f"{_us(red.get('p50_us'))} / {_us(red.get('p99_us'))} | "
-                f"{_us(onnx.get('p50_us'))} / {_us(onnx.get('p99_us'))} |"
+                f"{_us(onnx.get('p50_us'))} / {_us(onnx.get('p99_us'))} | {_reused(r)} |"
             )
     w("")
     if len(pops) > 1:
@@ -240,6 +248,7 @@ def render_serve(serve: dict[str, Any], micro: dict[str, Any] | None) -> str:
             "scores_us": "CLV + percentile + upsell + advocacy",
             "policy_us": "policy `decide`",
             "decide_total_us": "**`DecisionService.decide` whole** (the above + metrics, ids, audit enqueue)",
+            "decide_reused_us": "**`DecisionService.decide` whole, reusing the consumer's score** (no ONNX)",
             "json_encode_answer_us": "JSON encoding of the answer",
         }
         for key, label in names.items():

@@ -412,7 +412,8 @@ class StateConsumer:
         live = [(op, prev) for op, prev, _ in scored if op.snapshot.customer_id]
         if not live:
             return
-        feats = [features(op.snapshot, max(now, op.snapshot.last_event_at)) for op, _ in live]
+        as_of = [max(now, op.snapshot.last_event_at) for op, _ in live]
+        feats = [features(op.snapshot, t) for (op, _), t in zip(live, as_of, strict=True)]
         rows = np.asarray(feats, dtype=np.float32)
         churn: Sequence[float] | None = None
         if self.model is not None:
@@ -436,6 +437,10 @@ class StateConsumer:
             if alerted and not was_alerted and churn is not None and self.model is not None:
                 out.alerts.append(self._alert(op, row, p, threshold))
             op.scores = Scores(churn=p, clv=value, clv_bin=clv_bin(value), alerted=alerted, scored_at=now)
+            if churn is not None and self.model is not None:
+                op.scores.model_id = self.model.model_id
+                op.scores.as_of = as_of[i]
+                op.scores.valid_until = self.model.stable_until(op.snapshot, row, as_of[i])
             _move_score_kpis(op.kpi, prev, op.scores)
 
     def _alert(self, op: WriteOp, row: list[float], churn: float, threshold: float) -> ChurnAlert:

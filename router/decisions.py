@@ -2,7 +2,8 @@
 
 One Redis round trip for a customer id (two for a phone number or e-mail: index, then
 snapshot): the snapshot and a person's tier override share a hash tag and are read in one
-pipeline. Everything else is in-process: features, ONNX inference, CLV percentile from a
+pipeline. Everything else is in-process: features, ONNX inference (skipped while the score
+the consumer stored with the snapshot is provably still exact), CLV percentile from a
 periodically refreshed copy of the population histogram, policy. The audit record is
 queued, not written, before the answer goes out.
 
@@ -51,6 +52,8 @@ _REFRESH_MIN_S = 5.0
 # Resolving a labelled child costs microseconds per call: on the request path, do it once.
 _READ_SECONDS = metrics.REDIS_SECONDS.labels("read_customer")
 _MODEL_SECONDS = metrics.MODEL_SECONDS.labels("request")
+_CHURN_COMPUTED = metrics.REQUEST_CHURN.labels("computed")
+_CHURN_REUSED = metrics.REQUEST_CHURN.labels("reused")
 
 
 @functools.cache
@@ -301,18 +304,29 @@ class DecisionService:
         last_interaction = None
         last_at = None
         if snap is not None:
-            row = features(snap, int(now))
-            if model is not None:
+            as_of = int(now)
+            row = features(snap, as_of)
+            scores = resolved.record.scores if resolved.record else None
+            if model is None:
+                degraded = degraded or "model_unavailable"
+            elif (
+                scores is not None
+                and scores.model_id == model.model_id != ""
+                and scores.as_of <= as_of < scores.valid_until
+            ):
+                # The consumer scored this very snapshot with this very model, and nothing the trees
+                # compare has moved since (ChurnModel.stable_until): the model would return the same float.
+                churn = scores.churn
+                _CHURN_REUSED.inc()
+            else:
                 try:
                     t1 = time.perf_counter()
                     churn = model.predict_one(row)
                     _MODEL_SECONDS.observe(time.perf_counter() - t1)
+                    _CHURN_COMPUTED.inc()
                 except Exception as exc:  # onnxruntime raises its own untyped errors; degrade, never 5xx
                     log.warning("churn model failed on a request: %s", type(exc).__name__)
                     degraded = degraded or "model_failed"
-            else:
-                degraded = degraded or "model_unavailable"
-            scores = resolved.record.scores if resolved.record else None
             if churn is None and scores is not None:
                 churn = scores.churn  # last score the consumer computed
             churn_for_value = churn if churn is not None else 0.1

@@ -10,7 +10,7 @@ import math
 
 from router.reducer import DAY, B, Snapshot, day_of
 
-__all__ = ["FEATURE_NAMES", "N_FEATURES", "features"]
+__all__ = ["CLOCK_FEATURES", "FEATURE_NAMES", "N_FEATURES", "clock_origins", "features", "windows_change_at"]
 
 FEATURE_NAMES: tuple[str, ...] = (
     "tenure_days",
@@ -40,6 +40,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_company_size",
 )
 N_FEATURES = len(FEATURE_NAMES)
+CLOCK_FEATURES = (0, 1)
+"""Features that grow with the clock between events (one per day): tenure and days since the last interaction.
+Every other feature changes only with the snapshot or at a day boundary (:func:`windows_change_at`)."""
 
 
 def features(snap: Snapshot, as_of: int) -> list[float]:
@@ -103,4 +106,31 @@ def features(snap: Snapshot, as_of: int) -> list[float]:
     ]
 
 
+def clock_origins(snap: Snapshot) -> tuple[int | None, int | None]:
+    """Per :data:`CLOCK_FEATURES`, the epoch second it counts days from (``None``: it stays 0).
+
+    Before its origin a clock feature is 0; from it on, ``(t - origin) / DAY``. Mirrors
+    :func:`features` (a test holds them together).
+    """
+    start = snap.signup_day * DAY if snap.signup_day is not None else snap.first_seen
+    tenure_origin = start or None
+    return tenure_origin, snap.last_interaction_at or tenure_origin
+
+
+def windows_change_at(snap: Snapshot, as_of: int) -> int:
+    """First epoch second after ``as_of`` at which a windowed feature of ``snap`` can change.
+
+    A day bucket enters the windows on its day and leaves the 30- and 90-day windows 30 and
+    90 days later; between those day boundaries the window sums are constant.
+    """
+    today = day_of(as_of)
+    nxt = _FAR_DAY
+    for day in snap.days:
+        for d in (day, day + 30, day + 90):
+            if today < d < nxt:
+                nxt = d
+    return nxt * DAY
+
+
+_FAR_DAY = 1 << 40
 _ZEROS = [0] * B.SIZE

@@ -42,6 +42,7 @@ __all__ = [
     "REDIS_ERRORS",
     "REDIS_SECONDS",
     "REQUESTS",
+    "REQUEST_CHURN",
     "REQUEST_SECONDS",
     "STATE_RESETS",
     "STATUS_CLASSES",
@@ -107,6 +108,12 @@ DECISIONS = Counter(
 )
 DEGRADED = Counter("router_degraded_decisions_total", "Decisions made by a fallback", ["cause"])
 MODEL_SECONDS = Histogram("router_model_inference_seconds", "ONNX inference time", ["site"], buckets=_LATENCY_BUCKETS)
+REQUEST_CHURN = Counter(
+    "router_request_churn_total",
+    "Churn scores of known customers on the request path: computed by the model, or reused from the consumer's "
+    "score while it is exactly what the model returns",
+    ["source"],
+)
 STATE_RESETS = Counter(
     "router_consumer_state_resets_total", "Times Redis was found empty and the log replayed from the start"
 )
@@ -145,6 +152,8 @@ REDIS_ERRORS = Counter("router_redis_errors_total", "Redis errors", ["op", "erro
 
 # --- known label values at zero ---------------------------------------------------------------
 
+for _source in ("computed", "reused"):
+    REQUEST_CHURN.labels(_source)
 for _cause in DEGRADED_CAUSES:
     DEGRADED.labels(_cause)
 for _reason in _DEAD_LETTER_REASONS:

@@ -7,6 +7,12 @@ requests, not inside one). :meth:`ChurnModel.predict_one` is the request hot pat
 reuses a pre-allocated input buffer per thread, so one instance serves the event loop and
 worker threads alike.
 
+A score is a step function of the clock: between events only tenure and days since the last
+interaction move (and the windows at day boundaries), and the trees' output changes only
+where one of them crosses a split threshold. :meth:`ChurnModel.stable_until` says until when
+a score computed now stays exactly what the model would return, so the consumer's score can
+be served without running the model again (``model_id`` names the exact model file).
+
 Explanations are faithful to the model: each feature is set back to the population
 reference stored in the card (the training median) and the change of the *model's*
 probability is measured, all variants scored in one batched call.
@@ -14,7 +20,9 @@ probability is measured, all variants scored in one batched call.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import logging
 import math
 import os
 import threading
@@ -26,11 +34,14 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from router.features import FEATURE_NAMES, N_FEATURES
+from router.features import CLOCK_FEATURES, FEATURE_NAMES, N_FEATURES, clock_origins, windows_change_at
+from router.reducer import DAY, Snapshot
+from router.splits import UnsupportedGraph, split_thresholds
 
 __all__ = ["ChurnModel", "Comparison", "Factor", "ModelError", "compare"]
 
 FloatArray = npt.NDArray[np.float64]
+log = logging.getLogger("router.model")
 
 
 class ModelError(Exception):
@@ -71,13 +82,35 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
 class ChurnModel:
     """A loaded churn model (ONNX session + model card). Build with :meth:`load`."""
 
-    __slots__ = ("_input", "_local", "_outputs", "_ref", "_session", "card", "path", "version")
+    __slots__ = (
+        "_clock_splits",
+        "_input",
+        "_local",
+        "_outputs",
+        "_ref",
+        "_session",
+        "card",
+        "model_id",
+        "path",
+        "version",
+    )
 
-    def __init__(self, session: Any, card: dict[str, Any], path: Path) -> None:
+    def __init__(self, session: Any, card: dict[str, Any], path: Path, blob: bytes = b"") -> None:
         self._session = session
         self.card = card
         self.path = path
         self.version: str = str(card["version"])
+        self.model_id = ""
+        """First 12 hex digits of the ONNX file's SHA-256 ("" when its scores cannot be reused)."""
+        self._clock_splits: list[list[float]] = []
+        if blob:
+            try:
+                splits = split_thresholds(blob, N_FEATURES)
+            except UnsupportedGraph as exc:
+                log.warning("%s: scores will not be reused (%s)", path, exc)
+            else:
+                self._clock_splits = [splits[f].tolist() for f in CLOCK_FEATURES]
+                self.model_id = hashlib.sha256(blob).hexdigest()[:12]
         self._input: str = session.get_inputs()[0].name
         self._outputs: list[str] = [session.get_outputs()[0].name]
         self._local = threading.local()
@@ -120,7 +153,7 @@ class ChurnModel:
                 f"{onnx_path} does not match its card {card_path}: sha256 {digest[:12]}.. != {str(expected)[:12]}.."
             )
         session = _session(blob, onnx_path)
-        model = cls(session, card, onnx_path)
+        model = cls(session, card, onnx_path, blob)
         probe = model.predict(model._ref.reshape(1, -1))
         if probe.shape != (1,) or not 0.0 <= float(probe[0]) <= 1.0:
             raise ModelError(f"{onnx_path} does not return one probability per row (got {probe!r})")
@@ -144,6 +177,33 @@ class ChurnModel:
         # Bound input and output buffers: no feed dict to check and no output array to allocate per call.
         self._session.run_with_iobinding(binding)
         return float(out[0])
+
+    def stable_until(self, snap: Snapshot, row: Sequence[float], as_of: int) -> int:
+        """Epoch second before which the score of ``row`` (``features(snap, as_of)``) stays exact.
+
+        Until then, with the same snapshot, ``predict_one(features(snap, t))`` returns the very
+        same float for every second ``as_of <= t < stable_until``: no window changes (see
+        ``router.features.windows_change_at``) and no clock feature reaches the next float32
+        value at which a tree compares it differently (the bound ends a second before). ``as_of``
+        (never reusable) when the model's splits are unknown.
+        """
+        if not self.model_id:
+            return as_of
+        until = windows_change_at(snap, as_of)
+        for splits, f, origin in zip(self._clock_splits, CLOCK_FEATURES, clock_origins(snap), strict=True):
+            if origin is None:  # stays 0
+                continue
+            if as_of < origin:  # held at 0 until its origin, growing from then on: stop there
+                until = min(until, origin)
+                continue
+            x = row[f]
+            k = bisect.bisect_left(splits, float(np.float32(x)))  # first threshold the float32 value is not above
+            if k == len(splits):
+                continue
+            # The largest float32 below that threshold: a value under it still compares the same way.
+            below = float(np.nextafter(np.float32(splits[k]), np.float32(-np.inf)))
+            until = min(until, as_of + max(0, math.floor((below - x) * DAY) - 1))
+        return until
 
     def _bind_one(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], Any]:
         import onnxruntime as ort

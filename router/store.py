@@ -71,6 +71,11 @@ class Scores(msgspec.Struct, array_like=True):
     alerted: bool = False
     """True while churn is above the alert threshold: an alert fires only on the upward crossing."""
     scored_at: int = 0
+    model_id: str = ""
+    """``ChurnModel.model_id`` of the model that computed ``churn`` ("" when none did)."""
+    as_of: int = 0
+    valid_until: int = 0
+    """``churn`` is exactly what that model returns for this snapshot at any second in [as_of, valid_until)."""
 
 
 class CustomerRecord(msgspec.Struct):

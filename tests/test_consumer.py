@@ -11,6 +11,8 @@ from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 
 from router.consumer import consumer_stack
+from router.features import features
+from router.model import ChurnModel
 from router.reducer import DAY, fold_all
 from router.store import decode_snapshot, encode_snapshot
 from schemas.alerts import ChurnAlert
@@ -327,3 +329,26 @@ async def test_long_snapshots_are_stored_compressed_and_read_back_whole(settings
         assert raw_heavy[:1] == b"x" and raw_light[:1] != b"x"  # zlib stream vs msgpack array
         assert len(raw_heavy) < len(msgspec.msgpack.encode(expected["HEAVY"])) / 2
         assert int(await store.client.memory_usage(heavy_key)) < 2048  # the issue's bound, even for this customer
+
+
+async def test_stored_scores_name_the_model_and_when_they_stop_being_exact(settings: SettingsFactory) -> None:
+    """What the request path needs to reuse a score: the model's id and an interval where it is exact."""
+    s = settings()
+    rnd = random.Random(4)
+    events = [e for c in range(12) for e in _history(f"R{c}", 15, rnd)]
+    await produce(s, events)
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, len(events))
+    model = ChurnModel.load(s.model.path)
+    reusable = 0
+    async with state_store(s) as store:
+        for c in range(12):
+            rec = await store.read_customer(store.customer_key(f"R{c}"))
+            assert rec.snapshot is not None and rec.scores is not None
+            sc = rec.scores
+            assert sc.model_id == model.model_id != "" and sc.scored_at <= sc.as_of <= sc.valid_until
+            for t in {sc.as_of, sc.valid_until - 1, (sc.as_of + sc.valid_until) // 2}:
+                if sc.as_of <= t < sc.valid_until:
+                    assert model.predict_one(features(rec.snapshot, t)) == sc.churn
+            reusable += sc.valid_until > sc.as_of
+    assert reusable >= 10
