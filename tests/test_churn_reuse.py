@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import random
 import time
 from pathlib import Path
@@ -169,7 +170,8 @@ def test_decide_reuses_a_valid_score_of_the_same_model_and_computes_otherwise(
     def decide(scores: Scores) -> tuple[float | None, float, float]:
         before = _counts()
         rec = CustomerRecord(snapshot=snap, marks={}, scores=scores, raw_marks=None)
-        d = service.decide(req, Resolved(snap.customer_id, "h", rec, None))
+        # In a context of its own, as a request runs: decide() binds the decision id for later log lines.
+        d = contextvars.copy_context().run(service.decide, req, Resolved(snap.customer_id, "h", rec, None))
         after = _counts()
         return d.scores.churn_risk, after[0] - before[0], after[1] - before[1]
 
