@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from litestar import Controller, MediaType, Response, get, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK
@@ -43,9 +44,13 @@ class DecisionController(Controller):
         description="Scopes: helpdesk, telephony, chatbot. Never a 5xx for an infrastructure fault: "
         "a fallback answer is marked `degraded` with its cause.",
     )
-    async def classify(self, data: JSONBody[ClassifyRequest], decisions: NamedDependency[DecisionService]) -> Decision:
+    async def classify(self, data: JSONBody[ClassifyRequest], state: State) -> Response[Decision]:
         """SLA tier with deadline, escalation target, next-best-actions and the reasons behind them."""
-        return await decisions.classify(data)
+        # The hot path: the service straight from app state (a NamedDependency costs a provider call
+        # and a second signature-model parse per request), and a Response (Litestar's handler for
+        # plain return values builds one anyway, with more steps). Same OpenAPI document, same bytes.
+        decisions: DecisionService = state.decisions
+        return Response(await decisions.classify(data), media_type=MediaType.JSON)
 
     @get(
         "/screenpop",
