@@ -168,11 +168,12 @@ def require_key(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
     writes no access log. Not a Litestar guard: Litestar copies the route handler for each guard
     call, which cost more than the check itself.
     """
-    opt = connection.route_handler.opt
+    scope = connection.scope
+    opt = scope["route_handler"].opt
     scopes = opt.get("scopes")
     if scopes is None:
         return
-    auth: Authenticator = connection.app.state.auth
+    auth: Authenticator = scope["litestar_app"].state.auth
     headers = connection.headers
     presented = headers.get(_HEADER)
     if presented is None:
@@ -181,4 +182,6 @@ def require_key(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
             presented = bearer[7:].strip()
         elif opt.get("query_key"):
             presented = connection.query_params.get("key")
-    connection.state.caller = auth.authenticate(presented, scopes)
+    # What ``connection.state.caller = ...`` does, without building a State wrapper (1.4 us) for it:
+    # Litestar's State is a view of scope["state"], which the app creates for every request.
+    scope["state"]["caller"] = auth.authenticate(presented, scopes)
