@@ -165,7 +165,8 @@ def render_serve(serve: dict[str, Any], micro: dict[str, Any] | None) -> str:
     w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p in pops:
         for r in p["open_loop"]:
-            http = _server(r, "router_http_request_duration_seconds|route=/")
+            route = "/bench/snapshot" if r["kind"] == "floor" else "/v1/classify"
+            http = _server(r, f"router_http_request_duration_seconds|route={route}")
             dec = _server(r, "router_decision_duration_seconds")
             red = _server(r, "router_redis_duration_seconds|op=read_customer")
             onnx = _server(r, "router_model_inference_seconds|site=request")
@@ -351,7 +352,7 @@ def render_ingest(ingest: dict[str, Any]) -> str:
             f"{r['raw_consume_events_per_s']:,.0f}/s | {_rate(r.get('decode_events_per_s'))} | "
             f"{_rate(r.get('compute_events_per_s'))} | **{r['router_applied_committed_events_per_s']:,.0f}/s** | "
             f"{r['ratio_to_raw']:.3f} | {_ratio(r['router_applied_committed_events_per_s'], r.get('compute_events_per_s'))} | "
-            f"{r['consumer_cpu_us_per_event']:.1f} µs | {_us(r.get('compute_cpu_us_per_event'))} | "
+            f"{r['consumer_cpu_us_per_event']:.1f} µs | {_us_per_event(r.get('compute_cpu_us_per_event'))} | "
             f"{r['redis_cpu_us_per_event']:.1f} µs | "
             f"{r.get('record_cache_hit_rate', 0.0):.0%} | "
             f"{r['used_memory_delta_per_customer_bytes']:,.0f} B | {r['memory_usage_median_bytes']:,.0f} B |"
@@ -384,7 +385,7 @@ def _ratio(value: float, base: float | None) -> str:
     return "–" if not base else f"{value / base:.2f}"
 
 
-def _us(value: float | None) -> str:
+def _us_per_event(value: float | None) -> str:
     return "–" if value is None else f"{value:.1f} µs"
 
 
