@@ -6,6 +6,7 @@ for training was folded only from events at or before the cutoff, so nothing lea
 
 from __future__ import annotations
 
+import bisect
 import math
 
 from router.reducer import DAY, B, Snapshot, day_of
@@ -124,11 +125,12 @@ def windows_change_at(snap: Snapshot, as_of: int) -> int:
     90 days later; between those day boundaries the window sums are constant.
     """
     today = day_of(as_of)
+    days = sorted(snap.days)
     nxt = _FAR_DAY
-    for day in snap.days:
-        for d in (day, day + 30, day + 90):
-            if today < d < nxt:
-                nxt = d
+    for width in (0, 30, 90):  # the first bucket whose day + width is still ahead
+        i = bisect.bisect_right(days, today - width)
+        if i < len(days):
+            nxt = min(nxt, days[i] + width)
     return nxt * DAY
 
 

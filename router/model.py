@@ -25,6 +25,7 @@ import hashlib
 import logging
 import math
 import os
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ __all__ = ["ChurnModel", "Comparison", "Factor", "ModelError", "compare"]
 
 FloatArray = npt.NDArray[np.float64]
 log = logging.getLogger("router.model")
+_F32 = struct.Struct("<f")  # pack + unpack: a float rounded to float32 as ONNX Runtime sees it
 
 
 class ModelError(Exception):
@@ -102,14 +104,18 @@ class ChurnModel:
         self.version: str = str(card["version"])
         self.model_id = ""
         """First 12 hex digits of the ONNX file's SHA-256 ("" when its scores cannot be reused)."""
-        self._clock_splits: list[list[float]] = []
+        self._clock_splits: list[tuple[list[float], list[float]]] = []
+        """Per clock feature: its split thresholds, and for each the largest float32 below it (sorted)."""
         if blob:
             try:
                 splits = split_thresholds(blob, N_FEATURES)
             except UnsupportedGraph as exc:
                 log.warning("%s: scores will not be reused (%s)", path, exc)
             else:
-                self._clock_splits = [splits[f].tolist() for f in CLOCK_FEATURES]
+                self._clock_splits = [
+                    (splits[f].tolist(), np.nextafter(splits[f].astype(np.float32), np.float32(-np.inf)).tolist())
+                    for f in CLOCK_FEATURES
+                ]
                 self.model_id = hashlib.sha256(blob).hexdigest()[:12]
         self._input: str = session.get_inputs()[0].name
         self._outputs: list[str] = [session.get_outputs()[0].name]
@@ -190,19 +196,17 @@ class ChurnModel:
         if not self.model_id:
             return as_of
         until = windows_change_at(snap, as_of)
-        for splits, f, origin in zip(self._clock_splits, CLOCK_FEATURES, clock_origins(snap), strict=True):
+        for (splits, below), f, origin in zip(self._clock_splits, CLOCK_FEATURES, clock_origins(snap), strict=True):
             if origin is None:  # stays 0
                 continue
             if as_of < origin:  # held at 0 until its origin, growing from then on: stop there
                 until = min(until, origin)
                 continue
             x = row[f]
-            k = bisect.bisect_left(splits, float(np.float32(x)))  # first threshold the float32 value is not above
-            if k == len(splits):
-                continue
-            # The largest float32 below that threshold: a value under it still compares the same way.
-            below = float(np.nextafter(np.float32(splits[k]), np.float32(-np.inf)))
-            until = min(until, as_of + max(0, math.floor((below - x) * DAY) - 1))
+            k = bisect.bisect_left(splits, _F32.unpack(_F32.pack(x))[0])  # first threshold the float32 value is not above
+            if k < len(splits):
+                # Up to the largest float32 below that threshold a value still compares the same way in every tree.
+                until = min(until, as_of + max(0, math.floor((below[k] - x) * DAY) - 1))
         return until
 
     def _bind_one(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], Any]:
