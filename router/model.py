@@ -97,7 +97,7 @@ class ChurnModel:
         "version",
     )
 
-    def __init__(self, session: Any, card: dict[str, Any], path: Path, blob: bytes = b"") -> None:
+    def __init__(self, session: Any, card: dict[str, Any], path: Path) -> None:
         self._session = session
         self.card = card
         self.path = path
@@ -106,17 +106,6 @@ class ChurnModel:
         """First 12 hex digits of the ONNX file's SHA-256 ("" when its scores cannot be reused)."""
         self._clock_splits: list[tuple[list[float], list[float]]] = []
         """Per clock feature: its split thresholds, and for each the largest float32 below it (sorted)."""
-        if blob:
-            try:
-                splits = split_thresholds(blob, N_FEATURES)
-            except UnsupportedGraph as exc:
-                log.warning("%s: scores will not be reused (%s)", path, exc)
-            else:
-                self._clock_splits = [
-                    (splits[f].tolist(), np.nextafter(splits[f].astype(np.float32), np.float32(-np.inf)).tolist())
-                    for f in CLOCK_FEATURES
-                ]
-                self.model_id = hashlib.sha256(blob).hexdigest()[:12]
         self._input: str = session.get_inputs()[0].name
         self._outputs: list[str] = [session.get_outputs()[0].name]
         self._local = threading.local()
@@ -159,11 +148,25 @@ class ChurnModel:
                 f"{onnx_path} does not match its card {card_path}: sha256 {digest[:12]}.. != {str(expected)[:12]}.."
             )
         session = _session(blob, onnx_path)
-        model = cls(session, card, onnx_path, blob)
+        model = cls(session, card, onnx_path)
+        model._read_splits(blob, digest)
         probe = model.predict(model._ref.reshape(1, -1))
         if probe.shape != (1,) or not 0.0 <= float(probe[0]) <= 1.0:
             raise ModelError(f"{onnx_path} does not return one probability per row (got {probe!r})")
         return model
+
+    def _read_splits(self, blob: bytes, digest: str) -> None:
+        """Make scores reusable (:meth:`stable_until`) if the graph is a plain tree ensemble."""
+        try:
+            splits = split_thresholds(blob, N_FEATURES)
+        except UnsupportedGraph as exc:
+            log.warning("%s: scores will not be reused (%s)", self.path, exc)
+            return
+        self._clock_splits = [
+            (splits[f].tolist(), np.nextafter(splits[f].astype(np.float32), np.float32(-np.inf)).tolist())
+            for f in CLOCK_FEATURES
+        ]
+        self.model_id = digest[:12]
 
     def predict(self, x: npt.ArrayLike) -> FloatArray:
         """Churn probabilities of rows ``x`` (shape [n, N_FEATURES]), one batched call."""
