@@ -1,4 +1,4 @@
-"""uvicorn factory for benchmarks: the real app plus the floor endpoint (``router.api.bench``).
+"""uvicorn factory for benchmarks: the real app plus the floor endpoint (``router.api.controllers.bench``).
 
 Once ``create_app`` registers the bench endpoints itself (``ROUTER_API_BENCH_ENDPOINTS=true``)
 this only checks they are there; until then it registers them on the built app.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from litestar import Litestar
 
 from router.api.app import create_app
-from router.api.bench import FLOOR_PATH, bench_route_handlers
+from router.api.controllers.bench import FLOOR_PATH, bench_route_handlers
 from router.settings import Settings
 
 

@@ -13,7 +13,7 @@ and key prefix:
    computation of the consumer and nothing else (decode, the reducer's fold into snapshots kept
    in a dict, features, batched ONNX, CLV, the snapshot's encoding; no Redis, no bookkeeping),
    so the gap between it and *router* is what exactly-once writing and bookkeeping cost;
-3. **router**: a :class:`router.consumer.StateConsumer` (decode, fold, score with ONNX, the
+3. **router**: a :class:`router.ingest.consumer.StateConsumer` (decode, fold, score with ONNX, the
    Lua compare-and-set per lane, offsets, Kafka commit), timed from its first poll until the
    offsets stored with the state cover all N events; CPU seconds of this process (the
    consumer) and of Redis over that interval, per event;
@@ -47,18 +47,18 @@ import numpy as np
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from router.consumer import consumer_stack
-from router.features import features
-from router.heap import settle_heap
-from router.identity import IdentityHasher
-from router.infra import ManagedProcess, start_broker, start_redis
-from router.kafka import ensure_topics
-from router.metrics import RECORD_CACHE as _CACHE
-from router.model import ChurnModel
-from router.reducer import Snapshot, fold
-from router.scoring import clv, clv_bin
+from router.churn.model import ChurnModel
+from router.core.features import features
+from router.core.identity import IdentityHasher
+from router.core.reducer import Snapshot, fold
+from router.core.scoring import clv, clv_bin
+from router.devstack.infra import ManagedProcess, start_broker, start_redis
+from router.ingest.consumer import consumer_stack
+from router.ops.heap import settle_heap
+from router.ops.kafka import ensure_topics
+from router.ops.metrics import RECORD_CACHE as _CACHE
 from router.settings import Settings, to_env
-from router.store import Keys, connect, decode_snapshot, encode_snapshot
+from router.state.store import Keys, connect, decode_snapshot, encode_snapshot
 from schemas.events import event_decoder
 
 _enc = msgspec.json.Encoder()

@@ -48,10 +48,10 @@ import redis
 from loadtests import openloop
 from loadtests.population import load_population
 from router.api.app import UVICORN_HTTP, UVICORN_LOOP
-from router.identity import IdentityHasher
-from router.infra import ManagedProcess, RedisServer, free_port, start_redis
+from router.core.identity import IdentityHasher
+from router.devstack.infra import ManagedProcess, RedisServer, free_port, start_redis
 from router.settings import Settings, to_env
-from router.store import HIST_SHARDS, StateStore, connect
+from router.state.store import HIST_SHARDS, StateStore, connect
 
 __all__ = ["histogram_quantiles", "main", "run"]
 

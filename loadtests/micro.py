@@ -24,16 +24,16 @@ from typing import Any
 import msgspec
 
 from loadtests.population import _events
-from router.audit import AuditWriter
-from router.decisions import DecisionService, Resolved
-from router.features import features
-from router.identity import IdentityHasher
-from router.model import ChurnModel
+from router.churn.model import ChurnModel
+from router.core.features import features
+from router.core.identity import IdentityHasher
+from router.core.reducer import Snapshot, fold
+from router.core.scoring import ClvDistribution, advocacy_score, clv, clv_bin, upsell_score
 from router.policy import DecisionInput, decide, load_policy
-from router.reducer import Snapshot, fold
-from router.scoring import ClvDistribution, advocacy_score, clv, clv_bin, upsell_score
+from router.serving.decisions import DecisionService, Resolved
 from router.settings import Settings
-from router.store import CustomerRecord, Scores, StateStore, connect, decode_snapshot, encode_snapshot
+from router.state.audit import AuditWriter
+from router.state.store import CustomerRecord, Scores, StateStore, connect, decode_snapshot, encode_snapshot
 from schemas.api import ClassifyRequest, CustomerRef
 
 __all__ = ["measure"]

@@ -2,8 +2,8 @@
 
 Each customer gets a few synthetic events (profile with a phone number, subscription, orders,
 usage, sometimes a resolved ticket or an NPS answer), folded with the real reducer
-(:func:`router.reducer.fold`), scored like the consumer scores (features, batched ONNX churn,
-CLV and its histogram bin) and written with :meth:`router.store.StateStore.apply`: the same
+(:func:`router.core.reducer.fold`), scored like the consumer scores (features, batched ONNX churn,
+CLV and its histogram bin) and written with :meth:`router.state.store.StateStore.apply`: the same
 Lua compare-and-set, key layout, CLV histogram and phone index the consumer writes. Kafka is
 skipped on purpose: this is about the read path at population scale, not about ingest (see
 ``loadtests.bench_ingest`` for that). Portfolio KPI counters are not maintained.
@@ -27,13 +27,13 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from router.features import features
-from router.identity import IdentityHasher
-from router.model import ChurnModel
-from router.reducer import fold
-from router.scoring import clv, clv_bin
+from router.churn.model import ChurnModel
+from router.core.features import features
+from router.core.identity import IdentityHasher
+from router.core.reducer import fold
+from router.core.scoring import clv, clv_bin
 from router.settings import Settings
-from router.store import Scores, StateStore, WriteOp, connect
+from router.state.store import Scores, StateStore, WriteOp, connect
 from schemas.events import (
     CustomerEvent,
     CustomerProfile,

@@ -89,7 +89,7 @@ def render_serve(serve: dict[str, Any], micro: dict[str, Any] | None) -> str:
         f"{m['pinning']}, nice {m.get('nice', 0)}. Load average at start {m['load_average_at_start'][0]:.1f} (the machine is shared: "
         "absolute figures are noisy, ratios are measured in the same run). Floor = `POST /bench/snapshot`: the "
         "same body, the same app, client and pool, one `HGET` of the snapshot returned as stored "
-        "(`router/api/bench.py`). The per-key rate limit is raised for the run.\n"
+        "(`router/api/controllers/bench.py`). The per-key rate limit is raised for the run.\n"
     )
     for p in pops:
         probe = p.get("probe", {})

@@ -43,10 +43,10 @@ import psutil
 import redis
 from aiokafka import AIOKafkaProducer
 
-from router.infra import ManagedProcess, free_port, start_broker, start_redis
-from router.kafka import ensure_topics, producer_config
+from router.devstack.infra import ManagedProcess, free_port, start_broker, start_redis
+from router.ops.kafka import ensure_topics, producer_config
 from router.settings import Settings, to_env
-from router.store import StateStore, connect
+from router.state.store import StateStore, connect
 
 __all__ = ["Sample", "SoakConfig", "SoakReport", "run_soak"]
 
@@ -267,7 +267,7 @@ async def _stored(settings: Settings) -> int:
 
 
 def _hasher(settings: Settings) -> Any:
-    from router.identity import IdentityHasher
+    from router.core.identity import IdentityHasher
 
     return IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
 

@@ -20,20 +20,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _consume(args: argparse.Namespace, settings: Settings) -> int:
-    from router.consumer import run_consumer
+    from router.ingest.consumer import run_consumer
 
     asyncio.run(run_consumer(settings))
     return 0
 
 
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
-    from router.dev import run_dev
+    from router.devstack.dev import run_dev
 
     return run_dev(settings, customers=args.customers, rate=args.rate, duration_s=args.duration)
 
 
 def _produce_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from router.demo import produce_demo
+    from router.devstack.demo import produce_demo
 
     try:
         asyncio.run(
@@ -55,7 +55,7 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     import time
     from datetime import UTC, datetime
 
-    from router.demo import generate_history, history_window, write_jsonl
+    from router.devstack.demo import generate_history, history_window, write_jsonl
 
     end = datetime.fromisoformat(args.end).replace(tzinfo=UTC) if args.end else None
     start, stop = history_window(args.months, end)
@@ -70,20 +70,20 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from router.training.cli import run_train
+    from router.churn.training.cli import run_train
 
     return run_train(args, settings)
 
 
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
-    from router.kafka import ensure_topics
+    from router.ops.kafka import ensure_topics
 
     asyncio.run(ensure_topics(settings.kafka))
     return 0
 
 
 def _shadow_report(args: argparse.Namespace, settings: Settings) -> int:
-    from router.shadow import print_shadow_report
+    from router.churn.shadow import print_shadow_report
 
     return asyncio.run(print_shadow_report(settings))
 
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_generate)
 
     train = sub.add_parser("train", help="train the churn model from an event log (JSON Lines)")
-    from router.training.cli import add_train_arguments
+    from router.churn.training.cli import add_train_arguments
 
     add_train_arguments(train)
     train.set_defaults(func=_train)

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import msgspec
 
+from router.serving.webhooks import sign_generic, sign_zendesk
 from router.settings import Settings, to_env
-from router.webhooks import sign_generic, sign_zendesk
 from schemas.events import (
     CustomerEvent,
     CustomerProfile,

@@ -22,7 +22,7 @@ import msgspec
 import pytest
 import redis.asyncio
 
-from router.infra import (
+from router.devstack.infra import (
     Broker,
     RedisServer,
     RedisServerError,
@@ -31,7 +31,7 @@ from router.infra import (
     start_broker,
     start_redis,
 )
-from router.kafka import ensure_topics
+from router.ops.kafka import ensure_topics
 from router.settings import Settings
 
 T = TypeVar("T")

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator, Sequence
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from router.consumer import StateConsumer, consumer_stack
-from router.identity import IdentityHasher
-from router.reducer import Snapshot
+from router.core.identity import IdentityHasher
+from router.core.reducer import Snapshot
+from router.ingest.consumer import StateConsumer, consumer_stack
 from router.settings import Settings
-from router.store import CustomerRecord, StateStore, connect
+from router.state.store import CustomerRecord, StateStore, connect
 from schemas.events import CustomerEvent
 
 _enc = msgspec.json.Encoder()
@@ -109,7 +109,7 @@ async def compare_with_reference(
 ) -> tuple[list[str], int, int]:
     """Customers whose Redis snapshot differs from the reducer's fold of their acknowledged events,
     with the orders and tickets lost and applied twice among them (the Jepsen-style check)."""
-    from router.reducer import fold_all
+    from router.core.reducer import fold_all
 
     hasher = hasher_of(s)
     wrong: list[str] = []

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import redis
 
-from router.infra import redis_server_binary
+from router.devstack.infra import redis_server_binary
 
 SLOTS = 16384
 

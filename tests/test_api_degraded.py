@@ -9,7 +9,7 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 
 from router.api.app import create_app
-from router.model import ChurnModel
+from router.churn.model import ChurnModel
 from router.settings import ModelSettings
 from tests.api_support import VIP_ID, api_settings, auth, big_spender, populate, population, zendesk_request
 from tests.conftest import SettingsFactory

@@ -34,10 +34,10 @@ import httpx
 import msgspec
 import pytest
 
-from router.infra import free_port
-from router.kafka import ensure_topics
+from router.devstack.infra import free_port
+from router.ops.kafka import ensure_topics
+from router.serving.webhooks import sign_generic, sign_zendesk
 from router.settings import Settings
-from router.webhooks import sign_generic, sign_zendesk
 from tests.api_support import (
     GENERIC_SECRET,
     KEY_SPEC,

@@ -8,7 +8,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from router.api.app import create_app
-from router.auth import ConfigError, parse_keys
+from router.api.auth import ConfigError, parse_keys
 from tests.api_support import api_settings
 from tests.conftest import SettingsFactory
 

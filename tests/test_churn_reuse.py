@@ -13,18 +13,18 @@ import onnx
 import onnx.helper
 import pytest
 
-from router import metrics
-from router.audit import AuditWriter
-from router.decisions import DecisionService, Resolved
-from router.demo import generate_history, history_window
-from router.features import CLOCK_FEATURES, N_FEATURES, clock_origins, features, windows_change_at
-from router.identity import IdentityHasher
-from router.model import ChurnModel
+from router.churn.model import ChurnModel
+from router.churn.splits import UnsupportedGraph, split_thresholds
+from router.core.features import CLOCK_FEATURES, N_FEATURES, clock_origins, features, windows_change_at
+from router.core.identity import IdentityHasher
+from router.core.reducer import DAY, Snapshot, fold
+from router.devstack.demo import generate_history, history_window
+from router.ops import metrics
 from router.policy import load_policy
-from router.reducer import DAY, Snapshot, fold
+from router.serving.decisions import DecisionService, Resolved
 from router.settings import Settings
-from router.splits import UnsupportedGraph, split_thresholds
-from router.store import CustomerRecord, Scores, StateStore, connect
+from router.state.audit import AuditWriter
+from router.state.store import CustomerRecord, Scores, StateStore, connect
 from schemas.api import ClassifyRequest, CustomerRef
 
 MODEL = Path(Settings().model.path)

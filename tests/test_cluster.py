@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from router.reducer import fold_all
-from router.store import StateStore, connect
+from router.core.reducer import fold_all
+from router.state.store import StateStore, connect
 from tests.conftest import SettingsFactory
 from tests.helpers import hasher_of, produce, running_consumer, wait_until_caught_up
 from tests.redis_cluster import redis_cluster

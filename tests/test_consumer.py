@@ -10,11 +10,11 @@ import msgspec
 from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 
-from router.consumer import consumer_stack
-from router.features import features
-from router.model import ChurnModel
-from router.reducer import DAY, fold_all
-from router.store import decode_snapshot, encode_snapshot
+from router.churn.model import ChurnModel
+from router.core.features import features
+from router.core.reducer import DAY, fold_all
+from router.ingest.consumer import consumer_stack
+from router.state.store import decode_snapshot, encode_snapshot
 from schemas.alerts import ChurnAlert
 from schemas.events import (
     CustomerEvent,
@@ -227,8 +227,8 @@ async def test_health_reports_lag_and_detects_a_stuck_consumer(settings: Setting
 
     import httpx
 
-    from router.consumer import consumer_stack
-    from router.infra import free_port
+    from router.devstack.infra import free_port
+    from router.ingest.consumer import consumer_stack
 
     port = free_port()
     s = settings(stream={"health_port": port, "stuck_after_s": 1.5})
@@ -250,8 +250,8 @@ async def test_health_reports_lag_and_detects_a_stuck_consumer(settings: Setting
 
 
 async def test_shadow_model_is_scored_beside_the_live_one_and_reported(settings: SettingsFactory) -> None:
+    from router.churn.shadow import read_shadow_report
     from router.settings import ModelSettings
-    from router.shadow import read_shadow_report
 
     live = ModelSettings().path
     s = settings(model={"shadow_path": live})

@@ -15,8 +15,8 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from router.demo import generate_history, history_window, produce_demo, write_jsonl
-from router.identity import IdentityHasher, normalise_phone
+from router.core.identity import IdentityHasher, normalise_phone
+from router.devstack.demo import generate_history, history_window, produce_demo, write_jsonl
 from router.settings import Settings
 from schemas.events import (
     CustomerEvent,

@@ -21,7 +21,7 @@ import psutil
 import pytest
 import redis
 
-from router.infra import free_port
+from router.devstack.infra import free_port
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from router.auth import DEV_KEY
+from router.api.auth import DEV_KEY
 from router.settings import Settings, to_env
 from schemas.events import CustomerEvent, CustomerProfile, OrderPlaced, SubscriptionChanged, Usage
 from tests.conftest import SettingsFactory

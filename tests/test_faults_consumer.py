@@ -29,9 +29,9 @@ import httpx
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from router.infra import ManagedProcess, broker_answers, free_port
-from router.kafka import ensure_topics, producer_config
-from router.reducer import fold_all
+from router.core.reducer import fold_all
+from router.devstack.infra import ManagedProcess, broker_answers, free_port
+from router.ops.kafka import ensure_topics, producer_config
 from router.settings import Settings, to_env
 from schemas.events import (
     CustomerEvent,

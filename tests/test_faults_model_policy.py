@@ -30,8 +30,8 @@ from typing import Any
 import httpx
 import msgspec
 
-from router.infra import ManagedProcess, free_port
-from router.reducer import fold_all
+from router.core.reducer import fold_all
+from router.devstack.infra import ManagedProcess, free_port
 from router.settings import ModelSettings, PolicySettings, Settings, to_env
 from tests.api_support import VIP_ID, api_settings, auth, populate, population
 from tests.conftest import SettingsFactory, run_sync

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from router.infra import ManagedProcess
+from router.devstack.infra import ManagedProcess
 from router.settings import Settings, to_env
 from tests.api_support import SMALL_PHONE, VIP_ID, api_settings, auth, live_server, populate, population
 from tests.conftest import SettingsFactory

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from router.infra import (
+from router.devstack.infra import (
     BrokerError,
     ManagedProcess,
     RedisServer,
@@ -19,7 +19,7 @@ from router.infra import (
     redis_answers,
     start_broker,
 )
-from router.kafka import consumer_config, ensure_topics, producer_config, topic_partitions
+from router.ops.kafka import consumer_config, ensure_topics, producer_config, topic_partitions
 
 if TYPE_CHECKING:
     from tests.conftest import SettingsFactory

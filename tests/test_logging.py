@@ -16,7 +16,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.params import PathParameter
 from litestar.testing import TestClient
 
-from router.observability import (
+from router.ops.logs import (
     JsonFormatter,
     RedactFilter,
     RequestMetricsMiddleware,
@@ -152,7 +152,7 @@ def test_access_log_is_off_by_default_and_structured_when_on() -> None:
 def test_setup_logging_writes_json_at_the_configured_level() -> None:
     code = (
         "import logging\n"
-        "from router.observability import setup_logging\n"
+        "from router.ops.logs import setup_logging\n"
         "setup_logging('warning')\n"
         "logging.getLogger('router.x').info('hidden')\n"
         "logging.getLogger('router.x').warning('caller %s', '+49 30 901820')\n"
@@ -165,7 +165,7 @@ def test_setup_logging_writes_json_at_the_configured_level() -> None:
 
 
 def test_an_unknown_level_is_refused() -> None:
-    code = "from router.observability import setup_logging\nsetup_logging('chatty')\n"
+    code = "from router.ops.logs import setup_logging\nsetup_logging('chatty')\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "CHATTY" in done.stderr
 
@@ -175,7 +175,7 @@ def test_litestar_reports_unhandled_errors_through_the_json_handler() -> None:
         "import logging\n"
         "from litestar import Litestar, get\n"
         "from litestar.testing import TestClient\n"
-        "from router.observability import RequestMetricsMiddleware, litestar_logging_config, setup_logging\n"
+        "from router.ops.logs import RequestMetricsMiddleware, litestar_logging_config, setup_logging\n"
         "setup_logging('info')\n"
         "@get('/boom', sync_to_thread=False)\n"
         "def boom() -> str:\n"

@@ -11,11 +11,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from router.demo import generate_history, history_window
-from router.features import FEATURE_NAMES, N_FEATURES, features
-from router.identity import IdentityHasher
-from router.model import ChurnModel, ModelError, compare, describe
-from router.reducer import Snapshot, fold
+from router.churn.model import ChurnModel, ModelError, compare, describe
+from router.core.features import FEATURE_NAMES, N_FEATURES, features
+from router.core.identity import IdentityHasher
+from router.core.reducer import Snapshot, fold
+from router.devstack.demo import generate_history, history_window
 from router.settings import Settings
 
 MODEL = Path(Settings().model.path)

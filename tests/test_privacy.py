@@ -30,7 +30,7 @@ import httpx
 import msgspec
 import redis
 
-from router.infra import ManagedProcess, free_port
+from router.devstack.infra import ManagedProcess, free_port
 from router.settings import Settings, to_env
 from schemas.events import CustomerEvent, CustomerProfile, OrderPlaced, SubscriptionChanged, TicketResolved
 from tests.api_support import KEYS, api_settings, auth, generic_request, live_server, zendesk_request

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 
-from router.reducer import fold_all
+from router.core.reducer import fold_all
 from router.settings import Settings, to_env
-from router.store import StateStore, connect
+from router.state.store import StateStore, connect
 from schemas.events import CustomerEvent
 from tests.conftest import SettingsFactory
 from tests.helpers import hasher_of, produce

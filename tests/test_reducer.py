@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.features import FEATURE_NAMES, features
-from router.identity import IdentityHasher
-from router.reducer import DAY, Applied, Snapshot, fold, fold_all, plan_of
+from router.core.features import FEATURE_NAMES, features
+from router.core.identity import IdentityHasher
+from router.core.reducer import DAY, Applied, Snapshot, fold, fold_all, plan_of
 from schemas.events import (
     CustomerEvent,
     CustomerProfile,

@@ -28,10 +28,10 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from router.api.app import create_app
-from router.infra import free_port
-from router.kafka import ensure_topics
+from router.devstack.infra import free_port
+from router.ops.kafka import ensure_topics
+from router.serving.webhooks import sign_generic, sign_zendesk
 from router.settings import AuthSettings, Settings
-from router.webhooks import sign_generic, sign_zendesk
 from tests.api_support import GENERIC_SECRET, KEY_SPEC, ZENDESK_SECRET, live_server, populate, population
 from tests.conftest import run_sync
 

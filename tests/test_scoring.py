@@ -8,7 +8,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.scoring import ClvDistribution, clv_bin, expected_months
+from router.core.scoring import ClvDistribution, clv_bin, expected_months
 from router.settings import ModelSettings
 
 

@@ -13,15 +13,15 @@ import msgspec
 import numpy as np
 import pytest
 
-from router.demo import generate_history, history_window, write_jsonl
-from router.features import FEATURE_NAMES, features
-from router.identity import IdentityHasher
-from router.model import ChurnModel
-from router.reducer import Snapshot, fold
+from router.churn.model import ChurnModel
+from router.churn.training.dataset import Dataset, build_dataset, read_events
+from router.churn.training.pipeline import TrainConfig, run, stacked_cutoffs
+from router.churn.training.train import metrics, native_predict, train_model
+from router.core.features import FEATURE_NAMES, features
+from router.core.identity import IdentityHasher
+from router.core.reducer import Snapshot, fold
+from router.devstack.demo import generate_history, history_window, write_jsonl
 from router.settings import Settings
-from router.training.dataset import Dataset, build_dataset, read_events
-from router.training.pipeline import TrainConfig, run, stacked_cutoffs
-from router.training.train import metrics, native_predict, train_model
 from schemas.events import (
     CustomerEvent,
     ErasureRequested,
@@ -101,7 +101,7 @@ def test_onnx_matches_native_lightgbm_on_the_holdout(trained: Run) -> None:
     train = trained.data.select(range(len(CUTOFFS)))
     X = holdout.X.astype(np.float32)
     model = train_model(train, folds=3)
-    from router.training.train import export_onnx
+    from router.churn.training.train import export_onnx
 
     export_onnx(model, trained.model.path.parent / "parity.onnx")
     import onnxruntime as ort

@@ -17,22 +17,22 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
-from router.api import routes
-from router.api.admin import AdminController
-from router.api.customers import CustomerController
-from router.api.decisions import DecisionController
+from router.api.auth import ApiKey, Authenticator, ConfigError, require_key
+from router.api.controllers import health
+from router.api.controllers.admin import AdminController
+from router.api.controllers.customers import CustomerController
+from router.api.controllers.decisions import DecisionController
+from router.api.controllers.webhooks import WebhookController
+from router.api.lifespans import Readiness, lifespans
 from router.api.openapi import refine
-from router.api.webhooks import WebhookController
-from router.auth import ApiKey, Authenticator, ConfigError, require_key
 from router.errors import RouterError, UnsupportedMediaType, without_values
-from router.observability import (
+from router.ops.logs import (
     RequestMetricsMiddleware,
     litestar_logging_config,
     logging_config,
     prepare_multiprocess,
     setup_logging,
 )
-from router.resources import Readiness, lifespans
 from router.settings import Settings
 from schemas.api import ErrorBody
 
@@ -62,19 +62,19 @@ def create_app(settings: Settings) -> Litestar:
         WebhookController,
         CustomerController,
         AdminController,
-        routes.live,
-        routes.ready,
-        routes.metrics_endpoint,
+        health.live,
+        health.ready,
+        health.metrics_endpoint,
     ]
     if settings.api.bench_endpoints:
-        from router.api.bench import bench_route_handlers
+        from router.api.controllers.bench import bench_route_handlers
 
         handlers += bench_route_handlers()
 
     # --- dependencies ---------------------------------------------------------------------
     # Services are built once per process by the lifespans; providers only hand them out.
     def provide_caller(request: Request[object, object, State]) -> ApiKey:
-        caller: ApiKey = request.state.caller  # set by router.auth.require_key
+        caller: ApiKey = request.state.caller  # set by router.api.auth.require_key
         return caller
 
     services = ("decisions", "screenpop", "handoff", "webhooks", "customers", "portfolio", "admin")

@@ -16,8 +16,8 @@ policy simply stays in force. Every decision carries ``policy.version`` for the 
 """
 
 from router.policy.engine import DecisionInput, Policy, PolicyDecision, compile_policy, decide, load_policy
-from router.policy.model import PolicyError, PolicySpec, parse_policy, read_policy
 from router.policy.sla import Calendar, Clock, deadline
+from router.policy.spec import PolicyError, PolicySpec, parse_policy, read_policy
 
 __all__ = [
     "Calendar",

@@ -16,7 +16,8 @@ from types import MappingProxyType
 
 import msgspec
 
-from router.policy.model import (
+from router.policy.sla import Calendar, Clock, deadline
+from router.policy.spec import (
     PRIORITIES,
     REASON_FIELDS,
     TIERS,
@@ -25,7 +26,6 @@ from router.policy.model import (
     Target,
     read_policy,
 )
-from router.policy.sla import Calendar, Clock, deadline
 from schemas.api import Action, Escalation, SlaDeadline, Tier
 
 __all__ = ["DecisionInput", "Policy", "PolicyDecision", "compile_policy", "decide", "load_policy"]
@@ -321,7 +321,7 @@ def compile_policy(spec: PolicySpec) -> Policy:
 def load_policy(path: str | Path) -> Policy:
     """Read, validate and precompile a policy file. Pure: no globals are touched.
 
-    Raises :class:`~router.policy.model.PolicyError` naming the path of the first problem.
+    Raises :class:`~router.policy.spec.PolicyError` naming the path of the first problem.
     """
     return Policy(read_policy(path))
 

@@ -1,0 +1,1 @@
+"""HTTP controllers: thin handlers that call the services on app state."""

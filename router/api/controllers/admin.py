@@ -1,0 +1,75 @@
+"""Operations: portfolio figures, policy and model reloads."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, Parameter
+from litestar.status_codes import HTTP_200_OK
+
+from router.api.auth import KEY_REQUIRED, ApiKey
+from router.api.responses import BODY, KEYED, errors
+from router.serving.portfolio import PortfolioService
+from router.serving.reloads import AdminService
+from schemas.api import PortfolioReport, ReloadRequest, ReloadResult
+
+__all__ = ["AdminController"]
+
+_ADMIN = frozenset({"admin"})
+
+
+class AdminController(Controller):
+    path = "/v1"
+    opt = KEY_REQUIRED
+    security = ({"ApiKey": []},)
+
+    @get(
+        "/portfolio",
+        tags=["portfolio"],
+        summary="Portfolio figures for management",
+        responses=errors(KEYED, 503),
+        opt={"scopes": frozenset({"ops", "admin"})},
+        description="Scopes: ops, admin. Tier and churn-risk distribution and trend, MRR/ARR, churn by customers "
+        "and by revenue, upsells net of downgrades, NRR, CLV:CAC.",
+    )
+    async def portfolio(
+        self, portfolio: NamedDependency[PortfolioService], days: Annotated[int, Parameter(ge=1, le=730)] = 30
+    ) -> PortfolioReport:
+        return await portfolio.report(days)
+
+    @post(
+        "/admin/policy/reload",
+        status_code=HTTP_200_OK,
+        tags=["admin"],
+        summary="Load a new policy without restart",
+        responses=errors(KEYED, BODY, 422),
+        opt={"scopes": _ADMIN},
+        description="Scope: admin. An invalid policy gives 422 with the loader's precise message; the old one stays. "
+        "Reloads this worker (SIGHUP does the same).",
+    )
+    async def reload_policy(
+        self,
+        admin: NamedDependency[AdminService],
+        caller: NamedDependency[ApiKey],
+        data: JSONBody[ReloadRequest | None] = None,
+    ) -> ReloadResult:
+        return admin.reload_policy(data.path if data else None, caller.name)
+
+    @post(
+        "/admin/model/reload",
+        status_code=HTTP_200_OK,
+        tags=["admin"],
+        summary="Load a new churn model without restart",
+        responses=errors(KEYED, BODY, 422),
+        opt={"scopes": _ADMIN},
+        description="Scope: admin. Loaded and probed before the atomic swap; a failure keeps the old model (422).",
+    )
+    async def reload_model(
+        self,
+        admin: NamedDependency[AdminService],
+        caller: NamedDependency[ApiKey],
+        data: JSONBody[ReloadRequest | None] = None,
+    ) -> ReloadResult:
+        return await admin.reload_model(data.path if data else None, caller.name)

@@ -1,0 +1,41 @@
+"""Operations routes: health and metrics. Unauthenticated on purpose (kubelet, Prometheus)."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from router.api.lifespans import Readiness, metrics_payload
+
+__all__ = ["live", "metrics_endpoint", "ready"]
+
+
+@get("/health/live", tags=["operations"], summary="Liveness", sync_to_thread=False)
+def live() -> dict[str, str]:
+    """Cheap: the event loop answers."""
+    return {"status": "alive"}
+
+
+@get(
+    "/health/ready",
+    tags=["operations"],
+    summary="Readiness",
+    responses={
+        503: ResponseSpec(
+            data_container=dict[str, object], description="Not ready: the failing checks", generate_examples=False
+        )
+    },
+)
+async def ready(state: State) -> Response[dict[str, object]]:
+    """503 until the model and policy are loaded and Redis answers."""
+    readiness: Readiness = state.readiness
+    ok, checks = await readiness.check()
+    return Response({"ready": ok, "checks": checks}, status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)
+
+
+@get("/metrics", tags=["operations"], summary="Prometheus metrics", include_in_schema=False, sync_to_thread=False)
+def metrics_endpoint() -> Response[bytes]:
+    return Response(metrics_payload(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""The churn model: ONNX at serving time, its split thresholds, shadow comparison, training."""

@@ -1,0 +1,1 @@
+"""Pure domain code: the one reducer, features, scores, identifiers, portfolio arithmetic. No I/O."""

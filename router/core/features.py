@@ -1,0 +1,138 @@
+"""Model features of a snapshot at a point in time: the same function for serving and training.
+
+``as_of`` is "now" when serving and the cutoff when training; the snapshot passed in
+for training was folded only from events at or before the cutoff, so nothing leaks.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+from router.core.reducer import DAY, B, Snapshot, day_of
+
+__all__ = ["CLOCK_FEATURES", "FEATURE_NAMES", "N_FEATURES", "clock_origins", "features", "windows_change_at"]
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "tenure_days",
+    "days_since_last_interaction",
+    "orders_30d",
+    "orders_90d",
+    "revenue_90d",
+    "avg_order_value",
+    "logins_30d",
+    "logins_prev_30d_avg",
+    "login_trend",
+    "features_used_30d",
+    "late_payments_90d",
+    "late_payment_ratio",
+    "tickets_30d",
+    "severe_tickets_90d",
+    "open_tickets",
+    "unresolved_tickets_90d",
+    "sentiment_90d",
+    "nps",
+    "mrr",
+    "mrr_change_90d",
+    "downgrades_90d",
+    "upgrades_90d",
+    "subscription_active",
+    "csat_avg",
+    "log_company_size",
+)
+N_FEATURES = len(FEATURE_NAMES)
+CLOCK_FEATURES = (0, 1)
+"""Features that grow with the clock between events (one per day): tenure and days since the last interaction.
+Every other feature changes only with the snapshot or at a day boundary (:func:`windows_change_at`)."""
+
+
+def features(snap: Snapshot, as_of: int) -> list[float]:
+    """Feature vector in :data:`FEATURE_NAMES` order for ``snap`` as of epoch second ``as_of``."""
+    today = day_of(as_of)
+    orders30 = orders90 = logins30 = logins_prev = feats30 = 0
+    revenue90 = late90 = tickets30 = severe90 = unresolved90 = 0
+    sent_sum = sent_n = mrr90 = down90 = up90 = 0
+    for day, bucket in snap.days.items():
+        age = today - day
+        if age < 0 or age >= 90:
+            continue
+        b = bucket + _ZEROS[len(bucket) :]
+        if age < 30:
+            orders30 += b[B.ORDERS]
+            logins30 += b[B.LOGINS]
+            feats30 += b[B.FEATURES]
+            tickets30 += b[B.TICKETS]
+        else:
+            logins_prev += b[B.LOGINS]
+        orders90 += b[B.ORDERS]
+        revenue90 += b[B.REVENUE_CENTS]
+        late90 += b[B.LATE_PAYMENTS]
+        severe90 += b[B.SEVERE_TICKETS]
+        unresolved90 += b[B.UNRESOLVED]
+        sent_sum += b[B.SENTIMENT_SUM]
+        sent_n += b[B.SENTIMENT_N]
+        mrr90 += b[B.MRR_DELTA_CENTS]
+        down90 += b[B.DOWNGRADES]
+        up90 += b[B.UPGRADES]
+    start = snap.signup_day * DAY if snap.signup_day is not None else snap.first_seen
+    tenure = max(0.0, (as_of - start) / DAY) if start else 0.0
+    since_last = (as_of - snap.last_interaction_at) / DAY if snap.last_interaction_at else tenure
+    logins_prev_avg = logins_prev / 2.0
+    return [
+        tenure,
+        max(0.0, since_last),
+        float(orders30),
+        float(orders90),
+        revenue90 / 100.0,
+        snap.revenue_cents / 100.0 / snap.orders_total if snap.orders_total else 0.0,
+        float(logins30),
+        logins_prev_avg,
+        (logins30 + 1.0) / (logins_prev_avg + 1.0),
+        float(feats30),
+        float(late90),
+        snap.late_payments_total / snap.payments_total if snap.payments_total else 0.0,
+        float(tickets30),
+        float(severe90),
+        float(max(0, snap.tickets_total - snap.tickets_resolved)),
+        float(unresolved90),
+        sent_sum / 100.0 / sent_n if sent_n else 0.0,
+        float(snap.nps) if snap.nps is not None else -1.0,
+        max(0, snap.mrr_cents) / 100.0,
+        mrr90 / 100.0,
+        float(down90),
+        float(up90),
+        1.0 if snap.subscription == "active" else 0.0,
+        snap.csat_sum / snap.csat_n if snap.csat_n else 0.0,
+        math.log1p(snap.company_size or 0),
+    ]
+
+
+def clock_origins(snap: Snapshot) -> tuple[int | None, int | None]:
+    """Per :data:`CLOCK_FEATURES`, the epoch second it counts days from (``None``: it stays 0).
+
+    Before its origin a clock feature is 0; from it on, ``(t - origin) / DAY``. Mirrors
+    :func:`features` (a test holds them together).
+    """
+    start = snap.signup_day * DAY if snap.signup_day is not None else snap.first_seen
+    tenure_origin = start or None
+    return tenure_origin, snap.last_interaction_at or tenure_origin
+
+
+def windows_change_at(snap: Snapshot, as_of: int) -> int:
+    """First epoch second after ``as_of`` at which a windowed feature of ``snap`` can change.
+
+    A day bucket enters the windows on its day and leaves the 30- and 90-day windows 30 and
+    90 days later; between those day boundaries the window sums are constant.
+    """
+    today = day_of(as_of)
+    days = sorted(snap.days)
+    nxt = _FAR_DAY
+    for width in (0, 30, 90):  # the first bucket whose day + width is still ahead
+        i = bisect.bisect_right(days, today - width)
+        if i < len(days):
+            nxt = min(nxt, days[i] + width)
+    return nxt * DAY
+
+
+_FAR_DAY = 1 << 40
+_ZEROS = [0] * B.SIZE

@@ -1,0 +1,121 @@
+"""Scores derived from a snapshot: CLV, its percentile, upsell, advocacy, sentiment.
+
+Churn comes from the ONNX model (:mod:`router.churn.model`); everything here is transparent
+arithmetic on the same feature vector, so an agent can be told why.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+
+from router.core.features import FEATURE_NAMES
+from router.core.reducer import Snapshot
+from router.settings import ModelSettings
+
+__all__ = [
+    "ClvDistribution",
+    "advocacy_score",
+    "clv",
+    "clv_bin",
+    "expected_months",
+    "sentiment_label",
+    "upsell_score",
+]
+
+_F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_BINS_PER_E = 50
+"""Histogram resolution: 50 bins per factor e (about 2 % wide), so percentiles are exact to
+well under one point unless a single CLV value is shared by many customers."""
+
+
+def expected_months(churn: float, settings: ModelSettings) -> float:
+    """Discounted expected remaining lifetime in months, from the churn probability over the horizon."""
+    churn = min(max(churn, 0.0), 0.999)
+    monthly_survival = (1.0 - churn) ** (30.0 / settings.horizon_days)
+    monthly_discount = (1.0 + settings.annual_discount_rate) ** (1.0 / 12.0)
+    r = monthly_survival / monthly_discount
+    n = settings.max_lifetime_months
+    return r * (1.0 - r**n) / (1.0 - r) if r < 1.0 else float(n)
+
+
+def clv(snap: Snapshot, feats: Sequence[float], churn: float, settings: ModelSettings) -> float:
+    """Customer lifetime value: monthly margin x expected remaining months - acquisition cost.
+
+    Monthly margin is the subscription's MRR margin plus the customer's average monthly order
+    margin (average order value x purchase frequency x margin rate) over their tenure.
+    """
+    tenure_months = max(1.0, feats[_F["tenure_days"]] / 30.0)
+    order_margin = (snap.margin_cents + snap.unmargined_cents * settings.default_margin_rate) / 100.0
+    monthly = order_margin / tenure_months
+    if snap.subscription == "active":
+        monthly += feats[_F["mrr"]] * settings.subscription_margin_rate
+    return monthly * expected_months(churn, settings) - snap.acquisition_cost
+
+
+def clv_bin(value: float) -> int:
+    """Histogram bin of a CLV value (signed log scale, so negative CLV has bins too)."""
+    return round(math.copysign(math.log1p(abs(value)), value) * _BINS_PER_E)
+
+
+class ClvDistribution:
+    """The population's CLV distribution, from the sharded histogram; O(log bins) lookups."""
+
+    __slots__ = ("_bins", "_cum", "total")
+
+    def __init__(self, histogram: Mapping[int, int]) -> None:
+        items = sorted((b, c) for b, c in histogram.items() if c > 0)
+        self._bins = [b for b, _ in items]
+        self._cum: list[int] = []
+        running = 0
+        for _, c in items:
+            running += c
+            self._cum.append(running)
+        self.total = running
+
+    def percentile(self, value: float) -> float | None:
+        """Share of customers with a lower CLV (ties count half), 0-100; None if empty."""
+        if not self.total:
+            return None
+        b = clv_bin(value)
+        i = bisect.bisect_left(self._bins, b)
+        below = self._cum[i - 1] if i > 0 else 0
+        at = (self._cum[i] - below) if i < len(self._bins) and self._bins[i] == b else 0
+        return 100.0 * (below + at / 2.0) / self.total
+
+
+def upsell_score(feats: Sequence[float], churn: float) -> float:
+    """Upgrade potential 0-1: engaged, growing, paying on time, not just upgraded, not leaving."""
+    trend = min(feats[_F["login_trend"]], 3.0) / 3.0
+    adoption = min(feats[_F["features_used_30d"]] / 60.0, 1.0)
+    pays_well = 1.0 - min(feats[_F["late_payment_ratio"]] * 2.0, 1.0)
+    mood = (feats[_F["sentiment_90d"]] + 1.0) / 2.0
+    fresh_upgrade = 0.5 if feats[_F["upgrades_90d"]] > 0 else 1.0
+    score = (0.35 * trend + 0.25 * adoption + 0.2 * pays_well + 0.2 * mood) * fresh_upgrade * (1.0 - churn)
+    return min(max(score, 0.0), 1.0)
+
+
+def advocacy_score(feats: Sequence[float]) -> float:
+    """Willingness to recommend 0-1: NPS when known, else CSAT and tone of recent contacts."""
+    nps = feats[_F["nps"]]
+    csat = feats[_F["csat_avg"]]
+    mood = (feats[_F["sentiment_90d"]] + 1.0) / 2.0
+    parts = [mood]
+    if nps >= 0:
+        parts.append(nps / 10.0)
+        parts.append(nps / 10.0)  # the customer's own answer weighs double
+    if csat > 0:
+        parts.append((csat - 1.0) / 4.0)
+    return sum(parts) / len(parts)
+
+
+def sentiment_label(value: float | None) -> str:
+    """Plain-words tone for the agent's card."""
+    if value is None:
+        return "unknown"
+    if value > 0.25:
+        return "positive"
+    if value < -0.25:
+        return "negative"
+    return "neutral"

@@ -1,0 +1,1 @@
+"""`router dev`: local broker and Redis, process supervision, the synthetic demo business."""

@@ -1,0 +1,1 @@
+"""Operations plumbing: metrics, logs, heap settings, Kafka administration."""

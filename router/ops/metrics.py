@@ -1,0 +1,166 @@
+"""Prometheus metrics, module level, named by convention (units, ``_total``).
+
+Labels stay low-cardinality: route templates, tiers, event types, error classes; never a
+customer id, phone number or message text.
+
+Several uvicorn workers: when ``PROMETHEUS_MULTIPROC_DIR`` is set before this module is
+first imported, prometheus-client keeps every value in per-process files and
+:func:`router.ops.logs.metrics_payload` sums them, so totals are correct whichever
+worker a scrape reaches. That is also why the version "info" metrics are gauges with a
+multiprocess mode rather than ``Info`` (which multiprocess mode does not collect).
+
+Counters whose label values are known in advance are created at zero here, so dashboards
+and alert rules see a series (at 0) before the first error rather than no data at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "ALERTS",
+    "AUDIT_DROPPED",
+    "BATCH_SIZE",
+    "CONSUMER_LAG",
+    "DEAD_LETTERED",
+    "DECISIONS",
+    "DECISION_SECONDS",
+    "DEGRADED",
+    "DEGRADED_CAUSES",
+    "DUPLICATES",
+    "EVENTS_APPLIED",
+    "LAST_POLL",
+    "LATE_EVENTS",
+    "MODEL_INFO",
+    "MODEL_LOADED",
+    "MODEL_SECONDS",
+    "POLICY_INFO",
+    "RECORD_CACHE",
+    "REDIS_ERRORS",
+    "REDIS_SECONDS",
+    "REQUESTS",
+    "REQUEST_CHURN",
+    "REQUEST_SECONDS",
+    "STATE_RESETS",
+    "STATUS_CLASSES",
+    "WEBHOOK_SIGNATURE_FAILURES",
+    "InfoGauge",
+]
+
+# Multiprocess mode writes a file per process and metric type as soon as a metric exists;
+# a configured directory that is not there yet (an emptyDir subfolder) must not crash the
+# import. Creating it is the only thing this module does besides defining metrics.
+if _multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(_multiproc_dir, exist_ok=True)
+
+# 100 us .. 50 ms finely, then a few coarse buckets for the tail.
+_LATENCY_BUCKETS = (
+    0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003,
+    0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+
+STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
+"""Values of the ``status`` label of :data:`REQUESTS` (1xx never ends a request)."""
+DEGRADED_CAUSES = ("redis_unavailable", "model_unavailable", "model_failed")
+"""Fallbacks the decision service can take (label ``cause`` of :data:`DEGRADED`)."""
+_DEAD_LETTER_REASONS = ("empty_value", "undecodable", "schema_invalid", "reducer_error", "too_late")
+_DUPLICATE_KINDS = ("event_id", "redelivered", "cas_conflict")
+_SIGNATURE_FAILURES = ("missing", "stale", "mismatch", "replayed")
+_REDIS_ERROR_CLASSES = ("ConnectionError", "TimeoutError")
+
+
+class InfoGauge:
+    """A ``<name>{labels...} 1`` gauge standing in for ``prometheus_client.Info``.
+
+    ``Info`` is not collected in multiprocess mode; a gauge in ``max`` mode is, and reads
+    the same in PromQL (``router_model_info{version="..."} == 1``). A new :meth:`info`
+    sets the previous label set to 0, so a reloaded model does not show two versions.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.labelnames = tuple(labelnames)
+        self._gauge = Gauge(name, documentation, self.labelnames, multiprocess_mode="max")
+        self._current: tuple[str, ...] | None = None
+
+    def info(self, values: Mapping[str, str]) -> None:
+        """Publish ``values`` (keys outside :attr:`labelnames` are ignored, missing ones are "")."""
+        key = tuple(str(values.get(name, "")) for name in self.labelnames)
+        if self._current is not None and self._current != key:
+            self._gauge.labels(*self._current).set(0)
+        self._gauge.labels(*key).set(1)
+        self._current = key
+
+
+# --- API ------------------------------------------------------------------------------------
+
+REQUESTS = Counter("router_http_requests_total", "HTTP requests by route and status class", ["route", "status"])
+REQUEST_SECONDS = Histogram(
+    "router_http_request_duration_seconds", "Server time per request", ["route"], buckets=_LATENCY_BUCKETS
+)
+DECISION_SECONDS = Histogram(
+    "router_decision_duration_seconds", "Time to compute one decision", buckets=_LATENCY_BUCKETS
+)
+DECISIONS = Counter(
+    "router_decisions_total", "Decisions by tier, escalation role and first action", ["tier", "role", "action"]
+)
+DEGRADED = Counter("router_degraded_decisions_total", "Decisions made by a fallback", ["cause"])
+MODEL_SECONDS = Histogram("router_model_inference_seconds", "ONNX inference time", ["site"], buckets=_LATENCY_BUCKETS)
+REQUEST_CHURN = Counter(
+    "router_request_churn_total",
+    "Churn scores of known customers on the request path: computed by the model, or reused from the consumer's "
+    "score while it is exactly what the model returns",
+    ["source"],
+)
+STATE_RESETS = Counter(
+    "router_consumer_state_resets_total", "Times Redis was found empty and the log replayed from the start"
+)
+MODEL_LOADED = Gauge("router_model_loaded", "1 while a churn model is loaded and used, else 0")
+MODEL_INFO = InfoGauge("router_model_info", "Loaded churn model (1 = in use)", ["version", "path"])
+POLICY_INFO = InfoGauge("router_policy_info", "Loaded routing policy (1 = in use)", ["version"])
+WEBHOOK_SIGNATURE_FAILURES = Counter(
+    "router_webhook_signature_failures_total", "Rejected webhook signatures", ["reason"]
+)
+AUDIT_DROPPED = Counter("router_audit_dropped_total", "Audit records that could not be written")
+
+# --- consumer -------------------------------------------------------------------------------
+
+EVENTS_APPLIED = Counter("router_consumer_events_total", "Events handled by the consumer", ["type", "result"])
+DEAD_LETTERED = Counter("router_consumer_dead_lettered_total", "Events sent to the dead-letter topic", ["reason"])
+DUPLICATES = Counter("router_consumer_duplicates_total", "Events skipped as already applied", ["kind"])
+RECORD_CACHE = Counter(
+    "router_consumer_record_cache_total", "Customer records the consumer took from its cache or read from Redis", ["result"]
+)
+LATE_EVENTS = Counter("router_consumer_late_events_total", "Events beyond the lateness bound")
+BATCH_SIZE = Histogram(
+    "router_consumer_batch_size", "Records per consumer batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+)
+CONSUMER_LAG = Gauge(
+    "router_consumer_lag_records", "Records behind the partition end", ["partition"], multiprocess_mode="max"
+)
+LAST_POLL = Gauge(
+    "router_consumer_last_poll_timestamp_seconds", "Unix time of the last successful poll", multiprocess_mode="max"
+)
+ALERTS = Counter("router_churn_alerts_total", "Churn alerts emitted")
+
+# --- shared -----------------------------------------------------------------------------------
+
+REDIS_SECONDS = Histogram("router_redis_duration_seconds", "Redis round trip", ["op"], buckets=_LATENCY_BUCKETS)
+REDIS_ERRORS = Counter("router_redis_errors_total", "Redis errors", ["op", "error"])
+
+# --- known label values at zero ---------------------------------------------------------------
+
+for _source in ("computed", "reused"):
+    REQUEST_CHURN.labels(_source)
+for _cause in DEGRADED_CAUSES:
+    DEGRADED.labels(_cause)
+for _reason in _DEAD_LETTER_REASONS:
+    DEAD_LETTERED.labels(_reason)
+for _kind in _DUPLICATE_KINDS:
+    DUPLICATES.labels(_kind)
+for _reason in _SIGNATURE_FAILURES:
+    WEBHOOK_SIGNATURE_FAILURES.labels(_reason)
+for _error in _REDIS_ERROR_CLASSES:
+    REDIS_ERRORS.labels("read_customer", _error)

@@ -1,0 +1,1 @@
+"""Request-side services: decisions, screen-pop, handoff, webhooks, customer view, portfolio, reloads."""

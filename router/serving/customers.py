@@ -1,0 +1,242 @@
+"""The customer as a person may see and correct them: scores explained, overrides, feedback, erasure.
+
+GDPR transparency (art. 15/22): :meth:`CustomerService.view` shows every score with how it
+came about (the churn model's main factors in plain words, measured on the live model; the
+CLV formula with its inputs), the tier and any override, and the recent decisions from the
+audit stream. A person can override the tier (with reason and expiry), feed back what
+happened after a decision, and erase the customer. Every one of these actions is audited
+with the name of the API key that performed it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from router.core.features import FEATURE_NAMES, features
+from router.core.reducer import plan_of
+from router.core.scoring import advocacy_score, clv, expected_months, sentiment_label, upsell_score
+from router.errors import REDIS_FAULTS, NotFound, Unavailable
+from router.serving.decisions import DecisionService
+from router.serving.publisher import EventPublisher
+from router.state.audit import AdminRecord, AnyRecord, AuditWriter
+from router.state.overrides import encode_override, override_key
+from schemas.api import (
+    AuditEntry,
+    ClvBreakdown,
+    CustomerView,
+    ErasureAccepted,
+    ExplainedFactor,
+    OutcomeAccepted,
+    OutcomeRequest,
+    Override,
+    OverrideRequest,
+    ScoreCard,
+)
+from schemas.events import ErasureRequested, Outcome
+
+__all__ = ["CustomerService"]
+
+_F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+
+
+class CustomerService:
+    def __init__(self, decisions: DecisionService, audit: AuditWriter, publisher: EventPublisher) -> None:
+        self.decisions = decisions
+        self.audit = audit
+        self.publisher = publisher
+
+    def _admin(self, action: str, actor: str, customer_key: str | None, detail: str | None = None, **kw: Any) -> None:
+        self.audit.record(
+            AdminRecord(action=action, at=time.time(), actor=actor, customer_key=customer_key, detail=detail, **kw)
+        )
+
+    # -- transparency ------------------------------------------------------------------------
+
+    async def view(self, customer_id: str) -> CustomerView:
+        service = self.decisions
+        h = service.hasher.customer_key(customer_id)
+        try:
+            record, override = await service.read(h)
+            history = await self.audit.for_customer(h, count=20)
+        except REDIS_FAULTS as exc:
+            raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
+        model, policy = service.model, service.policy
+        snap = record.snapshot if record.snapshot is not None and record.snapshot.customer_id else None
+        recent = [_entry(r) for r in history]
+        if snap is None:
+            return CustomerView(
+                customer_known=False, tier=override.tier if override else None, scores=None, churn_factors=[],
+                clv=None, override=override, segment=None, plan=None, subscription=None,
+                automated_decision_consent=None, recent_decisions=recent,
+                model_version=model.version if model else "none", policy_version=policy.version,
+            )  # fmt: skip
+        now = int(time.time())
+        row = features(snap, now)
+        factors: list[ExplainedFactor] = []
+        if model is not None:
+            churn = model.predict_one(row)
+            factors = [
+                ExplainedFactor(feature=f.feature, direction=f.direction, effect_pp=f.effect_pp, phrase=f.phrase)
+                for f in model.explain(row, top=5)
+            ]
+        else:
+            churn = record.scores.churn if record.scores else 0.1
+        ms = service.settings.model
+        value = clv(snap, row, churn, ms)
+        pct = service.distribution.percentile(value)
+        tenure_months = max(1.0, row[_F["tenure_days"]] / 30.0)
+        order_margin = (snap.margin_cents + snap.unmargined_cents * ms.default_margin_rate) / 100.0 / tenure_months
+        mrr = row[_F["mrr"]]
+        sub_margin = mrr * ms.subscription_margin_rate if snap.subscription == "active" else 0.0
+        months = expected_months(churn, ms)
+        sentiment = row[_F["sentiment_90d"]] if row[_F["sentiment_90d"]] or snap.tickets_resolved else None
+        return CustomerView(
+            customer_known=True,
+            tier=override.tier if override else (policy.tier_for(pct) if pct is not None else None),
+            scores=ScoreCard(
+                clv_score=None if pct is None else round(pct, 1),
+                churn_risk=round(churn * 100, 1),
+                upsell=round(upsell_score(row, churn) * 100, 1),
+                advocacy=round(advocacy_score(row) * 100, 1),
+                sentiment=sentiment_label(sentiment),  # type: ignore[arg-type]
+                last_interaction=snap.last_interaction or None,
+                last_interaction_at=datetime.fromtimestamp(snap.last_interaction_at, UTC)
+                if snap.last_interaction_at
+                else None,
+            ),
+            churn_factors=factors,
+            clv=ClvBreakdown(
+                clv=round(value, 2),
+                clv_score=None if pct is None else round(pct, 1),
+                monthly_margin=round(order_margin + sub_margin, 2),
+                subscription_margin=round(sub_margin, 2),
+                order_margin_per_month=round(order_margin, 2),
+                expected_months=round(months, 2),
+                acquisition_cost=snap.acquisition_cost,
+                mrr=mrr,
+                churn_used=round(churn, 4),
+                formula=(
+                    "CLV = (order margin per month + MRR x subscription margin rate) x expected remaining months "
+                    "(from churn risk, discounted) - acquisition cost"
+                ),
+            ),
+            override=override,
+            segment=snap.segment,
+            plan=plan_of(snap),
+            subscription=snap.subscription,
+            automated_decision_consent=snap.consent,
+            recent_decisions=recent,
+            model_version=model.version if model else "none",
+            policy_version=policy.version,
+        )
+
+    # -- overrides ---------------------------------------------------------------------------
+
+    async def set_override(self, customer_id: str, req: OverrideRequest, actor: str) -> Override:
+        service = self.decisions
+        h = service.hasher.customer_key(customer_id)
+        now = datetime.now(UTC).replace(microsecond=0)
+        override = Override(
+            tier=req.tier,
+            reason=req.reason,
+            by=actor,
+            set_at=now,
+            expires_at=now + timedelta(hours=req.expires_in_hours),
+        )
+        try:
+            record, _ = await service.read(h)
+            if record.snapshot is None or not record.snapshot.customer_id:
+                raise NotFound("no such customer: an override needs a known customer")
+            ttl_ms = max(1, round(req.expires_in_hours * 3_600_000))
+            await service.store.client.set(override_key(service.store.keys, h), encode_override(override), px=ttl_ms)
+        except REDIS_FAULTS as exc:
+            raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
+        self._admin("override_set", actor, h, f"tier {req.tier} until {override.expires_at.isoformat()}")
+        return override
+
+    async def remove_override(self, customer_id: str, actor: str) -> None:
+        service = self.decisions
+        h = service.hasher.customer_key(customer_id)
+        try:
+            deleted: Any = await service.store.client.delete(override_key(service.store.keys, h))
+        except REDIS_FAULTS as exc:
+            raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
+        if not deleted:
+            raise NotFound("no override for this customer (never set, removed or expired)")
+        self._admin("override_removed", actor, h)
+
+    # -- feedback and erasure ----------------------------------------------------------------
+
+    async def outcome(self, decision_id: str, req: OutcomeRequest, actor: str) -> OutcomeAccepted:
+        """Produce an ``outcome`` event: it becomes a training label through the normal path."""
+        # Deterministic id: a retried request produces the same event, which the reducer de-duplicates.
+        event_id = f"outcome-{decision_id}-{req.outcome}"
+        await self.publisher.publish(
+            Outcome(
+                event_id=event_id,
+                customer_id=req.customer_id,
+                occurred_at=req.occurred_at or datetime.now(UTC),
+                outcome=req.outcome,
+                decision_id=decision_id,
+            )
+        )
+        h = self.decisions.hasher.customer_key(req.customer_id)
+        self._admin("outcome_recorded", actor, h, req.outcome, decision_id=decision_id)
+        return OutcomeAccepted(event_id=event_id, decision_id=decision_id)
+
+    async def erase(self, customer_id: str, actor: str) -> ErasureAccepted:
+        """Same effect as an ``erasure_requested`` event, because it is one (acks from all replicas)."""
+        service = self.decisions
+        h = service.hasher.customer_key(customer_id)
+        now = datetime.now(UTC)
+        event_id = f"erasure-{h[:16]}-{int(now.timestamp() * 1000)}"
+        await self.publisher.publish(ErasureRequested(event_id=event_id, customer_id=customer_id, occurred_at=now))
+        # Decisions queued before this point must not recreate the customer's audit stream.
+        await self.audit.flush()
+        try:
+            async with asyncio.timeout(2.0):
+                pipe = service.store.client.pipeline(transaction=False)
+                pipe.delete(override_key(service.store.keys, h))
+                pipe.delete(self.audit.customer_stream(h))
+                await pipe.execute()
+        except REDIS_FAULTS as exc:
+            raise Unavailable(
+                f"erasure event accepted, but the override and audit stream could not be deleted yet "
+                f"({type(exc).__name__}); repeat the request"
+            ) from None
+        # Only the global stream: the customer's own stream is gone, and stays gone.
+        self._admin("erasure_requested", actor, None, f"customer {h}")
+        return ErasureAccepted(
+            event_id=event_id,
+            will_remove=[
+                "snapshot and derived scores",
+                "phone and e-mail index entries",
+                "CLV histogram entry",
+                "tier override",
+                "per-customer decision audit stream",
+            ],
+            kept=[
+                "tombstone: erasure time under a keyed hash, so older events cannot bring the customer back",
+                "global audit records, which hold only keyed hashes",
+            ],
+        )
+
+
+def _entry(rec: AnyRecord) -> AuditEntry:
+    at = datetime.fromtimestamp(rec.at, UTC)
+    if isinstance(rec, AdminRecord):
+        return AuditEntry(kind=rec.action, decision_id=rec.decision_id, at=at, detail=rec.detail)
+    return AuditEntry(
+        kind="decision" if rec.override is None else "decision_overridden",
+        decision_id=rec.decision_id,
+        at=at,
+        tier=rec.tier,
+        queue=rec.queue,
+        actions=rec.actions,
+        model_version=rec.model_version,
+        policy_version=rec.policy_version,
+        degraded_cause=rec.degraded_cause,
+    )

@@ -1,0 +1,211 @@
+"""Signed helpdesk webhooks: verify, reject stale and replayed requests, then route the ticket.
+
+Zendesk signs ``base64(HMAC-SHA256(secret, timestamp + raw body))`` into
+``X-Zendesk-Webhook-Signature``, with the timestamp in ``X-Zendesk-Webhook-Signature-Timestamp``.
+The generic variant for other helpdesks signs ``timestamp + "." + raw body`` as
+``X-Router-Signature: sha256=<hex>`` with ``X-Router-Timestamp`` (epoch seconds or RFC 3339).
+
+Checks, in order: headers present, signature matches (constant-time), timestamp within
+``max_age_s`` of now, signature not seen before (one Redis ``SET NX EX`` with TTL =
+``max_age_s``, before any other work: a replay inside the window is caught by the cache, one
+outside it by the staleness check). The ``SET NX`` is the only arbiter, so eight copies sent at
+once give one 200 and seven 409s.
+
+The replay cache has its own Redis client with a budget of :data:`REPLAY_TIMEOUT_S`, not the
+request path's few milliseconds: a check that times out cannot tell whether its ``SET`` landed,
+and a helpdesk waits seconds for a webhook anyway. For the same reason it ignores the request
+path's circuit breaker, which also opens when Redis is merely slower than those milliseconds.
+Only when the call fails is the check skipped rather than failing the helpdesk: the signature
+and the staleness window still hold, and the answer is marked degraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+from datetime import datetime
+
+import msgspec
+
+from router.errors import REDIS_FAULTS, BadInput, Conflict, Forbidden, Unauthorized, without_values
+from router.ops import metrics
+from router.serving.decisions import DecisionService
+from router.settings import WebhookSettings
+from router.state.store import RedisClient
+from schemas.api import (
+    Channel,
+    ClassifyRequest,
+    CustomerRef,
+    Decision,
+    HelpdeskRouting,
+    ZendeskTicket,
+    ZendeskWebhook,
+)
+from schemas.events import Severity
+
+__all__ = ["REPLAY_TIMEOUT_S", "WebhookService", "sign_generic", "sign_zendesk"]
+
+ZENDESK_SIGNATURE = "x-zendesk-webhook-signature"
+ZENDESK_TIMESTAMP = "x-zendesk-webhook-signature-timestamp"
+ROUTER_SIGNATURE = "x-router-signature"
+ROUTER_TIMESTAMP = "x-router-timestamp"
+
+REPLAY_TIMEOUT_S = 1.0
+"""Budget of the replay check's Redis client (socket and call)."""
+
+_zendesk_dec = msgspec.json.Decoder(ZendeskWebhook)
+_classify_dec = msgspec.json.Decoder(ClassifyRequest)
+_PRIORITY_RANK: dict[Severity, int] = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
+_BY_RANK: tuple[Severity, ...] = ("low", "normal", "high", "urgent")
+_MIN_PRIORITY: dict[str, Severity] = {"VIP": "high", "Premium": "normal"}
+_CHANNELS: dict[str, Channel] = {
+    "email": "email",
+    "mail": "email",
+    "web": "web",
+    "web_form": "web",
+    "web_widget": "web",
+    "voice": "phone",
+    "phone": "phone",
+    "chat": "chat",
+    "chat_transcript": "chat",
+    "messaging": "chat",
+    "native_messaging": "chat",
+    "twitter": "social",
+    "facebook": "social",
+    "instagram": "social",
+    "whatsapp": "social",
+}
+
+
+def sign_zendesk(secret: str, timestamp: str, body: bytes) -> str:
+    """The ``X-Zendesk-Webhook-Signature`` value Zendesk sends for ``body`` at ``timestamp``."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + body, hashlib.sha256).digest()
+    return base64.b64encode(mac).decode()
+
+
+def sign_generic(secret: str, timestamp: str, body: bytes) -> str:
+    """The ``X-Router-Signature`` value for ``body`` at ``timestamp``."""
+    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def _epoch(timestamp: str) -> float | None:
+    text = timestamp.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
+
+
+def _reject(reason: str, message: str) -> Unauthorized:
+    metrics.WEBHOOK_SIGNATURE_FAILURES.labels(reason).inc()
+    return Unauthorized(message)
+
+
+class WebhookService:
+    def __init__(self, decisions: DecisionService, client: RedisClient, settings: WebhookSettings, prefix: str) -> None:
+        """``client`` is the replay cache's own, with a :data:`REPLAY_TIMEOUT_S` socket timeout."""
+        self.decisions = decisions
+        self.client = client
+        self.settings = settings
+        self.prefix = prefix
+
+    # -- verification ------------------------------------------------------------------------
+
+    async def verify(
+        self, secret: str, signature: str | None, timestamp: str | None, body: bytes, *, scheme: str
+    ) -> bool:
+        """Raise on a bad signature, stale timestamp or replay; returns False if replays could not be checked."""
+        if not secret:
+            raise Forbidden(f"{scheme} webhook is not configured on this service (no signing secret)")
+        if not signature or not timestamp:
+            raise _reject("missing", f"{scheme} webhook: signature or timestamp header missing")
+        expected = (
+            sign_zendesk(secret, timestamp, body) if scheme == "zendesk" else sign_generic(secret, timestamp, body)
+        )
+        if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
+            raise _reject("mismatch", f"{scheme} webhook: signature does not match the body")
+        at = _epoch(timestamp)
+        if at is None or abs(time.time() - at) > self.settings.max_age_s:
+            raise _reject(
+                "stale", f"{scheme} webhook: timestamp missing, unreadable or older than {self.settings.max_age_s} s"
+            )
+        key = f"{self.prefix}:{{wh}}:r:{hashlib.sha256(signature.encode()).hexdigest()[:32]}"
+        try:
+            async with asyncio.timeout(REPLAY_TIMEOUT_S):
+                fresh = await self.client.set(key, b"1", nx=True, ex=max(1, self.settings.max_age_s))
+        except REDIS_FAULTS as exc:
+            metrics.REDIS_ERRORS.labels("webhook_replay", type(exc).__name__).inc()
+            return False
+        if not fresh:
+            metrics.WEBHOOK_SIGNATURE_FAILURES.labels("replayed").inc()
+            raise Conflict(f"{scheme} webhook: this signed request was already processed (replay)")
+        return True
+
+    # -- routing -----------------------------------------------------------------------------
+
+    async def zendesk(self, signature: str | None, timestamp: str | None, body: bytes) -> HelpdeskRouting:
+        replay_checked = await self.verify(self.settings.zendesk_secret, signature, timestamp, body, scheme="zendesk")
+        try:
+            ticket = _zendesk_dec.decode(body).ticket
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise BadInput(f"zendesk webhook body: {without_values(str(exc))}") from None
+        except (UnicodeDecodeError, RecursionError):
+            raise BadInput("zendesk webhook body: not valid UTF-8 JSON") from None
+        req = ClassifyRequest(
+            customer=_customer(ticket),
+            channel=_CHANNELS.get(ticket.channel.lower(), "ticket"),
+            category=ticket.category,
+            priority=ticket.priority or "normal",
+        )
+        d = self.decisions.decide(req, await self.decisions.resolve(req.customer))
+        return _routing(d, req.priority, replay_checked)
+
+    async def generic(self, signature: str | None, timestamp: str | None, body: bytes) -> Decision:
+        replay_checked = await self.verify(self.settings.generic_secret, signature, timestamp, body, scheme="generic")
+        try:
+            req = _classify_dec.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise BadInput(f"webhook body: {without_values(str(exc))}") from None
+        except (UnicodeDecodeError, RecursionError):
+            raise BadInput("webhook body: not valid UTF-8 JSON") from None
+        d = self.decisions.decide(req, await self.decisions.resolve(req.customer))
+        if not replay_checked and not d.degraded:
+            d = msgspec.structs.replace(d, degraded=True, degraded_cause="replay_check_unavailable")
+        return d
+
+
+def _customer(ticket: ZendeskTicket) -> CustomerRef:
+    r = ticket.requester
+    if r.external_id:
+        return CustomerRef(customer_id=r.external_id)
+    if r.email:
+        return CustomerRef(email=r.email)
+    if r.phone:
+        return CustomerRef(phone=r.phone)
+    raise BadInput("zendesk webhook body: ticket.requester needs external_id, email or phone")
+
+
+def _routing(d: Decision, asked: Severity, replay_checked: bool) -> HelpdeskRouting:
+    floor = _MIN_PRIORITY.get(d.tier, "low")
+    priority = _BY_RANK[max(_PRIORITY_RANK[asked], _PRIORITY_RANK[floor])]
+    tags = [f"router_tier_{d.tier.lower()}", f"router_role_{d.escalation.role}"]
+    tags += [f"router_action_{a.code}" for a in d.next_best_actions]
+    degraded = d.degraded or not replay_checked
+    if degraded:
+        tags.append("router_degraded")
+    if d.overridden:
+        tags.append("router_override")
+    return HelpdeskRouting(
+        group=d.escalation.queue,
+        priority=priority,
+        tags=tags,
+        due_at=d.sla.due_at,
+        decision_id=d.decision_id,
+        degraded=degraded,
+    )
