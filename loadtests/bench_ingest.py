@@ -51,14 +51,16 @@ from router.churn.model import ChurnModel
 from router.core.features import features
 from router.core.identity import IdentityHasher
 from router.core.reducer import Snapshot, fold
-from router.core.scoring import clv, clv_bin
+from router.core.scoring import assess, clv_bin
 from router.devstack.infra import ManagedProcess, start_broker, start_redis
 from router.ingest.consumer import consumer_stack
 from router.ops.heap import settle_heap
 from router.ops.kafka import ensure_topics
 from router.ops.metrics import RECORD_CACHE as _CACHE
 from router.settings import Settings, to_env
-from router.state.store import Keys, connect, decode_snapshot, encode_snapshot
+from router.state.keys import Keys
+from router.state.records import decode_snapshot, encode_snapshot
+from router.state.store import connect
 from schemas.events import event_decoder
 
 _enc = msgspec.json.Encoder()
@@ -141,7 +143,7 @@ class _InMemoryPipeline:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+        self.hasher = IdentityHasher.from_settings(settings.identity)
         self.model = ChurnModel.load(settings.model.path)
         self.stored: dict[str, bytes] = {}
 
@@ -162,7 +164,7 @@ class _InMemoryPipeline:
         rows = [features(snap, max(now, snap.last_event_at)) for snap in snaps]
         churn = self.model.predict(np.asarray(rows, dtype=np.float32)).tolist()
         for cid, snap, row, p in zip(touched, snaps, rows, churn, strict=True):
-            clv_bin(clv(snap, row, p, self.settings.model))
+            clv_bin(assess(snap, row, p, self.settings.model).clv.value)
             stored[cid] = encode_snapshot(snap)
 
 

@@ -28,12 +28,14 @@ from router.churn.model import ChurnModel
 from router.core.features import features
 from router.core.identity import IdentityHasher
 from router.core.reducer import Snapshot, fold
-from router.core.scoring import ClvDistribution, advocacy_score, clv, clv_bin, upsell_score
+from router.core.scoring import ClvDistribution, advocacy_score, assess, clv_bin, upsell_score
 from router.policy import DecisionInput, decide, load_policy
 from router.serving.decisions import DecisionService, Resolved
+from router.serving.live import Live
 from router.settings import Settings
 from router.state.audit import AuditWriter
-from router.state.store import CustomerRecord, Scores, StateStore, connect, decode_snapshot, encode_snapshot
+from router.state.records import CustomerRecord, Scores, decode_snapshot, encode_snapshot
+from router.state.store import StateStore, connect
 from schemas.api import ClassifyRequest, CustomerRef
 
 __all__ = ["measure"]
@@ -53,7 +55,7 @@ def _time(fn: Callable[[int], object], n: int, repeats: int) -> float:
 def measure(n: int = 2_000, repeats: int = 5) -> dict[str, Any]:
     """Microseconds per call of each decision step (median of ``repeats`` rounds of ``n`` calls)."""
     settings = Settings()
-    hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+    hasher = IdentityHasher.from_settings(settings.identity)
     model = ChurnModel.load(settings.model.path)
     policy = load_policy(settings.policy.path)
     now = datetime.now(UTC)
@@ -68,14 +70,15 @@ def measure(n: int = 2_000, repeats: int = 5) -> dict[str, Any]:
     ts = int(time.time())
     rows = [features(s, ts) for s in snaps]
     churns = [model.predict_one(r) for r in rows]
-    values = [clv(s, r, c, settings.model) for s, r, c in zip(snaps, rows, churns, strict=True)]
+    values = [assess(s, r, c, settings.model).clv.value for s, r, c in zip(snaps, rows, churns, strict=True)]
     dist = ClvDistribution({b: 1 + (b % 7) for b in {clv_bin(v) for v in values}})
     raw = [encode_snapshot(s) for s in snaps]
     # Never connected: decide() does no I/O; the audit queue is drained between rounds.
     store = StateStore(connect(settings.redis.url, cluster=False), settings.redis.prefix, hasher)
-    audit = AuditWriter(store.client, settings.redis.prefix)
-    service = DecisionService(settings, store, model, policy, audit)
-    service.distribution = dist
+    audit = AuditWriter(store.client, store.keys)
+    live = Live(model, policy, store, model_path=settings.model.path, policy_path=settings.policy.path)
+    live.distribution = dist
+    service = DecisionService(live, store, audit, settings.redis, settings.model)
     reqs = [
         ClassifyRequest(customer=CustomerRef(customer_id=s.customer_id), channel="email", category="billing")
         for s in snaps
@@ -117,7 +120,7 @@ def measure(n: int = 2_000, repeats: int = 5) -> dict[str, Any]:
         "predict_one_us": _time(lambda i: model.predict_one(rows[i % k]), n, repeats),
         "scores_us": _time(
             lambda i: (
-                dist.percentile(clv(snaps[i % k], rows[i % k], churns[i % k], settings.model)),
+                dist.percentile(assess(snaps[i % k], rows[i % k], churns[i % k], settings.model).clv.value),
                 upsell_score(rows[i % k], churns[i % k]),
                 advocacy_score(rows[i % k]),
             ),

@@ -31,9 +31,10 @@ from router.churn.model import ChurnModel
 from router.core.features import features
 from router.core.identity import IdentityHasher
 from router.core.reducer import fold
-from router.core.scoring import clv, clv_bin
+from router.core.scoring import assess, clv_bin
 from router.settings import Settings
-from router.state.store import Scores, StateStore, WriteOp, connect
+from router.state.records import Scores, WriteOp
+from router.state.store import StateStore, connect_redis
 from schemas.events import (
     CustomerEvent,
     CustomerProfile,
@@ -118,7 +119,7 @@ _state: dict[str, object] = {}
 
 def _init(settings: Settings) -> None:
     _state["settings"] = settings
-    _state["hasher"] = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+    _state["hasher"] = IdentityHasher.from_settings(settings.identity)
     _state["model"] = ChurnModel.load(settings.model.path)
 
 
@@ -135,7 +136,7 @@ async def _load_chunk_async(start: int, stop: int, now_ts: float) -> int:
     rnd = random.Random(start)  # deterministic for a given chunking
     lateness = settings.stream.lateness_s
     ops: list[WriteOp] = []
-    client = connect(settings.redis.url, cluster=settings.redis.cluster)
+    client = connect_redis(settings.redis, timeout_s=None)
     store = StateStore(client, settings.redis.prefix, hasher)
     keys = store.keys
     try:
@@ -171,7 +172,7 @@ async def _load_chunk_async(start: int, stop: int, now_ts: float) -> int:
         feats = [features(op.snapshot, t) for op, t in zip(ops, times, strict=True)]
         churn = model.predict(np.asarray(feats, np.float32)).tolist()
         for op, row, t, p in zip(ops, feats, times, churn, strict=True):
-            value = clv(op.snapshot, row, p, settings.model)
+            value = assess(op.snapshot, row, p, settings.model).clv.value
             # As the consumer writes them: the request path reuses the score while it stays exact.
             op.scores = Scores(
                 churn=p,

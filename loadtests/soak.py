@@ -46,7 +46,7 @@ from aiokafka import AIOKafkaProducer
 from router.devstack.infra import ManagedProcess, free_port, start_broker, start_redis
 from router.ops.kafka import ensure_topics, producer_config
 from router.settings import Settings, to_env
-from router.state.store import StateStore, connect
+from router.state.store import StateStore, connect_redis
 
 __all__ = ["Sample", "SoakConfig", "SoakReport", "run_soak"]
 
@@ -258,7 +258,7 @@ def _rss_mb(pid: int) -> float:
 
 
 async def _stored(settings: Settings) -> int:
-    client = connect(settings.redis.url, cluster=settings.redis.cluster)
+    client = connect_redis(settings.redis, timeout_s=None)
     try:
         store = StateStore(client, settings.redis.prefix, _hasher(settings))
         return sum((await store.stored_offsets(settings.kafka.group_id, settings.kafka.events_topic)).values())
@@ -269,7 +269,7 @@ async def _stored(settings: Settings) -> int:
 def _hasher(settings: Settings) -> Any:
     from router.core.identity import IdentityHasher
 
-    return IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+    return IdentityHasher.from_settings(settings.identity)
 
 
 def _percentile(values: list[float], q: float) -> float:

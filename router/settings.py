@@ -89,7 +89,6 @@ class StreamSettings(msgspec.Struct, kw_only=True):
     """Customer-disjoint parts of a batch folded concurrently, so one part's Redis round trip overlaps another's fold."""
     cache_customers: int = 20_000
     """Customers whose last written record the consumer keeps in memory (no Redis read for their next events; 0 = off)."""
-    """Customer-disjoint parts of a batch folded concurrently, so one part's Redis round trip overlaps another's fold."""
 
 
 class ModelSettings(msgspec.Struct, kw_only=True):

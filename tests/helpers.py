@@ -15,14 +15,15 @@ from router.core.identity import IdentityHasher
 from router.core.reducer import Snapshot
 from router.ingest.consumer import StateConsumer, consumer_stack
 from router.settings import Settings
-from router.state.store import CustomerRecord, StateStore, connect
+from router.state.records import CustomerRecord
+from router.state.store import StateStore, connect_redis
 from schemas.events import CustomerEvent
 
 _enc = msgspec.json.Encoder()
 
 
 def hasher_of(settings: Settings) -> IdentityHasher:
-    return IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+    return IdentityHasher.from_settings(settings.identity)
 
 
 async def produce(settings: Settings, events: Sequence[CustomerEvent | tuple[bytes | None, bytes | None]]) -> None:
@@ -71,7 +72,7 @@ async def wait_until_caught_up(
 
 @contextlib.asynccontextmanager
 async def state_store(settings: Settings) -> AsyncIterator[StateStore]:
-    client = connect(settings.redis.url, cluster=settings.redis.cluster)
+    client = connect_redis(settings.redis, timeout_s=None)
     try:
         yield StateStore(client, settings.redis.prefix, hasher_of(settings))
     finally:

@@ -66,7 +66,7 @@ async def test_override_is_honoured_audited_and_expires(api: tuple[Settings, Cli
     assert r.status_code == 400 and "reason" in r.json()["detail"]
 
     # the admin actions are in the customer's audit trail, with the key that acted
-    await client.app.state.decisions.audit.flush()
+    await client.app.state.services.audit.flush()
     view = (await client.get(f"/v1/customers/{VIP_ID}", headers=auth("ops"))).json()
     kinds = [e["kind"] for e in view["recent_decisions"]]
     assert "override_set" in kinds and "override_removed" in kinds and "decision_overridden" in kinds
@@ -75,7 +75,7 @@ async def test_override_is_honoured_audited_and_expires(api: tuple[Settings, Cli
 async def test_customer_view_explains_every_score(api: tuple[Settings, Client]) -> None:
     _, client = api
     await _classify(client, VIP_ID)
-    await client.app.state.decisions.audit.flush()
+    await client.app.state.services.audit.flush()
     r = await client.get(f"/v1/customers/{VIP_ID}", headers=auth("ops"))
     assert r.status_code == 200, r.text
     v = r.json()
@@ -124,7 +124,7 @@ async def test_erasure_leaves_no_personal_key_behind(api: tuple[Settings, Client
     body = {"tier": "Premium", "reason": "before erasure", "expires_in_hours": 1}
     assert (await client.put(f"/v1/customers/{VIP_ID}/override", json=body, headers=auth("admin"))).status_code == 200
     await _classify(client, VIP_ID)
-    await client.app.state.decisions.audit.flush()
+    await client.app.state.services.audit.flush()
 
     async with state_store(s) as store:
         before = {k.decode() for k in await store.client.keys(f"{s.redis.prefix}:*")}

@@ -98,7 +98,7 @@ async def test_model_missing_or_failing_degrades_and_reload_recovers(settings: S
         d = (await client.post("/v1/classify", json=body, headers=auth("helpdesk"))).json()
         assert d["degraded"] is False and d["model_version"] == real.version
 
-        service = client.app.state.decisions
-        service.model = _FailingModel(real._session, real.card, real.path)
+        live = client.app.state.services.live
+        live.model = _FailingModel(real._session, real.card, real.path)
         d = (await client.post("/v1/classify", json=body, headers=auth("helpdesk"))).json()
         assert d["degraded"] is True and d["degraded_cause"] == "model_failed" and d["tier"] in {"VIP", "Premium"}

@@ -22,9 +22,11 @@ from router.devstack.demo import generate_history, history_window
 from router.ops import metrics
 from router.policy import load_policy
 from router.serving.decisions import DecisionService, Resolved
+from router.serving.live import Live
 from router.settings import Settings
 from router.state.audit import AuditWriter
-from router.state.store import CustomerRecord, Scores, StateStore, connect
+from router.state.records import CustomerRecord, Scores
+from router.state.store import StateStore, connect
 from schemas.api import ClassifyRequest, CustomerRef
 
 MODEL = Path(Settings().model.path)
@@ -145,9 +147,11 @@ def test_a_clock_feature_before_its_origin_bounds_the_interval_there(model: Chur
 
 def _service(model: ChurnModel) -> DecisionService:
     settings = Settings()
-    hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+    hasher = IdentityHasher.from_settings(settings.identity)
     store = StateStore(connect(settings.redis.url, cluster=False), settings.redis.prefix, hasher)  # never connected
-    return DecisionService(settings, store, model, load_policy(settings.policy.path), AuditWriter(store.client, "t"))
+    policy = load_policy(settings.policy.path)
+    live = Live(model, policy, store, model_path=settings.model.path, policy_path=settings.policy.path)
+    return DecisionService(live, store, AuditWriter(store.client, store.keys), settings.redis, settings.model)
 
 
 def _counts() -> tuple[float, float]:

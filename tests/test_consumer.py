@@ -14,7 +14,7 @@ from router.churn.model import ChurnModel
 from router.core.features import features
 from router.core.reducer import DAY, fold_all
 from router.ingest.consumer import consumer_stack
-from router.state.store import decode_snapshot, encode_snapshot
+from router.state.records import decode_snapshot, encode_snapshot
 from schemas.alerts import ChurnAlert
 from schemas.events import (
     CustomerEvent,

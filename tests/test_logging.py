@@ -16,10 +16,10 @@ from litestar.middleware import DefineMiddleware
 from litestar.params import PathParameter
 from litestar.testing import TestClient
 
+from router.api.middleware import RequestMetricsMiddleware
 from router.ops.logs import (
     JsonFormatter,
     RedactFilter,
-    RequestMetricsMiddleware,
     bind_decision_id,
     current_request_id,
     redact,
@@ -175,7 +175,8 @@ def test_litestar_reports_unhandled_errors_through_the_json_handler() -> None:
         "import logging\n"
         "from litestar import Litestar, get\n"
         "from litestar.testing import TestClient\n"
-        "from router.ops.logs import RequestMetricsMiddleware, litestar_logging_config, setup_logging\n"
+        "from router.api.middleware import RequestMetricsMiddleware\n"
+        "from router.ops.logs import litestar_logging_config, setup_logging\n"
         "setup_logging('info')\n"
         "@get('/boom', sync_to_thread=False)\n"
         "def boom() -> str:\n"

@@ -41,8 +41,9 @@ from litestar.params import PathParameter
 from litestar.testing import TestClient
 from prometheus_client import REGISTRY
 
+from router.api.middleware import RequestMetricsMiddleware
 from router.devstack.infra import ManagedProcess, free_port
-from router.ops.logs import RequestMetricsMiddleware, prepare_multiprocess
+from router.ops.metrics import prepare_multiprocess
 from router.settings import Settings, to_env
 from schemas.events import CustomerEvent, CustomerProfile, OrderPlaced, SubscriptionChanged, Usage
 from tests.conftest import SettingsFactory

@@ -116,7 +116,7 @@ def test_onnx_matches_native_lightgbm_on_the_holdout(trained: Run) -> None:
 def _serving_features(events: list[CustomerEvent], customer_id: str, as_of: datetime) -> list[float]:
     """What the consumer computes: fold with the *service's* key, store as msgpack, read, featurise."""
     settings = Settings()
-    hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
+    hasher = IdentityHasher.from_settings(settings.identity)
     snap: Snapshot | None = None
     for e in events:
         if e.customer_id == customer_id and e.occurred_at <= as_of:

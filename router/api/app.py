@@ -23,16 +23,12 @@ from router.api.controllers.admin import AdminController
 from router.api.controllers.customers import CustomerController
 from router.api.controllers.decisions import DecisionController
 from router.api.controllers.webhooks import WebhookController
-from router.api.lifespans import Readiness, lifespans
+from router.api.lifespans import Services, services
+from router.api.middleware import RequestMetricsMiddleware
 from router.api.openapi import refine
 from router.errors import RouterError, UnsupportedMediaType, without_values
-from router.ops.logs import (
-    RequestMetricsMiddleware,
-    litestar_logging_config,
-    logging_config,
-    prepare_multiprocess,
-    setup_logging,
-)
+from router.ops.logs import litestar_logging_config, logging_config, setup_logging
+from router.ops.metrics import prepare_multiprocess
 from router.settings import Settings
 from schemas.api import ErrorBody
 
@@ -72,13 +68,14 @@ def create_app(settings: Settings) -> Litestar:
         handlers += bench_route_handlers()
 
     # --- dependencies ---------------------------------------------------------------------
-    # Services are built once per process by the lifespans; providers only hand them out.
+    # Services are built once per process by the lifespan (router.api.lifespans.Services);
+    # providers only hand them out, by the name a handler's parameter asks for.
     def provide_caller(request: Request[object, object, State]) -> ApiKey:
         caller: ApiKey = request.state.caller  # set by router.api.auth.require_key
         return caller
 
-    services = ("decisions", "screenpop", "handoff", "webhooks", "customers", "portfolio", "admin")
-    dependencies = {name: Provide(_from_state(name), sync_to_thread=False) for name in services}
+    names = ("decisions", "screenpop", "handoff", "webhooks", "customers", "portfolio", "reloads")
+    dependencies = {name: Provide(_service(name), sync_to_thread=False) for name in names}
     dependencies["caller"] = Provide(provide_caller, sync_to_thread=False)
 
     # --- errors ---------------------------------------------------------------------------
@@ -101,8 +98,8 @@ def create_app(settings: Settings) -> Litestar:
         logging_config=dataclasses.replace(
             litestar_logging_config(settings.api.log_level), disable_stack_trace=_CALLERS_FAULTS
         ),
-        lifespan=lifespans(settings),
-        state=State({"settings": settings, "readiness": Readiness(), "auth": auth}),
+        lifespan=[services(settings)],
+        state=State({"settings": settings, "auth": auth, "services": None}),
         request_max_body_size=settings.api.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="router: value-aware support routing",
@@ -153,9 +150,10 @@ _CALLERS_FAULTS |= {UnicodeDecodeError, RecursionError}
 ERROR line and no traceback in the log. Real 500s still log theirs."""
 
 
-def _from_state(name: str) -> Callable[[State], Any]:
+def _service(name: str) -> Callable[[State], Any]:
     def provide(state: State) -> Any:
-        return state[name]
+        services: Services = state.services
+        return getattr(services, name)
 
     return provide
 

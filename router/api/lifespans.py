@@ -1,6 +1,9 @@
-"""Resources of the API process, each owning one lifespan: open, yield, close in ``finally``.
+"""The API process's resources and services, built once per worker.
 
-They live on typed app state (:class:`AppResources`), built in :func:`router.api.app.create_app`.
+Each resource owns one lifespan context manager (open, ``yield``, close in ``finally``); the
+single app lifespan :func:`services` enters them in order and hands the typed
+:class:`Services` container to app state. Handlers and dependency providers read it from
+there, so nothing is looked up by a string name and every service receives only what it uses.
 """
 
 from __future__ import annotations
@@ -9,161 +12,186 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from litestar import Litestar
 
-from router.churn.model import ChurnModel
 from router.core.identity import IdentityHasher
 from router.errors import REDIS_FAULTS
-from router.ops import logs, metrics
 from router.ops.heap import settle_heap
-from router.policy import load_policy
 from router.serving.customers import CustomerService
 from router.serving.decisions import DecisionService
 from router.serving.handoff import HandoffService
+from router.serving.live import Live
 from router.serving.portfolio import PortfolioService
 from router.serving.publisher import EventPublisher
-from router.serving.reloads import AdminService
+from router.serving.reloads import ReloadService
 from router.serving.screenpop import ScreenPopService
 from router.serving.webhooks import REPLAY_TIMEOUT_S, WebhookService
 from router.settings import Settings
 from router.state.audit import AuditWriter
-from router.state.store import StateStore, connect
+from router.state.store import StateStore, connect_redis
 
-__all__ = ["Readiness", "lifespans", "metrics_payload"]
+__all__ = ["Readiness", "Services", "services"]
 
 log = logging.getLogger("router.api")
 BACKGROUND_TIMEOUT_S = 10.0
 _READY_FAULTS: tuple[type[Exception], ...] = (*REDIS_FAULTS, AssertionError)
 
 
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """One Redis, three clients with different budgets."""
+
+    store: StateStore
+    """Request-side writes and reads (socket timeout ``redis.timeout_ms``)."""
+    reader: StateStore
+    """The decision's own read: no socket timeout, its caller bounds the whole lookup."""
+    background: StateStore
+    """Population-wide reads (CLV histogram, portfolio): seconds, not milliseconds."""
+    replays: StateStore
+    """The webhook replay cache: a check that times out cannot tell whether its SET landed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Everything the handlers call, built once per worker by :func:`services`."""
+
+    settings: Settings
+    stores: Stores
+    live: Live
+    audit: AuditWriter
+    publisher: EventPublisher
+    decisions: DecisionService
+    screenpop: ScreenPopService
+    handoff: HandoffService
+    webhooks: WebhookService
+    customers: CustomerService
+    portfolio: PortfolioService
+    reloads: ReloadService
+
+
 class Readiness:
     """Ready means ready: model and policy loaded, Redis answering."""
 
-    def __init__(self) -> None:
-        self.store: StateStore | None = None
-        self.service: DecisionService | None = None
-
-    async def check(self) -> tuple[bool, dict[str, str]]:
+    @staticmethod
+    async def check(services: Services | None) -> tuple[bool, dict[str, str]]:
         checks: dict[str, str] = {}
-        service = self.service
-        checks["model"] = f"loaded {service.model.version}" if service and service.model else "not loaded"
-        checks["policy"] = f"loaded {service.policy.version}" if service else "not loaded"
+        live = services.live if services else None
+        checks["model"] = f"loaded {live.model.version}" if live and live.model else "not loaded"
+        checks["policy"] = f"loaded {live.policy.version}" if live else "not loaded"
         try:
-            assert self.store is not None
-            await self.store.client.ping()
+            assert services is not None
+            await services.stores.store.client.ping()
             checks["redis"] = "ok"
         except _READY_FAULTS as exc:
             checks["redis"] = f"unavailable ({type(exc).__name__})"
-        ok = bool(service and service.model) and checks["redis"] == "ok"
+        ok = bool(live and live.model) and checks["redis"] == "ok"
         return ok, checks
 
 
-def metrics_payload() -> bytes:
-    """Prometheus exposition, summed over the worker processes in multiprocess mode."""
-    return logs.metrics_payload()
+# -- one lifespan per resource ---------------------------------------------------------------
 
 
-def lifespans(settings: Settings) -> list[Any]:
-    """Lifespan context managers in the order they must open."""
-
-    @contextlib.asynccontextmanager
-    async def redis_store(app: Litestar) -> AsyncIterator[None]:
-        hasher = IdentityHasher(settings.identity.hash_key.encode(), settings.identity.default_region)
-        client = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=settings.redis.timeout_ms / 1000)
-        store = StateStore(client, settings.redis.prefix, hasher)
-        # Population-wide reads (CLV histogram, portfolio) take far longer than a request's budget.
-        slow = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=BACKGROUND_TIMEOUT_S)
-        # The decision's own read: its caller bounds the whole lookup with one asyncio timeout, so the
-        # client needs no socket timeout of its own (redis-py's costs a task and a timer per command).
-        reader = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=None)
-        app.state.store = store
-        app.state.background_store = StateStore(slow, settings.redis.prefix, hasher)
-        app.state.reader_store = StateStore(reader, settings.redis.prefix, hasher)
-        app.state.readiness.store = store
-        try:
-            yield
-        finally:
-            await client.aclose()
-            await slow.aclose()
-            await reader.aclose()
-
-    @contextlib.asynccontextmanager
-    async def webhook_replay_cache(app: Litestar) -> AsyncIterator[None]:
-        # Its own client: a replay check's budget is seconds, not the request path's milliseconds
-        # (one that times out cannot tell whether its SET NX landed).
-        client = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=REPLAY_TIMEOUT_S)
-        app.state.replay_cache = client
-        try:
-            yield
-        finally:
+@contextlib.asynccontextmanager
+async def redis_stores(settings: Settings) -> AsyncIterator[Stores]:
+    hasher = IdentityHasher.from_settings(settings.identity)
+    r, prefix = settings.redis, settings.redis.prefix
+    clients = (
+        connect_redis(r, timeout_s=r.timeout_ms / 1000),
+        # redis-py's socket timeout costs a task and a timer per command: the reader has none.
+        connect_redis(r, timeout_s=None),
+        connect_redis(r, timeout_s=BACKGROUND_TIMEOUT_S),
+        connect_redis(r, timeout_s=REPLAY_TIMEOUT_S),
+    )
+    try:
+        yield Stores(*(StateStore(client, prefix, hasher) for client in clients))
+    finally:
+        for client in clients:
             await client.aclose()
 
-    @contextlib.asynccontextmanager
-    async def decision_service(app: Litestar) -> AsyncIterator[None]:
-        model: ChurnModel | None
-        try:
-            model = ChurnModel.load(settings.model.path)
-            metrics.MODEL_INFO.info({"version": model.version, "path": settings.model.path})
-        except Exception as exc:  # ModelError, or a card malformed in a way the loader trips over
-            log.error("churn model not loaded, decisions are rule-based and marked degraded: %s", exc)
-            model = None
-        policy = load_policy(settings.policy.path)
-        metrics.POLICY_INFO.info({"version": policy.version})
-        store: StateStore = app.state.store
-        audit = AuditWriter(store.client, settings.redis.prefix)
-        service = DecisionService(
-            settings, store, model, policy, audit, app.state.background_store, app.state.reader_store
-        )
-        await audit.start()
-        await service.start()
-        app.state.decisions = service
-        app.state.readiness.service = service
-        try:
-            yield
-        finally:
-            await service.stop()
-            await audit.stop()
 
-    @contextlib.asynccontextmanager
-    async def event_publisher(app: Litestar) -> AsyncIterator[None]:
-        publisher = EventPublisher(settings.kafka)
-        await publisher.start()
-        app.state.publisher = publisher
-        try:
-            yield
-        finally:
-            await publisher.stop()
-
-    @contextlib.asynccontextmanager
-    async def services(app: Litestar) -> AsyncIterator[None]:
-        # Plain objects over the resources above: nothing to close, so they share one lifespan.
-        decisions: DecisionService = app.state.decisions
-        state = app.state
-        state.screenpop = ScreenPopService(decisions)
-        state.handoff = HandoffService(decisions, settings.handoff)
-        state.webhooks = WebhookService(decisions, state.replay_cache, settings.webhooks, settings.redis.prefix)
-        state.customers = CustomerService(decisions, decisions.audit, state.publisher)
-        state.portfolio = PortfolioService(decisions)
-        state.admin = AdminService(decisions, decisions.audit)
-        hup = _install_sighup(state.admin.on_sighup)
-        if settings.api.settle_heap:
-            settle_heap()  # everything a worker keeps is loaded by now
-        try:
-            yield
-        finally:
-            if hup:
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-
-    return [redis_store, webhook_replay_cache, decision_service, event_publisher, services]
+@contextlib.asynccontextmanager
+async def live_models(settings: Settings, background: StateStore) -> AsyncIterator[Live]:
+    live = Live.load(background, model_path=settings.model.path, policy_path=settings.policy.path)
+    await live.start()
+    try:
+        yield live
+    finally:
+        await live.stop()
 
 
-def _install_sighup(handler: Any) -> bool:
+@contextlib.asynccontextmanager
+async def audit_writer(store: StateStore) -> AsyncIterator[AuditWriter]:
+    audit = AuditWriter(store.client, store.keys)
+    await audit.start()
+    try:
+        yield audit
+    finally:
+        await audit.stop()
+
+
+@contextlib.asynccontextmanager
+async def event_publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
+    publisher = EventPublisher(settings.kafka)
+    await publisher.start()
+    try:
+        yield publisher
+    finally:
+        await publisher.stop()
+
+
+@contextlib.asynccontextmanager
+async def sighup_reloads(reloads: ReloadService) -> AsyncIterator[None]:
     """Reload policy and model on SIGHUP, where this process may own signals (not in tests' threads)."""
     try:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, handler)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloads.on_sighup)
+        installed = True
     except (ValueError, RuntimeError, NotImplementedError):
-        return False
-    return True
+        installed = False
+    try:
+        yield
+    finally:
+        if installed:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+
+# -- the app's one lifespan ------------------------------------------------------------------
+
+
+def services(settings: Settings) -> Callable[[Litestar], contextlib.AbstractAsyncContextManager[None]]:
+    """The app lifespan: resources in the order they must open, then the services over them."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            stores = await stack.enter_async_context(redis_stores(settings))
+            audit = await stack.enter_async_context(audit_writer(stores.store))
+            live = await stack.enter_async_context(live_models(settings, stores.background))
+            publisher = await stack.enter_async_context(event_publisher(settings))
+            decisions = DecisionService(live, stores.reader, audit, settings.redis, settings.model)
+            reloads = ReloadService(live, audit)
+            await stack.enter_async_context(sighup_reloads(reloads))
+            app.state.services = Services(
+                settings=settings,
+                stores=stores,
+                live=live,
+                audit=audit,
+                publisher=publisher,
+                decisions=decisions,
+                screenpop=ScreenPopService(decisions),
+                handoff=HandoffService(decisions, settings.handoff),
+                webhooks=WebhookService(decisions, stores.replays, settings.webhooks),
+                customers=CustomerService(stores.store, live, audit, publisher, settings.model),
+                portfolio=PortfolioService(stores.background, live),
+                reloads=reloads,
+            )
+            if settings.api.settle_heap:
+                settle_heap()  # everything a worker keeps is loaded by now
+            try:
+                yield
+            finally:
+                app.state.services = None
+
+    return lifespan

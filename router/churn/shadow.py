@@ -12,17 +12,18 @@ import sys
 import msgspec
 
 from router.churn.model import Comparison
+from router.core.identity import IdentityHasher
 from router.settings import Settings
-from router.state.store import Keys, connect
+from router.state.store import StateStore, connect_redis
 
 __all__ = ["print_shadow_report", "read_shadow_report"]
 
 
 async def read_shadow_report(settings: Settings) -> Comparison | None:
     """The latest stored comparison, if a consumer with a shadow model wrote one."""
-    client = connect(settings.redis.url, cluster=settings.redis.cluster, timeout_s=5.0)
+    client = connect_redis(settings.redis, timeout_s=5.0)
     try:
-        raw = await client.get(Keys(settings.redis.prefix).shadow_report())
+        raw = await StateStore(client, settings.redis.prefix, IdentityHasher.from_settings(settings.identity)).shadow_report()
     finally:
         await client.aclose()
     return msgspec.json.decode(raw, type=Comparison) if raw else None

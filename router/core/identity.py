@@ -9,8 +9,12 @@ index cannot be reversed by hashing every possible phone number.
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import phonenumbers
+
+if TYPE_CHECKING:
+    from router.settings import IdentitySettings
 
 __all__ = ["IdentityHasher", "InvalidIdentifier", "normalise_email", "normalise_phone"]
 
@@ -49,6 +53,11 @@ class IdentityHasher:
             raise ValueError("identity hash key must be 16 to 64 bytes")
         self._key = key
         self.default_region = default_region
+
+    @classmethod
+    def from_settings(cls, settings: IdentitySettings) -> IdentityHasher:
+        """The hasher every process builds from ``ROUTER_IDENTITY_*``."""
+        return cls(settings.hash_key.encode(), settings.default_region)
 
     def digest(self, kind: str, normalised: str) -> str:
         """Hex digest (128 bits) of an already normalised identifier of ``kind``."""

@@ -1,7 +1,9 @@
 """Scores derived from a snapshot: CLV, its percentile, upsell, advocacy, sentiment.
 
 Churn comes from the ONNX model (:mod:`router.churn.model`); everything here is transparent
-arithmetic on the same feature vector, so an agent can be told why.
+arithmetic on the same feature vector, so an agent can be told why. :func:`assess` is the one
+place the score set is put together: the consumer (CLV and its histogram bin), a decision and
+the customer view (every score, and the CLV with its parts) all call it.
 """
 
 from __future__ import annotations
@@ -9,22 +11,29 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from router.core.features import FEATURE_NAMES
 from router.core.reducer import Snapshot
 from router.settings import ModelSettings
 
 __all__ = [
+    "CLV_FORMULA",
+    "DEFAULT_CHURN",
     "ClvDistribution",
+    "ClvParts",
+    "ScoreSet",
     "advocacy_score",
-    "clv",
+    "assess",
     "clv_bin",
+    "clv_parts",
     "expected_months",
     "sentiment_label",
     "upsell_score",
 ]
 
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_TENURE, _MRR, _SENTIMENT = _F["tenure_days"], _F["mrr"], _F["sentiment_90d"]
 _BINS_PER_E = 50
 """Histogram resolution: 50 bins per factor e (about 2 % wide), so percentiles are exact to
 well under one point unless a single CLV value is shared by many customers."""
@@ -40,18 +49,66 @@ def expected_months(churn: float, settings: ModelSettings) -> float:
     return r * (1.0 - r**n) / (1.0 - r) if r < 1.0 else float(n)
 
 
-def clv(snap: Snapshot, feats: Sequence[float], churn: float, settings: ModelSettings) -> float:
-    """Customer lifetime value: monthly margin x expected remaining months - acquisition cost.
+DEFAULT_CHURN = 0.1
+"""Churn assumed for a value estimate when no model score exists (no model, or it failed)."""
 
-    Monthly margin is the subscription's MRR margin plus the customer's average monthly order
-    margin (average order value x purchase frequency x margin rate) over their tenure.
-    """
-    tenure_months = max(1.0, feats[_F["tenure_days"]] / 30.0)
-    order_margin = (snap.margin_cents + snap.unmargined_cents * settings.default_margin_rate) / 100.0
-    monthly = order_margin / tenure_months
-    if snap.subscription == "active":
-        monthly += feats[_F["mrr"]] * settings.subscription_margin_rate
-    return monthly * expected_months(churn, settings) - snap.acquisition_cost
+CLV_FORMULA = (
+    "CLV = (order margin per month + MRR x subscription margin rate) x expected remaining months "
+    "(from churn risk, discounted) - acquisition cost"
+)
+
+
+class ClvParts(NamedTuple):
+    """Customer lifetime value with the inputs a person needs to check it."""
+
+    value: float
+    order_margin_per_month: float
+    """Average monthly order margin (average order value x purchase frequency x margin rate) over the tenure."""
+    subscription_margin: float
+    """Monthly margin of the active subscription (MRR x subscription margin rate)."""
+    expected_months: float
+    acquisition_cost: float
+    mrr: float
+
+    @property
+    def monthly_margin(self) -> float:
+        return self.order_margin_per_month + self.subscription_margin
+
+
+class ScoreSet(NamedTuple):
+    """Every score of one customer at one moment, from one feature row and one churn probability."""
+
+    churn: float
+    """The churn probability the other scores were computed with."""
+    clv: ClvParts
+    upsell: float
+    advocacy: float
+    sentiment: float | None
+    """Tone of recent contacts -1..1; None when the customer never had a rated contact."""
+
+
+def clv_parts(snap: Snapshot, feats: Sequence[float], churn: float, settings: ModelSettings) -> ClvParts:
+    """Customer lifetime value: monthly margin x expected remaining months - acquisition cost."""
+    tenure_months = max(1.0, feats[_TENURE] / 30.0)
+    order_margin = (snap.margin_cents + snap.unmargined_cents * settings.default_margin_rate) / 100.0 / tenure_months
+    mrr = feats[_MRR]
+    sub_margin = mrr * settings.subscription_margin_rate if snap.subscription == "active" else 0.0
+    months = expected_months(churn, settings)
+    value = (order_margin + sub_margin) * months - snap.acquisition_cost
+    return ClvParts(value, order_margin, sub_margin, months, snap.acquisition_cost, mrr)
+
+
+def assess(snap: Snapshot, feats: Sequence[float], churn: float | None, settings: ModelSettings) -> ScoreSet:
+    """The score set of a snapshot whose features are ``feats`` (``churn`` None: :data:`DEFAULT_CHURN`)."""
+    p = DEFAULT_CHURN if churn is None else churn
+    mood = feats[_SENTIMENT]
+    return ScoreSet(
+        churn=p,
+        clv=clv_parts(snap, feats, p, settings),
+        upsell=upsell_score(feats, p),
+        advocacy=advocacy_score(feats),
+        sentiment=mood if mood or snap.tickets_resolved else None,
+    )
 
 
 def clv_bin(value: float) -> int:

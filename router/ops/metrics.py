@@ -5,7 +5,7 @@ customer id, phone number or message text.
 
 Several uvicorn workers: when ``PROMETHEUS_MULTIPROC_DIR`` is set before this module is
 first imported, prometheus-client keeps every value in per-process files and
-:func:`router.ops.logs.metrics_payload` sums them, so totals are correct whichever
+:func:`metrics_payload` sums them, so totals are correct whichever
 worker a scrape reaches. That is also why the version "info" metrics are gauges with a
 multiprocess mode rather than ``Info`` (which multiprocess mode does not collect).
 
@@ -15,10 +15,15 @@ and alert rules see a series (at 0) before the first error rather than no data a
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = [
     "ALERTS",
@@ -37,6 +42,7 @@ __all__ = [
     "MODEL_INFO",
     "MODEL_LOADED",
     "MODEL_SECONDS",
+    "MULTIPROC_ENV",
     "POLICY_INFO",
     "RECORD_CACHE",
     "REDIS_ERRORS",
@@ -48,6 +54,8 @@ __all__ = [
     "STATUS_CLASSES",
     "WEBHOOK_SIGNATURE_FAILURES",
     "InfoGauge",
+    "metrics_payload",
+    "prepare_multiprocess",
 ]
 
 # Multiprocess mode writes a file per process and metric type as soon as a metric exists;
@@ -164,3 +172,45 @@ for _reason in _SIGNATURE_FAILURES:
     WEBHOOK_SIGNATURE_FAILURES.labels(_reason)
 for _error in _REDIS_ERROR_CLASSES:
     REDIS_ERRORS.labels("read_customer", _error)
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client reads it when first imported: set it before any worker starts."""
+
+
+# --- exposition, summed over worker processes ---------------------------------------------------
+
+
+def prepare_multiprocess(workers: int) -> Path | None:
+    """Set up prometheus-client's multiprocess mode before uvicorn starts its workers.
+
+    With several workers and no ``PROMETHEUS_MULTIPROC_DIR``, a private temporary
+    directory is created (and removed at exit) and exported, so every worker process
+    (started fresh by uvicorn) writes its values there. Files of earlier processes in a
+    given directory are removed: a restarted container would otherwise count them again.
+    Returns the directory, or None when a single process keeps its metrics in memory.
+    """
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        if workers <= 1:
+            return None
+        directory = tempfile.mkdtemp(prefix="router-metrics-")
+        os.environ[MULTIPROC_ENV] = directory
+        atexit.register(shutil.rmtree, directory, True)
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    own = f"_{os.getpid()}.db"
+    for stale in path.glob("*.db"):
+        if not stale.name.endswith(own):
+            stale.unlink(missing_ok=True)
+    return path
+
+
+def metrics_payload() -> bytes:
+    """Prometheus text exposition: summed over all worker processes in multiprocess mode."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry(auto_describe=True)
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

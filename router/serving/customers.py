@@ -15,14 +15,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from router.core.features import FEATURE_NAMES, features
+from router.core.features import features
 from router.core.reducer import plan_of
-from router.core.scoring import advocacy_score, clv, expected_months, sentiment_label, upsell_score
+from router.core.scoring import CLV_FORMULA, assess, sentiment_label
 from router.errors import REDIS_FAULTS, NotFound, Unavailable
-from router.serving.decisions import DecisionService
+from router.serving.live import Live
 from router.serving.publisher import EventPublisher
+from router.settings import ModelSettings
 from router.state.audit import AdminRecord, AnyRecord, AuditWriter
-from router.state.overrides import encode_override, override_key
+from router.state.store import StateStore
 from schemas.api import (
     AuditEntry,
     ClvBreakdown,
@@ -39,14 +40,17 @@ from schemas.events import ErasureRequested, Outcome
 
 __all__ = ["CustomerService"]
 
-_F = {name: i for i, name in enumerate(FEATURE_NAMES)}
-
 
 class CustomerService:
-    def __init__(self, decisions: DecisionService, audit: AuditWriter, publisher: EventPublisher) -> None:
-        self.decisions = decisions
+    def __init__(
+        self, store: StateStore, live: Live, audit: AuditWriter, publisher: EventPublisher, scoring: ModelSettings
+    ) -> None:
+        self.store = store
+        self.hasher = store.hasher
+        self.live = live
         self.audit = audit
         self.publisher = publisher
+        self.scoring = scoring
 
     def _admin(self, action: str, actor: str, customer_key: str | None, detail: str | None = None, **kw: Any) -> None:
         self.audit.record(
@@ -56,14 +60,13 @@ class CustomerService:
     # -- transparency ------------------------------------------------------------------------
 
     async def view(self, customer_id: str) -> CustomerView:
-        service = self.decisions
-        h = service.hasher.customer_key(customer_id)
+        h = self.hasher.customer_key(customer_id)
         try:
-            record, override = await service.read(h)
+            record, override = await self.store.read_for_decision(h)
             history = await self.audit.for_customer(h, count=20)
         except REDIS_FAULTS as exc:
             raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
-        model, policy = service.model, service.policy
+        model, policy = self.live.model, self.live.policy
         snap = record.snapshot if record.snapshot is not None and record.snapshot.customer_id else None
         recent = [_entry(r) for r in history]
         if snap is None:
@@ -73,9 +76,9 @@ class CustomerService:
                 automated_decision_consent=None, recent_decisions=recent,
                 model_version=model.version if model else "none", policy_version=policy.version,
             )  # fmt: skip
-        now = int(time.time())
-        row = features(snap, now)
+        row = features(snap, int(time.time()))
         factors: list[ExplainedFactor] = []
+        churn: float | None
         if model is not None:
             churn = model.predict_one(row)
             factors = [
@@ -83,25 +86,19 @@ class CustomerService:
                 for f in model.explain(row, top=5)
             ]
         else:
-            churn = record.scores.churn if record.scores else 0.1
-        ms = service.settings.model
-        value = clv(snap, row, churn, ms)
-        pct = service.distribution.percentile(value)
-        tenure_months = max(1.0, row[_F["tenure_days"]] / 30.0)
-        order_margin = (snap.margin_cents + snap.unmargined_cents * ms.default_margin_rate) / 100.0 / tenure_months
-        mrr = row[_F["mrr"]]
-        sub_margin = mrr * ms.subscription_margin_rate if snap.subscription == "active" else 0.0
-        months = expected_months(churn, ms)
-        sentiment = row[_F["sentiment_90d"]] if row[_F["sentiment_90d"]] or snap.tickets_resolved else None
+            churn = record.scores.churn if record.scores else None
+        scores = assess(snap, row, churn, self.scoring)
+        value = scores.clv
+        pct = self.live.distribution.percentile(value.value)
         return CustomerView(
             customer_known=True,
             tier=override.tier if override else (policy.tier_for(pct) if pct is not None else None),
             scores=ScoreCard(
                 clv_score=None if pct is None else round(pct, 1),
-                churn_risk=round(churn * 100, 1),
-                upsell=round(upsell_score(row, churn) * 100, 1),
-                advocacy=round(advocacy_score(row) * 100, 1),
-                sentiment=sentiment_label(sentiment),  # type: ignore[arg-type]
+                churn_risk=round(scores.churn * 100, 1),
+                upsell=round(scores.upsell * 100, 1),
+                advocacy=round(scores.advocacy * 100, 1),
+                sentiment=sentiment_label(scores.sentiment),  # type: ignore[arg-type]
                 last_interaction=snap.last_interaction or None,
                 last_interaction_at=datetime.fromtimestamp(snap.last_interaction_at, UTC)
                 if snap.last_interaction_at
@@ -109,19 +106,16 @@ class CustomerService:
             ),
             churn_factors=factors,
             clv=ClvBreakdown(
-                clv=round(value, 2),
+                clv=round(value.value, 2),
                 clv_score=None if pct is None else round(pct, 1),
-                monthly_margin=round(order_margin + sub_margin, 2),
-                subscription_margin=round(sub_margin, 2),
-                order_margin_per_month=round(order_margin, 2),
-                expected_months=round(months, 2),
-                acquisition_cost=snap.acquisition_cost,
-                mrr=mrr,
-                churn_used=round(churn, 4),
-                formula=(
-                    "CLV = (order margin per month + MRR x subscription margin rate) x expected remaining months "
-                    "(from churn risk, discounted) - acquisition cost"
-                ),
+                monthly_margin=round(value.monthly_margin, 2),
+                subscription_margin=round(value.subscription_margin, 2),
+                order_margin_per_month=round(value.order_margin_per_month, 2),
+                expected_months=round(value.expected_months, 2),
+                acquisition_cost=value.acquisition_cost,
+                mrr=value.mrr,
+                churn_used=round(scores.churn, 4),
+                formula=CLV_FORMULA,
             ),
             override=override,
             segment=snap.segment,
@@ -136,8 +130,7 @@ class CustomerService:
     # -- overrides ---------------------------------------------------------------------------
 
     async def set_override(self, customer_id: str, req: OverrideRequest, actor: str) -> Override:
-        service = self.decisions
-        h = service.hasher.customer_key(customer_id)
+        h = self.hasher.customer_key(customer_id)
         now = datetime.now(UTC).replace(microsecond=0)
         override = Override(
             tier=req.tier,
@@ -147,21 +140,19 @@ class CustomerService:
             expires_at=now + timedelta(hours=req.expires_in_hours),
         )
         try:
-            record, _ = await service.read(h)
+            record = await self.store.read_customer(h)
             if record.snapshot is None or not record.snapshot.customer_id:
                 raise NotFound("no such customer: an override needs a known customer")
-            ttl_ms = max(1, round(req.expires_in_hours * 3_600_000))
-            await service.store.client.set(override_key(service.store.keys, h), encode_override(override), px=ttl_ms)
+            await self.store.set_override(h, override, round(req.expires_in_hours * 3_600_000))
         except REDIS_FAULTS as exc:
             raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
         self._admin("override_set", actor, h, f"tier {req.tier} until {override.expires_at.isoformat()}")
         return override
 
     async def remove_override(self, customer_id: str, actor: str) -> None:
-        service = self.decisions
-        h = service.hasher.customer_key(customer_id)
+        h = self.hasher.customer_key(customer_id)
         try:
-            deleted: Any = await service.store.client.delete(override_key(service.store.keys, h))
+            deleted = await self.store.delete_override(h)
         except REDIS_FAULTS as exc:
             raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
         if not deleted:
@@ -183,14 +174,13 @@ class CustomerService:
                 decision_id=decision_id,
             )
         )
-        h = self.decisions.hasher.customer_key(req.customer_id)
+        h = self.hasher.customer_key(req.customer_id)
         self._admin("outcome_recorded", actor, h, req.outcome, decision_id=decision_id)
         return OutcomeAccepted(event_id=event_id, decision_id=decision_id)
 
     async def erase(self, customer_id: str, actor: str) -> ErasureAccepted:
         """Same effect as an ``erasure_requested`` event, because it is one (acks from all replicas)."""
-        service = self.decisions
-        h = service.hasher.customer_key(customer_id)
+        h = self.hasher.customer_key(customer_id)
         now = datetime.now(UTC)
         event_id = f"erasure-{h[:16]}-{int(now.timestamp() * 1000)}"
         await self.publisher.publish(ErasureRequested(event_id=event_id, customer_id=customer_id, occurred_at=now))
@@ -198,10 +188,7 @@ class CustomerService:
         await self.audit.flush()
         try:
             async with asyncio.timeout(2.0):
-                pipe = service.store.client.pipeline(transaction=False)
-                pipe.delete(override_key(service.store.keys, h))
-                pipe.delete(self.audit.customer_stream(h))
-                await pipe.execute()
+                await self.store.forget_customer(h)
         except REDIS_FAULTS as exc:
             raise Unavailable(
                 f"erasure event accepted, but the override and audit stream could not be deleted yet "

@@ -15,25 +15,25 @@ import time
 from router.churn.model import ModelError
 from router.errors import Invalid
 from router.policy import PolicyError
-from router.serving.decisions import DecisionService
+from router.serving.live import Live
 from router.state.audit import AdminRecord, AuditWriter
 from schemas.api import ReloadResult
 
-__all__ = ["AdminService"]
+__all__ = ["ReloadService"]
 
 log = logging.getLogger("router.serving.reloads")
 
 
-class AdminService:
-    def __init__(self, decisions: DecisionService, audit: AuditWriter) -> None:
-        self.decisions = decisions
+class ReloadService:
+    def __init__(self, live: Live, audit: AuditWriter) -> None:
+        self.live = live
         self.audit = audit
         self._tasks: set[asyncio.Task[None]] = set()
 
     def reload_policy(self, path: str | None, actor: str) -> ReloadResult:
-        target = path or self.decisions.settings.policy.path
+        target = path or self.live.policy_path
         try:
-            old, new = self.decisions.reload_policy(target)
+            old, new = self.live.reload_policy(target)
         except (PolicyError, UnicodeDecodeError, ValueError, OSError) as exc:
             # ValueError/OSError: a path the OS refuses (a NUL byte, too long) is the caller's, not a 500
             self._audit("policy_reload_failed", actor, "rejected")
@@ -44,15 +44,15 @@ class AdminService:
                 if isinstance(exc, PolicyError)
                 else f"cannot read policy file {target} ({type(exc).__name__})"
             )
-            raise Invalid(f"policy not loaded, {self.decisions.policy.version} stays in force: {problem}") from None
+            raise Invalid(f"policy not loaded, {self.live.policy.version} stays in force: {problem}") from None
         self._audit("policy_reload", actor, f"{old.version} -> {new.version}")
         return ReloadResult(kind="policy", version=new.version, previous_version=old.version, path=str(target))
 
     async def reload_model(self, path: str | None, actor: str) -> ReloadResult:
-        target = path or self.decisions.settings.model.path
-        current = self.decisions.model
+        target = path or self.live.model_path
+        current = self.live.model
         try:
-            old, new = await self.decisions.reload_model(target)
+            old, new = await self.live.reload_model(target)
         except Exception as exc:  # ModelError, and whatever a malformed card makes the loader trip over
             self._audit("model_reload_failed", actor, "rejected")
             kept = current.version if current is not None else "no model"

@@ -34,7 +34,7 @@ from router.errors import REDIS_FAULTS, BadInput, Conflict, Forbidden, Unauthori
 from router.ops import metrics
 from router.serving.decisions import DecisionService
 from router.settings import WebhookSettings
-from router.state.store import RedisClient
+from router.state.store import StateStore
 from schemas.api import (
     Channel,
     ClassifyRequest,
@@ -108,12 +108,11 @@ def _reject(reason: str, message: str) -> Unauthorized:
 
 
 class WebhookService:
-    def __init__(self, decisions: DecisionService, client: RedisClient, settings: WebhookSettings, prefix: str) -> None:
-        """``client`` is the replay cache's own, with a :data:`REPLAY_TIMEOUT_S` socket timeout."""
+    def __init__(self, decisions: DecisionService, replays: StateStore, settings: WebhookSettings) -> None:
+        """``replays`` is the replay cache's own store, with a :data:`REPLAY_TIMEOUT_S` socket timeout."""
         self.decisions = decisions
-        self.client = client
+        self.replays = replays
         self.settings = settings
-        self.prefix = prefix
 
     # -- verification ------------------------------------------------------------------------
 
@@ -135,10 +134,10 @@ class WebhookService:
             raise _reject(
                 "stale", f"{scheme} webhook: timestamp missing, unreadable or older than {self.settings.max_age_s} s"
             )
-        key = f"{self.prefix}:{{wh}}:r:{hashlib.sha256(signature.encode()).hexdigest()[:32]}"
+        digest = hashlib.sha256(signature.encode()).hexdigest()[:32]
         try:
             async with asyncio.timeout(REPLAY_TIMEOUT_S):
-                fresh = await self.client.set(key, b"1", nx=True, ex=max(1, self.settings.max_age_s))
+                fresh = await self.replays.claim_replay(digest, self.settings.max_age_s)
         except REDIS_FAULTS as exc:
             metrics.REDIS_ERRORS.labels("webhook_replay", type(exc).__name__).inc()
             return False

@@ -22,6 +22,7 @@ import msgspec
 from redis.asyncio.cluster import RedisCluster
 
 from router.ops import metrics
+from router.state.keys import Keys
 from router.state.store import RedisClient
 
 __all__ = ["AdminRecord", "AnyRecord", "AuditRecord", "AuditWriter"]
@@ -88,15 +89,15 @@ class AuditWriter:
     def __init__(
         self,
         client: RedisClient,
-        prefix: str,
+        keys: Keys,
         *,
         maxlen: int = 1_000_000,
         per_customer: int = 100,
         linger_s: float = 0.01,
     ) -> None:
         self.client = client
-        self.stream = f"{prefix}:{{audit}}:decisions"
-        self.prefix = prefix
+        self.stream = keys.audit()
+        self.customer_stream = keys.customer_audit
         self.maxlen = maxlen
         self.per_customer = per_customer
         self.linger_s = linger_s
@@ -107,9 +108,6 @@ class AuditWriter:
         """Records queued and not yet written or dropped (what :meth:`flush` waits for)."""
         # The streams of one batch share no hash tag: on a cluster, a pipeline (Redis routes each XADD).
         self._script = None if isinstance(client, RedisCluster) else client.register_script(_WRITE_LUA)
-
-    def customer_stream(self, customer_key: str) -> str:
-        return f"{self.prefix}:{{{customer_key[:2]}}}:a:{customer_key}"
 
     def record(self, rec: AnyRecord) -> None:
         """Enqueue without waiting; never raises into the request."""
@@ -177,11 +175,6 @@ class AuditWriter:
         """Most recent records of one customer, newest first."""
         rows: Any = await self.client.xrevrange(self.customer_stream(customer_key), count=count)
         return [_dec.decode(fields[b"r"]) for _, fields in rows]
-
-    async def forget_customer(self, customer_key: str) -> int:
-        """Delete the customer's own stream (erasure); the global stream keeps only keyed hashes."""
-        deleted: Any = await self.client.delete(self.customer_stream(customer_key))
-        return int(deleted)
 
     async def flush(self, timeout_s: float = 2.0) -> None:
         """Wait until everything queued so far was written (or dropped); for tests and shutdown.

@@ -1,29 +1,20 @@
-"""Customer state in Redis: key layout, atomic apply, lookups.
+"""Customer state in Redis: atomic apply, lookups, and every other read or write of the state.
 
-Key layout (``P`` is the configured prefix, ``H`` the keyed hash of the customer id,
-``T`` the first two hex digits of a hash, used as the Redis Cluster hash tag)::
-
-    P:{T}:c:H      hash  s = snapshot (msgpack, zlib when long), m = applied offsets per partition,
-                         k = derived scores (msgpack)
-    P:{T}:clvh     hash  CLV histogram shard: bin -> customers (counts may be negative)
-    P:{T}:kpi      hash  portfolio counter shard (totals, churn bins, per day)
-    P:{T}:p:Hphone string customer id of a phone number (E.164, keyed hash)
-    P:{T}:e:Hemail string customer id of an e-mail address
-    P:{off}:G:topic hash  partition -> next offset to read (consumer group G)
+Key names come from :class:`~router.state.keys.Keys` only. Every Lua script is registered with
+redis-py (``register_script``), which reloads it when Redis forgot it (NOSCRIPT); the one case
+it cannot handle, a cluster pipeline, is retried here once (:meth:`StateStore._execute`).
 
 A customer's snapshot, its offsets and the histogram and counter shards its write lands in
 share one hash tag, so a single Lua script updates them atomically even on Redis Cluster:
-that is what makes the consumer's effect exactly-once (see :mod:`router.ingest.consumer`). Only the
-sum of a field over the 256 shards means anything (a script call's increments land in one
+that is what makes the consumer's effect exactly-once (see :mod:`router.ingest.consumer`). Only
+the sum of a field over the 256 shards means anything (a script call's increments land in one
 shard pair: its hash tag's on a cluster, always 00 on a single Redis), so readers always sum.
-Nothing is keyed by a clear identifier.
 """
 
 from __future__ import annotations
 
 import asyncio
-import zlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -32,129 +23,45 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from router.core.identity import IdentityHasher
-from router.core.reducer import Snapshot
+from router.core.kpi import KPI_TOTALS, PortfolioCounters
+from router.settings import RedisSettings
+from router.state.keys import HIST_SHARDS, Keys
+from router.state.records import (
+    CustomerRecord,
+    WriteOp,
+    decode_override,
+    decode_scores,
+    decode_snapshot,
+    encode_marks,
+    encode_override,
+    encode_scores,
+    encode_snapshot,
+    record_of,
+)
+from schemas.api import Override
 
-__all__ = [
-    "HIST_SHARDS",
-    "KPI_TOTALS",
-    "CustomerRecord",
-    "Keys",
-    "PortfolioCounters",
-    "Scores",
-    "StateStore",
-    "WriteOp",
-    "connect",
-    "decode_record",
-    "decode_snapshot",
-    "encode_marks",
-    "encode_snapshot",
-]
+__all__ = ["RedisClient", "StateStore", "connect", "connect_redis"]
 
-HIST_SHARDS = 256
 _SHARDS_PER_TRIP = 16
 _READS_PER_CALL = 500
 _WRITES_PER_CALL = 250
 """Customers per script call. A script runs alone on Redis: a call covering a whole batch held
 every API read back for ~10 ms; calls of this size take about a millisecond each and share one
 pipeline (one round trip), so the API's reads slip in between them."""
-KPI_TOTALS = ("customers", "active_subscriptions", "mrr", "cac_sum", "clv_sum")
 
 RedisClient = aioredis.Redis | RedisCluster
 
 
-class Scores(msgspec.Struct, array_like=True):
-    """Scores derived from the snapshot when it was last written (not part of the fold)."""
-
-    churn: float = 0.0
-    clv: float = 0.0
-    clv_bin: int | None = None
-    alerted: bool = False
-    """True while churn is above the alert threshold: an alert fires only on the upward crossing."""
-    scored_at: int = 0
-    model_id: str = ""
-    """``ChurnModel.model_id`` of the model that computed ``churn`` ("" when none did)."""
-    as_of: int = 0
-    valid_until: int = 0
-    """``churn`` is exactly what that model returns for this snapshot at any second in [as_of, valid_until)."""
+def connect(url: str, *, cluster: bool, timeout_s: float | None = None) -> RedisClient:
+    """A Redis (or Redis Cluster) client; nothing is sent until first use."""
+    if cluster:
+        return RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    return aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
 
-class CustomerRecord(msgspec.Struct):
-    """What Redis holds for one customer."""
-
-    snapshot: Snapshot | None
-    marks: dict[int, int]
-    scores: Scores | None
-    raw_marks: bytes | None
-    """The stored offsets exactly as read, for compare-and-set."""
-
-
-class WriteOp(msgspec.Struct):
-    """One customer's atomic write, built by the consumer."""
-
-    customer_key: str
-    expected_marks: bytes | None
-    marks: dict[int, int]
-    snapshot: Snapshot
-    scores: Scores
-    old_bin: int | None
-    index_add: list[tuple[str, str]]
-    """(index key, customer id) pairs to set."""
-    index_remove: list[tuple[str, str]]
-    """(index key, customer id) pairs to delete if they still point at this customer."""
-    kpi: dict[str, float] = {}
-    """Increments of portfolio counters (see :meth:`StateStore.portfolio`), applied with the snapshot."""
-    stored: tuple[bytes, bytes, bytes] | None = None
-    """(offsets, snapshot, scores) exactly as :meth:`StateStore.apply` sent them (set by it)."""
-
-
-class PortfolioCounters(msgspec.Struct):
-    """Portfolio counters summed over all shards (maintained exactly once by the consumer)."""
-
-    totals: dict[str, float]
-    """customers, active_subscriptions, mrr, cac_sum, clv_sum (current values)."""
-    daily: dict[int, dict[str, float]]
-    """Epoch day -> new_customers, new_subscriptions, cancellations, churned_mrr, expansion_mrr,
-    contraction_mrr, new_mrr (by event day)."""
-    churn_hist: dict[int, int]
-    """Churn-risk bin (0..19, 5 points each) -> customers."""
-    clv_hist: dict[int, int]
-    """CLV histogram bin -> customers (see :class:`router.core.scoring.ClvDistribution`)."""
-
-
-class Keys:
-    """Key names; one place so the consumer, the API and erasure agree."""
-
-    __slots__ = ("prefix",)
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-
-    def customer(self, h: str) -> str:
-        return f"{self.prefix}:{{{h[:2]}}}:c:{h}"
-
-    def histogram(self, h: str) -> str:
-        return f"{self.prefix}:{{{h[:2]}}}:clvh"
-
-    def histogram_shard(self, shard: int) -> str:
-        return f"{self.prefix}:{{{shard:02x}}}:clvh"
-
-    def kpi(self, h: str) -> str:
-        return f"{self.prefix}:{{{h[:2]}}}:kpi"
-
-    def kpi_shard(self, shard: int) -> str:
-        return f"{self.prefix}:{{{shard:02x}}}:kpi"
-
-    def phone(self, h: str) -> str:
-        return f"{self.prefix}:{{{h[:2]}}}:p:{h}"
-
-    def email(self, h: str) -> str:
-        return f"{self.prefix}:{{{h[:2]}}}:e:{h}"
-
-    def shadow_report(self) -> str:
-        return f"{self.prefix}:{{shadow}}:report"
-
-    def offsets(self, group: str, topic: str) -> str:
-        return f"{self.prefix}:{{off}}:{group}:{topic}"
+def connect_redis(settings: RedisSettings, *, timeout_s: float | None) -> RedisClient:
+    """The client every process builds from its settings (``timeout_s`` per socket operation)."""
+    return connect(settings.url, cluster=settings.cluster, timeout_s=timeout_s)
 
 
 # Many customers in one call. KEYS: the customers' hashes, then one CLV histogram shard and
@@ -204,11 +111,15 @@ return ok
 """
 
 # Many customers' records in one call (KEYS share a hash tag on Redis Cluster).
-_READ_LUA = """
+_READ_MANY_LUA = """
 local out = {}
 for i, k in ipairs(KEYS) do out[i] = redis.call('HMGET', k, 's', 'm', 'k') end
 return out
 """
+
+# A decision's read: snapshot, scores and override in one command (they share a hash tag), so one
+# round trip on a cluster too (a pipeline of two costs ~100 us more).
+_READ_DECISION_LUA = "return {redis.call('HMGET', KEYS[1], 's', 'k'), redis.call('GET', KEYS[2]) or false}"
 
 # Delete an index entry only if it still names this customer (numbers can be shared).
 _UNINDEX_LUA = """
@@ -216,34 +127,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-COMPRESS_SNAPSHOTS_OVER = 512
-"""Stored snapshots longer than this many bytes of msgpack are zlib-compressed."""
 _enc = msgspec.msgpack.Encoder()
-_snapshot_dec = msgspec.msgpack.Decoder(Snapshot)
-_scores_dec = msgspec.msgpack.Decoder(Scores)
-_marks_dec = msgspec.msgpack.Decoder(dict[int, int])
-
-
-def encode_snapshot(snap: Snapshot) -> bytes:
-    """A snapshot as stored: msgpack, zlib-compressed when long.
-
-    A customer with months of daily activity carries ~90 day buckets: ~1.6 KB of msgpack that
-    zlib's fastest level shrinks about four times (~25 µs to compress, ~9 µs to decompress),
-    taking the Redis hash from ~2.1 KB to ~0.9 KB. Short snapshots, most of them, stay as they are.
-    """
-    raw = _enc.encode(snap)
-    return zlib.compress(raw, 1) if len(raw) > COMPRESS_SNAPSHOTS_OVER else raw
-
-
-def decode_snapshot(raw: bytes) -> Snapshot:
-    """The snapshot in stored bytes (compressed or not: msgpack of a Snapshot starts with an array
-    header, 0x9X or 0xDC, a zlib stream with 0x78, so both read back without a flag)."""
-    return _snapshot_dec.decode(zlib.decompress(raw) if raw[:1] == b"x" else raw)
-
-
-def encode_marks(marks: dict[int, int]) -> bytes:
-    """Applied offsets as stored (the compare-and-set compares these bytes)."""
-    return _enc.encode(marks)
+_point_dec = msgspec.msgpack.Decoder(tuple[float, float])
 
 
 def _lua_bytes(data: bytes) -> msgspec.Raw:
@@ -257,7 +142,11 @@ def _packed_op(op: WriteOp) -> tuple[Any, ...]:
     for field, delta in op.kpi.items():
         incs += (field, delta)
     new_bin = op.scores.clv_bin
-    marks, snapshot, scores = op.stored = (encode_marks(op.marks), encode_snapshot(op.snapshot), _enc.encode(op.scores))
+    marks, snapshot, scores = op.stored = (
+        encode_marks(op.marks),
+        encode_snapshot(op.snapshot),
+        encode_scores(op.scores),
+    )
     return (
         _lua_bytes(op.expected_marks) if op.expected_marks else "",  # a new customer's: nothing to wrap
         _lua_bytes(marks),
@@ -269,47 +158,60 @@ def _packed_op(op: WriteOp) -> tuple[Any, ...]:
     )
 
 
-def connect(url: str, *, cluster: bool, timeout_s: float | None = None) -> RedisClient:
-    """A Redis (or Redis Cluster) client; nothing is sent until first use."""
-    if cluster:
-        return RedisCluster.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-    return aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-
-
 class StateStore:
-    """Reads and atomic writes of customer state."""
+    """Reads and atomic writes of customer state, and the other state the service keeps in Redis."""
 
     def __init__(self, client: RedisClient, prefix: str, hasher: IdentityHasher) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self.hasher = hasher
-        self._apply_sha = ""
-        self._read_sha = ""
-        self._unindex_sha = ""
+        self._apply = client.register_script(_APPLY_LUA)
+        self._read_many = client.register_script(_READ_MANY_LUA)
+        self._read_decision = client.register_script(_READ_DECISION_LUA)
+        self._unindex = client.register_script(_UNINDEX_LUA)
         # Standalone Redis: any customers share a script call; a cluster: one call per hash tag.
         self._cluster = isinstance(client, RedisCluster)
-
-    async def load_scripts(self) -> None:
-        """Load the Lua scripts (again after a Redis restart flushed them)."""
-        self._apply_sha = str(await self.client.script_load(_APPLY_LUA))
-        self._read_sha = str(await self.client.script_load(_READ_LUA))
-        self._unindex_sha = str(await self.client.script_load(_UNINDEX_LUA))
 
     def customer_key(self, customer_id: str) -> str:
         """Keyed hash of a customer id (the Redis key never holds the clear id)."""
         return self.hasher.customer_key(customer_id)
 
+    async def _execute(self, queue: Callable[[Any], Awaitable[None]]) -> list[Any]:
+        """Run the commands ``queue`` puts on a fresh pipeline.
+
+        redis-py makes a standalone pipeline load its registered scripts first; a cluster
+        pipeline does not, so after a Redis restart its first run fails with NOSCRIPT once.
+        """
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            await queue(pipe)
+            try:
+                result: list[Any] = await pipe.execute()
+                return result
+            except NoScriptError:
+                if attempt:
+                    raise
+                for script in (self._apply, self._read_many, self._read_decision, self._unindex):
+                    script.sha = str(await self.client.script_load(script.script))
+        raise AssertionError("unreachable")
+
+    # -- the consumer's reads and writes -----------------------------------------------------
+
     async def read_customers(self, customer_keys: Sequence[str]) -> list[CustomerRecord]:
         """Read many customers' records in one round trip (one script call per hash tag group)."""
-        if not self._read_sha:
-            await self.load_scripts()
         groups = self._calls(customer_keys, _READS_PER_CALL)
-        try:
-            rows = await self._read_groups(customer_keys, groups)
-        except NoScriptError:
-            await self.load_scripts()
-            rows = await self._read_groups(customer_keys, groups)
-        return [_record(row) for row in rows]
+
+        async def queue(pipe: Any) -> None:
+            for members in groups:
+                # bytes: redis-py packs a str argument at twice the cost (1.5 us per key, thousands per batch)
+                keys = [self.keys.customer(customer_keys[i]).encode() for i in members]
+                await self._read_many(keys, client=pipe)
+
+        rows: list[Any] = [None] * len(customer_keys)
+        for members, result in zip(groups, await self._execute(queue), strict=True):
+            for i, row in zip(members, result, strict=True):
+                rows[i] = row
+        return [record_of(row) for row in rows]
 
     def _calls(self, customer_keys: Sequence[str], size: int) -> list[list[int]]:
         """Indexes per script call, ``size`` at most: one hash tag each on a cluster, any on a single Redis."""
@@ -323,27 +225,10 @@ class StateStore:
             chunks[-1].append(i)
         return [chunk for chunks in by_tag.values() for chunk in chunks]
 
-    async def _read_groups(self, customer_keys: Sequence[str], groups: list[list[int]]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for members in groups:
-            # bytes: redis-py packs a str argument at twice the cost (1.5 us per key, thousands per batch)
-            keys = [self.keys.customer(customer_keys[i]).encode() for i in members]
-            pipe.execute_command("EVALSHA", self._read_sha, len(keys), *keys)
-        rows: list[Any] = [None] * len(customer_keys)
-        for members, result in zip(groups, await pipe.execute(), strict=True):
-            for i, row in zip(members, result, strict=True):
-                rows[i] = row
-        return rows
-
     async def read_customer(self, customer_key: str) -> CustomerRecord:
         """Read one customer's record (one round trip)."""
         row: list[Any] = await self.client.hmget(self.keys.customer(customer_key), ["s", "m", "k"])
-        return _record(row)
-
-    async def resolve_index(self, index_key: str) -> str | None:
-        """Customer id behind a phone or e-mail index key, if any."""
-        value: Any = await self.client.get(index_key)
-        return value.decode() if isinstance(value, bytes) else value
+        return record_of(row)
 
     async def apply(self, ops: Sequence[WriteOp]) -> list[bool]:
         """Write ``ops`` in one pipeline; returns per op whether its compare-and-set succeeded.
@@ -353,35 +238,30 @@ class StateStore:
         Partition offsets are stored afterwards by :meth:`store_offsets`, once all the state
         they cover is written.
         """
-        if not self._apply_sha:
-            await self.load_scripts()
-        try:
-            return await self._apply(ops)
-        except NoScriptError:
-            await self.load_scripts()
-            return await self._apply(ops)
-
-    async def _apply(self, ops: Sequence[WriteOp]) -> list[bool]:
-        pipe = self.client.pipeline(transaction=False)
-        n_index = 0
-        for op in ops:
-            for key, cid in op.index_remove:
-                pipe.execute_command("EVALSHA", self._unindex_sha, 1, key, cid)
-                n_index += 1
-            for key, cid in op.index_add:
-                pipe.set(key, cid)
-                n_index += 1
         groups = self._calls([op.customer_key for op in ops], _WRITES_PER_CALL)
-        for members in groups:
-            keys = [self.keys.customer(ops[i].customer_key).encode() for i in members]
-            # On a cluster the group's own tag; on a single Redis always shard 00, so the CLV histogram
-            # the API reads in the background is ~1k fields in one hash, not ~160k spread over 256
-            # (at 1M customers that read held the worker's event loop for milliseconds per chunk).
-            shard = ops[members[0]].customer_key[:2] if self._cluster else "00"
-            keys += (self.keys.histogram(shard).encode(), self.keys.kpi(shard).encode())
-            packed = _enc.encode([_packed_op(ops[i]) for i in members])
-            pipe.execute_command("EVALSHA", self._apply_sha, len(keys), *keys, packed)
-        results: list[Any] = await pipe.execute()
+        n_index = 0
+
+        async def queue(pipe: Any) -> None:
+            nonlocal n_index
+            n_index = 0
+            for op in ops:
+                for key, cid in op.index_remove:
+                    await self._unindex([key], [cid], client=pipe)
+                    n_index += 1
+                for key, cid in op.index_add:
+                    pipe.set(key, cid)
+                    n_index += 1
+            for members in groups:
+                keys = [self.keys.customer(ops[i].customer_key).encode() for i in members]
+                # On a cluster the group's own tag; on a single Redis always shard 00, so the CLV histogram
+                # the API reads in the background is ~1k fields in one hash, not ~160k spread over 256
+                # (at 1M customers that read held the worker's event loop for milliseconds per chunk).
+                shard = ops[members[0]].customer_key[:2] if self._cluster else "00"
+                keys += (self.keys.histogram(shard).encode(), self.keys.kpi(shard).encode())
+                packed = _enc.encode([_packed_op(ops[i]) for i in members])
+                await self._apply(keys, [packed], client=pipe)
+
+        results = await self._execute(queue)
         ok = [False] * len(ops)
         for members, flags in zip(groups, results[n_index : n_index + len(groups)], strict=True):
             for i, flag in zip(members, flags, strict=True):
@@ -401,6 +281,60 @@ class StateStore:
         raw: dict[Any, Any] = await self.client.hgetall(self.keys.offsets(group, topic))
         return {int(k): int(v) for k, v in raw.items()}
 
+    async def offsets_exist(self, group: str, topic: str) -> bool:
+        """Whether any partition offset of ``group`` is stored (Redis has not lost the state)."""
+        return bool(await self.client.exists(self.keys.offsets(group, topic)))
+
+    # -- the request path --------------------------------------------------------------------
+
+    async def resolve_index(self, index_key: str) -> str | None:
+        """Customer id behind a phone or e-mail index key, if any."""
+        value: Any = await self.client.get(index_key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def read_for_decision(self, h: str) -> tuple[CustomerRecord, Override | None]:
+        """Snapshot, scores and override of the customer with keyed hash ``h``: one command.
+
+        Offsets are not read: a decision never writes.
+        """
+        row: Any = await self._read_decision([self.keys.customer(h), self.keys.override(h)])
+        (raw_snap, raw_scores), raw_override = row
+        record = CustomerRecord(
+            snapshot=decode_snapshot(raw_snap) if raw_snap else None,
+            marks={},
+            scores=decode_scores(raw_scores),
+            raw_marks=None,
+        )
+        return record, decode_override(raw_override)
+
+    # -- people's actions --------------------------------------------------------------------
+
+    async def set_override(self, h: str, override: Override, ttl_ms: int) -> None:
+        """Store a tier override; its Redis TTL is its expiry, so an expired override is simply
+        gone and the decision path never compares clocks."""
+        await self.client.set(self.keys.override(h), encode_override(override), px=max(1, ttl_ms))
+
+    async def delete_override(self, h: str) -> bool:
+        """Remove the override; False when there was none."""
+        deleted: Any = await self.client.delete(self.keys.override(h))
+        return bool(deleted)
+
+    async def forget_customer(self, h: str) -> None:
+        """Delete what the request side keeps of a customer (override, audit stream).
+
+        The snapshot and the phone/e-mail index entries (the rest of :meth:`Keys.of_customer`)
+        are the consumer's: it erases them when it applies the erasure event, exactly once.
+        """
+        snapshot_key = self.keys.customer(h)
+        await self.client.delete(*(k for k in self.keys.of_customer(h) if k != snapshot_key))
+
+    async def claim_replay(self, digest: str, ttl_s: int) -> bool:
+        """Record a signed request as processed; False when it already was (a replay)."""
+        fresh: Any = await self.client.set(self.keys.webhook_replay(digest), b"1", nx=True, ex=max(1, ttl_s))
+        return bool(fresh)
+
+    # -- population-wide reads (background work, never on the request path) ----------------
+
     async def _shards(self, key_of: Callable[[int], str]) -> AsyncIterator[dict[Any, Any]]:
         """Every shard hash, a few per round trip, yielding to the event loop between them.
 
@@ -416,7 +350,7 @@ class StateStore:
             await asyncio.sleep(0)
 
     async def portfolio(self) -> PortfolioCounters:
-        """All portfolio counters, summed over the shards (background work, never on the request path)."""
+        """All portfolio counters, summed over the shards."""
         totals: dict[str, float] = dict.fromkeys(KPI_TOTALS, 0.0)
         daily: dict[int, dict[str, float]] = {}
         churn: dict[int, int] = {}
@@ -444,17 +378,28 @@ class StateStore:
                 merged[b] = merged.get(b, 0) + int(v)
         return merged
 
+    async def churn_trend(
+        self, today: int, point: tuple[float, float], keep_days: int
+    ) -> dict[int, tuple[float, float]]:
+        """Record today's (mean churn, high-risk share) and return every day's; drops older days."""
+        key = self.keys.churn_trend()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(key, str(today), _enc.encode(point))
+        pipe.hgetall(key)
+        _, raw = await pipe.execute()
+        trend: dict[int, tuple[float, float]] = {int(k): _point_dec.decode(v) for k, v in raw.items()}
+        stale = [d for d in trend if d <= today - keep_days]
+        if stale:
+            await self.client.hdel(key, *(str(d) for d in stale))
+            for d in stale:
+                del trend[d]
+        return trend
 
-def decode_record(stored: tuple[bytes, bytes, bytes]) -> CustomerRecord:
-    """A record from the (offsets, snapshot, scores) bytes a write stored."""
-    return _record((stored[1], stored[0], stored[2]))
+    # -- the shadow model's report -----------------------------------------------------------
 
+    async def put_shadow_report(self, report: bytes) -> None:
+        await self.client.set(self.keys.shadow_report(), report)
 
-def _record(row: Sequence[bytes | None]) -> CustomerRecord:
-    raw_snap, raw_marks, raw_scores = row
-    return CustomerRecord(
-        snapshot=decode_snapshot(raw_snap) if raw_snap else None,
-        marks=_marks_dec.decode(raw_marks) if raw_marks else {},
-        scores=_scores_dec.decode(raw_scores) if raw_scores else None,
-        raw_marks=raw_marks,
-    )
+    async def shadow_report(self) -> bytes | None:
+        raw: Any = await self.client.get(self.keys.shadow_report())
+        return bytes(raw) if raw is not None else None

@@ -12,7 +12,7 @@ from litestar.status_codes import HTTP_200_OK
 from router.api.auth import KEY_REQUIRED, ApiKey
 from router.api.responses import BODY, KEYED, errors
 from router.serving.portfolio import PortfolioService
-from router.serving.reloads import AdminService
+from router.serving.reloads import ReloadService
 from schemas.api import PortfolioReport, ReloadRequest, ReloadResult
 
 __all__ = ["AdminController"]
@@ -51,11 +51,11 @@ class AdminController(Controller):
     )
     async def reload_policy(
         self,
-        admin: NamedDependency[AdminService],
+        reloads: NamedDependency[ReloadService],
         caller: NamedDependency[ApiKey],
         data: JSONBody[ReloadRequest | None] = None,
     ) -> ReloadResult:
-        return admin.reload_policy(data.path if data else None, caller.name)
+        return reloads.reload_policy(data.path if data else None, caller.name)
 
     @post(
         "/admin/model/reload",
@@ -68,8 +68,8 @@ class AdminController(Controller):
     )
     async def reload_model(
         self,
-        admin: NamedDependency[AdminService],
+        reloads: NamedDependency[ReloadService],
         caller: NamedDependency[ApiKey],
         data: JSONBody[ReloadRequest | None] = None,
     ) -> ReloadResult:
-        return await admin.reload_model(data.path if data else None, caller.name)
+        return await reloads.reload_model(data.path if data else None, caller.name)

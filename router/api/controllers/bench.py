@@ -19,9 +19,8 @@ from litestar.datastructures import State
 from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
+from router.api.lifespans import Services
 from router.errors import BadInput
-from router.settings import Settings
-from router.state.store import StateStore
 from schemas.api import ClassifyRequest
 
 __all__ = ["FLOOR_PATH", "bench_route_handlers", "snapshot_floor"]
@@ -32,8 +31,8 @@ FLOOR_PATH = "/bench/snapshot"
 @post(FLOOR_PATH, status_code=HTTP_200_OK, include_in_schema=False)
 async def snapshot_floor(data: JSONBody[ClassifyRequest], state: State) -> Response[bytes]:
     """The customer's stored snapshot (msgpack, empty for an unknown customer): no decision."""
-    store: StateStore = state.reader_store
-    settings: Settings = state.settings
+    services: Services = state.services
+    store, settings = services.stores.reader, services.settings
     customer_id = data.customer.customer_id
     if customer_id is None:
         raise BadInput("customer.customer_id: the floor endpoint reads by customer id only")

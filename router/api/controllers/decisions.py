@@ -49,7 +49,7 @@ class DecisionController(Controller):
         # The hot path: the service straight from app state (a NamedDependency costs a provider call
         # and a second signature-model parse per request), and a Response (Litestar's handler for
         # plain return values builds one anyway, with more steps). Same OpenAPI document, same bytes.
-        decisions: DecisionService = state.decisions
+        decisions: DecisionService = state.services.decisions
         return Response(await decisions.classify(data), media_type=MediaType.JSON)
 
     @get(

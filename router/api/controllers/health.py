@@ -8,7 +8,8 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from router.api.lifespans import Readiness, metrics_payload
+from router.api.lifespans import Readiness
+from router.ops.metrics import metrics_payload
 
 __all__ = ["live", "metrics_endpoint", "ready"]
 
@@ -31,8 +32,7 @@ def live() -> dict[str, str]:
 )
 async def ready(state: State) -> Response[dict[str, object]]:
     """503 until the model and policy are loaded and Redis answers."""
-    readiness: Readiness = state.readiness
-    ok, checks = await readiness.check()
+    ok, checks = await Readiness.check(state.services)
     return Response({"ready": ok, "checks": checks}, status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)
 
 

@@ -1,0 +1,115 @@
+"""What every request reads and operations can swap: the churn model, the policy, the CLV distribution.
+
+Model and policy are swapped by reassigning one attribute (:meth:`Live.reload_model`,
+:meth:`Live.reload_policy`); a request reads each reference once, so it sees either the old or
+the new object, never a mix, and no request is dropped. The CLV distribution is the population
+histogram, re-read in the background (:meth:`Live.start`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from router.churn.model import ChurnModel
+from router.core.scoring import ClvDistribution
+from router.errors import REDIS_FAULTS
+from router.ops import metrics
+from router.policy import Policy, load_policy
+from router.state.store import StateStore
+
+__all__ = ["Live"]
+
+log = logging.getLogger("router.serving.live")
+_REFRESH_MIN_S = 5.0
+_REFRESH_MAX_S = 60.0
+
+
+class Live:
+    """The current model, policy and population distribution of this process."""
+
+    def __init__(
+        self,
+        model: ChurnModel | None,
+        policy: Policy,
+        background: StateStore,
+        *,
+        model_path: str,
+        policy_path: str,
+    ) -> None:
+        self.model = model
+        self.policy = policy
+        self.distribution = ClvDistribution({})
+        self.background = background
+        """A client with a budget of seconds: for the population-wide reads."""
+        self.model_path = model_path
+        self.policy_path = policy_path
+        self._refresher: asyncio.Task[None] | None = None
+        self._refresh_every_s = _REFRESH_MIN_S
+
+    @classmethod
+    def load(cls, background: StateStore, *, model_path: str, policy_path: str) -> Live:
+        """Model and policy from their files; a model that does not load leaves decisions rule-based."""
+        model: ChurnModel | None
+        try:
+            model = ChurnModel.load(model_path)
+            metrics.MODEL_INFO.info({"version": model.version, "path": model_path})
+        except Exception as exc:  # ModelError, or a card malformed in a way the loader trips over
+            log.error("churn model not loaded, decisions are rule-based and marked degraded: %s", exc)
+            model = None
+        policy = load_policy(policy_path)
+        metrics.POLICY_INFO.info({"version": policy.version})
+        return cls(model, policy, background, model_path=model_path, policy_path=policy_path)
+
+    # -- population ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.refresh_distribution()
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="clv-distribution")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+
+    async def refresh_distribution(self) -> None:
+        """Reload the population's CLV histogram (off the request path, on the background client)."""
+        started = time.perf_counter()
+        try:
+            self.distribution = ClvDistribution(await self.background.histogram())
+        except REDIS_FAULTS as exc:
+            log.warning("CLV histogram refresh failed: %s", type(exc).__name__)
+        # A big population takes a while to read, and each chunk of it holds the event loop for a few
+        # milliseconds (requests wait meanwhile): refresh less often rather than keep Redis and this
+        # worker busy with it (about 1 % of the time at most; a percentile moves slowly).
+        took = time.perf_counter() - started
+        self._refresh_every_s = min(_REFRESH_MAX_S, max(_REFRESH_MIN_S, 100 * took))
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_every_s)
+            await self.refresh_distribution()
+
+    # -- reloads -------------------------------------------------------------------------------
+
+    def reload_policy(self, path: str | None = None) -> tuple[Policy, Policy]:
+        """Load ``path`` (default: configured) and swap it in; (old, new). PolicyError keeps the old."""
+        new = load_policy(path or self.policy_path)
+        old, self.policy = self.policy, new
+        metrics.POLICY_INFO.info({"version": new.version})
+        log.info("policy %s replaced by %s", old.version, new.version)
+        return old, new
+
+    async def reload_model(self, path: str | None = None) -> tuple[ChurnModel | None, ChurnModel]:
+        """Load ``path`` (default: configured) and swap it in; (old, new). ModelError keeps the old."""
+        target = path or self.model_path
+        # Loading takes tens of milliseconds: off the event loop, so requests keep being served.
+        new = await asyncio.to_thread(ChurnModel.load, target)
+        old, self.model = self.model, new
+        metrics.MODEL_INFO.info({"version": new.version, "path": str(target)})
+        log.info("churn model %s replaced by %s", old.version if old else "none", new.version)
+        return old, new

@@ -1,0 +1,104 @@
+"""Every Redis key the service uses, built in one place.
+
+``P`` is the configured prefix, ``H`` the keyed hash of a customer id (or of a phone number or
+e-mail for the index), ``T`` the first two hex digits of a hash: the Redis Cluster hash tag::
+
+    P:{T}:c:H        hash    s = snapshot (msgpack, zlib when long), m = applied offsets per
+                             partition, k = derived scores (msgpack)
+    P:{T}:o:H        string  the customer's tier override (msgpack), Redis TTL = its expiry
+    P:{T}:a:H        stream  the customer's recent decisions and admin actions (audit)
+    P:{T}:p:Hphone   string  customer id of a phone number (E.164, keyed hash)
+    P:{T}:e:Hemail   string  customer id of an e-mail address
+    P:{T}:clvh       hash    CLV histogram shard: bin -> customers (counts may be negative)
+    P:{T}:kpi        hash    portfolio counter shard (totals, churn bins, per day)
+    P:{audit}:decisions  stream  every decision and admin action (keyed hashes only)
+    P:{pf}:churn-trend   hash    day -> (mean churn risk, high-risk share)
+    P:{wh}:r:D       string  a signed webhook already processed (D = digest of its signature)
+    P:{shadow}:report    string  the shadow model's comparison with the live one (JSON)
+    P:{off}:G:topic  hash    partition -> next offset to read (consumer group G)
+
+A customer's snapshot, override, audit stream and the histogram and counter shards its write
+lands in share one hash tag, so one Lua script updates or reads them atomically even on Redis
+Cluster. Nothing is keyed by a clear identifier. Erasure deletes :meth:`Keys.of_customer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["HIST_SHARDS", "Keys"]
+
+HIST_SHARDS = 256
+"""Shards of the CLV histogram and of the portfolio counters (one per two-hex-digit hash tag)."""
+
+
+class Keys:
+    """Key names for one prefix; the consumer, the API and erasure all ask here."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    # -- one customer (hash tag of the customer's keyed hash) -------------------------------
+
+    def customer(self, h: str) -> str:
+        return f"{self.prefix}:{{{h[:2]}}}:c:{h}"
+
+    def override(self, h: str) -> str:
+        return f"{self.prefix}:{{{h[:2]}}}:o:{h}"
+
+    def customer_audit(self, h: str) -> str:
+        return f"{self.prefix}:{{{h[:2]}}}:a:{h}"
+
+    def phone(self, h: str) -> str:
+        return f"{self.prefix}:{{{h[:2]}}}:p:{h}"
+
+    def email(self, h: str) -> str:
+        return f"{self.prefix}:{{{h[:2]}}}:e:{h}"
+
+    def of_customer(self, h: str, phones: Iterable[str] = (), emails: Iterable[str] = ()) -> list[str]:
+        """Every key that holds data about the customer with keyed hash ``h``.
+
+        ``phones`` and ``emails`` are the keyed hashes the customer's snapshot lists. Erasure
+        rewrites the snapshot hash as a tombstone (the consumer, exactly once) and deletes all
+        the others; a key this list does not name cannot exist, which a test checks on a real Redis.
+        """
+        return [
+            self.customer(h),
+            self.override(h),
+            self.customer_audit(h),
+            *(self.phone(p) for p in phones),
+            *(self.email(e) for e in emails),
+        ]
+
+    # -- shards (a customer write lands in the shard of its tag, or 00 on a single Redis) ---
+
+    def histogram(self, tag: str) -> str:
+        return f"{self.prefix}:{{{tag[:2]}}}:clvh"
+
+    def histogram_shard(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard:02x}}}:clvh"
+
+    def kpi(self, tag: str) -> str:
+        return f"{self.prefix}:{{{tag[:2]}}}:kpi"
+
+    def kpi_shard(self, shard: int) -> str:
+        return f"{self.prefix}:{{{shard:02x}}}:kpi"
+
+    # -- process-wide -------------------------------------------------------------------------
+
+    def audit(self) -> str:
+        return f"{self.prefix}:{{audit}}:decisions"
+
+    def churn_trend(self) -> str:
+        return f"{self.prefix}:{{pf}}:churn-trend"
+
+    def webhook_replay(self, digest: str) -> str:
+        return f"{self.prefix}:{{wh}}:r:{digest}"
+
+    def shadow_report(self) -> str:
+        return f"{self.prefix}:{{shadow}}:report"
+
+    def offsets(self, group: str, topic: str) -> str:
+        return f"{self.prefix}:{{off}}:{group}:{topic}"
