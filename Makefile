@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test lint bench clean
+.PHONY: up test test-unit lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ lint: $(BIN)/.installed
 	$(BIN)/router export-schemas --check
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q tests/unit tests/integration
+
+# The inner loop: pure tests only (seconds), no broker, Redis or browser.
+test-unit: $(BIN)/.installed
+	$(BIN)/pytest -q tests/unit
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -173,8 +172,3 @@ def parse_days(text: str) -> int:
     if t.endswith("w"):
         return int(t[:-1]) * 7
     return int(t[:-1]) if t.endswith("d") else int(t)
-
-
-def describe_command(argv: Sequence[str]) -> str:
-    """The command line as recorded in the card."""
-    return " ".join(argv)

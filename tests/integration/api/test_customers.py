@@ -1,0 +1,210 @@
+"""Customer view, overrides, outcome feedback, erasure, portfolio and reloads, on real Kafka and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from router.api.app import create_app
+from router.settings import Settings
+from tests.conftest import SettingsFactory
+from tests.support.api_support import VIP_EMAIL, VIP_ID, VIP_PHONE, api_settings, auth, populate, population
+from tests.support.helpers import hasher_of, read_snapshot, running_consumer, state_store, wait_until_caught_up
+
+Client = AsyncTestClient  # type: ignore[type-arg]
+N_EVENTS = len(population())
+
+
+@pytest.fixture
+async def api(settings: SettingsFactory) -> AsyncIterator[tuple[Settings, Client]]:
+    s = api_settings(settings)
+    await populate(s, population())
+    async with AsyncTestClient(app=create_app(s)) as client:
+        yield s, client
+
+
+async def _classify(client: Client, customer_id: str) -> dict[str, object]:
+    r = await client.post("/v1/classify", json={"customer": {"customer_id": customer_id}}, headers=auth("helpdesk"))
+    assert r.status_code == 200, r.text
+    result: dict[str, object] = r.json()
+    return result
+
+
+async def test_override_is_honoured_audited_and_expires(api: tuple[Settings, Client]) -> None:
+    _, client = api
+    assert (await _classify(client, VIP_ID))["tier"] == "VIP"
+    body = {
+        "tier": "Basic",
+        "reason": "abusive behaviour, agreed with the account owner",
+        "expires_in_hours": 1.5 / 3600,
+    }
+    r = await client.put(f"/v1/customers/{VIP_ID}/override", json=body, headers=auth("admin"))
+    assert r.status_code == 200, r.text
+    assert r.json()["tier"] == "Basic" and r.json()["by"] == "admin-app"
+    d = await _classify(client, VIP_ID)
+    assert d["tier"] == "Basic" and d["overridden"] is True and "Tier set by a person: Basic" in d["reasons"]  # type: ignore[operator]
+    await asyncio.sleep(1.6)
+    d = await _classify(client, VIP_ID)
+    assert d["tier"] == "VIP" and d["overridden"] is False
+
+    # remove: 204, then 404 when there is nothing left to remove; unknown customers cannot be overridden
+    body["expires_in_hours"] = 1
+    assert (await client.put(f"/v1/customers/{VIP_ID}/override", json=body, headers=auth("admin"))).status_code == 200
+    assert (await client.delete(f"/v1/customers/{VIP_ID}/override", headers=auth("admin"))).status_code == 204
+    r = await client.delete(f"/v1/customers/{VIP_ID}/override", headers=auth("admin"))
+    assert r.status_code == 404 and "no override" in r.json()["detail"]
+    r = await client.put("/v1/customers/nobody/override", json=body, headers=auth("admin"))
+    assert r.status_code == 404
+    r = await client.put(f"/v1/customers/{VIP_ID}/override", json={**body, "tier": "Gold"}, headers=auth("admin"))
+    assert r.status_code == 400 and "tier" in r.json()["detail"]
+    r = await client.put(f"/v1/customers/{VIP_ID}/override", json={"tier": "VIP", "reason": "x"}, headers=auth("admin"))
+    assert r.status_code == 400 and "reason" in r.json()["detail"]
+
+    # the admin actions are in the customer's audit trail, with the key that acted
+    await client.app.state.services.audit.flush()
+    view = (await client.get(f"/v1/customers/{VIP_ID}", headers=auth("ops"))).json()
+    kinds = [e["kind"] for e in view["recent_decisions"]]
+    assert "override_set" in kinds and "override_removed" in kinds and "decision_overridden" in kinds
+
+
+async def test_customer_view_explains_every_score(api: tuple[Settings, Client]) -> None:
+    _, client = api
+    await _classify(client, VIP_ID)
+    await client.app.state.services.audit.flush()
+    r = await client.get(f"/v1/customers/{VIP_ID}", headers=auth("ops"))
+    assert r.status_code == 200, r.text
+    v = r.json()
+    assert v["customer_known"] is True and v["tier"] == "VIP" and v["segment"] == "enterprise"
+    assert v["scores"]["clv_score"] >= 90 and v["automated_decision_consent"] is True
+    assert v["churn_factors"] and all(
+        f["phrase"] and f["direction"] in ("raises", "lowers") for f in v["churn_factors"]
+    )
+    clv = v["clv"]
+    assert clv["mrr"] == 9000.0 and clv["acquisition_cost"] == 2000.0 and clv["expected_months"] > 0
+    recomputed = clv["monthly_margin"] * clv["expected_months"] - clv["acquisition_cost"]
+    assert clv["clv"] == pytest.approx(recomputed, rel=1e-3)  # the inputs shown are rounded to cents
+    assert v["recent_decisions"][0]["kind"] == "decision" and v["recent_decisions"][0]["tier"] == "VIP"
+    # nothing in the view is a clear identifier
+    assert VIP_PHONE not in r.text and "901820" not in r.text and VIP_EMAIL.lower() not in r.text.lower()
+    r = await client.get("/v1/customers/nobody", headers=auth("ops"))
+    assert r.status_code == 200 and r.json()["customer_known"] is False
+    r = await client.get("/v1/customers/bad%20id", headers=auth("ops"))
+    assert r.status_code == 400
+
+
+async def test_outcome_becomes_an_event_the_consumer_applies(api: tuple[Settings, Client]) -> None:
+    s, client = api
+    d = await _classify(client, "S005")
+    r = await client.post(
+        f"/v1/decisions/{d['decision_id']}/outcome", json={"customer_id": "S005", "outcome": "renewed"},
+        headers=auth("helpdesk"),
+    )  # fmt: skip
+    assert r.status_code == 202, r.text
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, N_EVENTS + 1)
+        snap = await read_snapshot(worker.store, "S005")
+    assert snap is not None and snap.outcome == "renewed"
+    r = await client.post(
+        "/v1/decisions/x/outcome", json={"customer_id": "S005", "outcome": "won"}, headers=auth("helpdesk")
+    )
+    assert r.status_code == 400 and "outcome" in r.json()["detail"]
+
+
+async def test_erasure_leaves_no_personal_key_behind(api: tuple[Settings, Client]) -> None:
+    s, client = api
+    h = hasher_of(s).customer_key(VIP_ID)
+    phone_h = hasher_of(s).phone_key(VIP_PHONE)
+    email_h = hasher_of(s).email_key(VIP_EMAIL)
+    assert phone_h and email_h
+    body = {"tier": "Premium", "reason": "before erasure", "expires_in_hours": 1}
+    assert (await client.put(f"/v1/customers/{VIP_ID}/override", json=body, headers=auth("admin"))).status_code == 200
+    await _classify(client, VIP_ID)
+    await client.app.state.services.audit.flush()
+
+    async with state_store(s) as store:
+        before = {k.decode() for k in await store.client.keys(f"{s.redis.prefix}:*")}
+        assert any(h in k for k in before) and any(phone_h in k for k in before) and any(email_h in k for k in before)
+        # Keys.of_customer is the complete list: every key naming this customer is in it (erasure relies on it)
+        personal = {k for k in before if h in k or phone_h in k or email_h in k}
+        assert personal == set(store.keys.of_customer(h, [phone_h], [email_h])), personal
+        hist_before = sum((await store.histogram()).values())
+
+    r = await client.post(f"/v1/customers/{VIP_ID}/erasure", headers=auth("admin"))
+    assert r.status_code == 202, r.text
+    assert "tier override" in r.json()["will_remove"]
+    assert (await client.post(f"/v1/customers/{VIP_ID}/erasure", headers=auth("ops"))).status_code == 403
+
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, N_EVENTS + 1)
+    async with state_store(s) as store:
+        keys = {k.decode() for k in await store.client.keys(f"{s.redis.prefix}:*")}
+        mine = sorted(k for k in keys if h in k or phone_h in k or email_h in k)
+        # only the tombstone remains: it holds the erasure time, under a keyed hash
+        assert mine == [store.keys.customer(h)], mine
+        rec = await store.read_customer(h)
+        assert rec.snapshot is not None and not rec.snapshot.customer_id and rec.snapshot.erased_at
+        assert sum((await store.histogram()).values()) == hist_before - 1
+        for key in keys:  # no value anywhere carries the clear identifiers
+            if (await store.client.type(key)) == b"string":
+                value = await store.client.get(key)
+                assert b"901820" not in value and b"example.com" not in value.lower()
+    d = await _classify(client, VIP_ID)
+    assert d["customer_known"] is False
+
+
+async def test_portfolio_figures(api: tuple[Settings, Client]) -> None:
+    _, client = api
+    r = await client.get("/v1/portfolio", params={"days": 401}, headers=auth("ops"))
+    assert r.status_code == 200, r.text
+    p = r.json()
+    expected_mrr = 9000.0 + sum(float(5 + i % 20) for i in range(40))
+    assert p["customers"] == 41 and p["active_subscriptions"] == 41
+    assert p["mrr"] == pytest.approx(expected_mrr) and p["arr"] == pytest.approx(12 * expected_mrr)
+    assert p["new_customers"] == 41 and p["new_mrr"] == pytest.approx(expected_mrr)
+    assert p["cancellations"] == 0 and p["customer_churn_rate"] == 0 and p["revenue_churn_rate"] == 0
+    assert p["cac_total"] == pytest.approx(2000.0 + 40 * 50.0) and p["clv_to_cac"] > 0
+    tiers = {t["tier"]: t["customers"] for t in p["tiers"]}
+    assert sum(tiers.values()) == 41 and tiers["VIP"] >= 1 and tiers["Basic"] >= 1
+    assert sum(b["customers"] for b in p["churn_risk"]) == 41
+    assert len(p["churn_trend"]) == 1 and 0 <= p["churn_trend"][0]["mean_churn_risk"] <= 100
+    r = await client.get("/v1/portfolio", params={"days": 0}, headers=auth("ops"))
+    assert r.status_code == 400 and "days" in r.json()["detail"]
+    assert (await client.get("/v1/portfolio", headers=auth("helpdesk"))).status_code == 403
+
+
+async def test_policy_and_model_reload_without_restart(api: tuple[Settings, Client], tmp_path: Path) -> None:
+    s, client = api
+    old = (await _classify(client, VIP_ID))["policy_version"]
+    good = tmp_path / "policy.toml"
+    text = Path(s.policy.path).read_text()  # noqa: ASYNC240 - a small file, in a test
+    text = text.replace(f'version = "{old}"', 'version = "2030-01-01.1"')
+    good.write_text(text.replace("VIP = 90 ", "VIP = 99.9 ").replace("VIP = 90\n", "VIP = 99.9\n"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("Premium = 70", "Premium = 95"))
+
+    r = await client.post("/v1/admin/policy/reload", json={"path": str(bad)}, headers=auth("admin"))
+    assert r.status_code == 422 and "tiers.cutoffs" in r.json()["detail"] and old in r.json()["detail"]
+    assert (await _classify(client, VIP_ID))["policy_version"] == old
+    r = await client.post("/v1/admin/policy/reload", json={"path": str(good)}, headers=auth("admin"))
+    assert r.status_code == 200 and r.json()["version"] == "2030-01-01.1" and r.json()["previous_version"] == old
+    d = await _classify(client, VIP_ID)
+    assert d["policy_version"] == "2030-01-01.1" and d["tier"] == "Premium"
+    r = await client.post("/v1/admin/policy/reload", headers=auth("admin"))  # back to the configured file
+    assert r.status_code == 200 and r.json()["version"] == old
+
+    # model: a broken file is refused and the live model keeps answering
+    broken = tmp_path / "churn-x.onnx"
+    broken.write_bytes(b"not a model")
+    shutil.copy(Path(s.model.path).with_suffix(".json"), broken.with_suffix(".json"))
+    version = (await _classify(client, VIP_ID))["model_version"]
+    r = await client.post("/v1/admin/model/reload", json={"path": str(broken)}, headers=auth("admin"))
+    assert r.status_code == 422 and version in r.json()["detail"]
+    assert (await _classify(client, VIP_ID))["model_version"] == version
+    r = await client.post("/v1/admin/model/reload", headers=auth("admin"))
+    assert r.status_code == 200 and r.json()["version"] == version
+    assert (await client.post("/v1/admin/model/reload", headers=auth("ops"))).status_code == 403
