@@ -51,7 +51,8 @@ from router.api.app import UVICORN_HTTP, UVICORN_LOOP
 from router.core.identity import IdentityHasher
 from router.devstack.infra import ManagedProcess, RedisServer, free_port, start_redis
 from router.settings import Settings, to_env
-from router.state.store import HIST_SHARDS, StateStore, connect
+from router.state.keys import HIST_SHARDS
+from router.state.store import StateStore, connect
 
 __all__ = ["histogram_quantiles", "main", "run"]
 
