@@ -167,7 +167,8 @@ class _Invoice(msgspec.Struct):
 
 class _Data(msgspec.Struct):
     object: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"null"))
-    previous_attributes: msgspec.Raw | None = None
+    previous_attributes: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
+    """Empty when absent."""
 
 
 class _Event(msgspec.Struct):
@@ -246,10 +247,11 @@ class StripeMapper:
             ended = sub.ended_at or at
             if sub.trial_end is not None and ended <= sub.trial_end:
                 return [], "subscription ended within its trial: it never paid"
-            change, delta = "cancel", -now
+            # what it billed until it ended (its status now says "canceled")
+            change, delta = "cancel", -self._mrr(msgspec.structs.replace(sub, status="active"))
         else:
             raw_before = event.data.previous_attributes
-            before = _decode(_before_dec, raw_before, "data.previous_attributes") if raw_before else None
+            before = _decode(_before_dec, raw_before, "data.previous_attributes") if len(raw_before) else None
             old = _SubscriptionBefore() if before is None else before
             was_status = sub.status if old.status is msgspec.UNSET else old.status
             was_paying = was_status in _PAYING
