@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import msgspec
 
+from router.devstack.infra import free_port
+from router.ops.kafka import ensure_topics
 from router.serving.signatures import parse_standard_secret, sign_intercom, sign_standard, sign_stripe
 from router.serving.webhooks import sign_generic, sign_zendesk
 from router.settings import Settings, to_env
@@ -29,7 +31,7 @@ from schemas.events import (
     TicketResolved,
     Usage,
 )
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, run_sync
 from tests.support.helpers import produce, running_consumer, wait_until_caught_up
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -187,6 +189,28 @@ async def populate(settings: Settings, events: list[CustomerEvent]) -> None:
     await produce(settings, events)
     async with running_consumer(settings) as worker:
         await wait_until_caught_up(worker, settings, len(events))
+
+
+def module_settings(broker: str, redis_url: str, **sections: dict[str, Any]) -> Settings:
+    """Settings of a module-scoped server (no function-scoped factory there): own topics, key prefix and port."""
+    token = f"inbound-{uuid.uuid4().hex[:8]}"
+    base = Settings()
+    r = msgspec.structs.replace
+    s = r(
+        base,
+        kafka=r(base.kafka, bootstrap=broker, events_topic=f"{token}.events", dead_letter_topic=f"{token}.dlq",
+                alerts_topic=f"{token}.alerts", group_id=f"{token}.group", session_timeout_ms=3000),
+        redis=r(base.redis, url=redis_url, prefix=f"test:{token}", breaker_reset_ms=200, timeout_ms=1000),
+        api=r(base.api, port=free_port()),
+        stream=r(base.stream, health_port=0),
+        auth=r(base.auth, keys=KEY_SPEC),
+        webhooks=r(base.webhooks, generic_secret=GENERIC_SECRET, standard_secret=STANDARD_SECRET,
+                   intercom_secret=INTERCOM_SECRET, stripe_secret=STRIPE_SECRET, stripe_rates="USD=0.9"),
+    )  # fmt: skip
+    for name, values in sections.items():
+        s = r(s, **{name: r(getattr(s, name), **values)})
+    run_sync(ensure_topics(s.kafka))
+    return s
 
 
 @contextlib.contextmanager

@@ -17,23 +17,18 @@ import httpx
 import msgspec
 import pytest
 
-from router.devstack.infra import free_port
-from router.ops.kafka import ensure_topics
 from router.settings import Settings
-from tests.conftest import run_sync
 from tests.support.api_support import (
-    GENERIC_SECRET,
     INTERCOM_SECRET,
-    KEY_SPEC,
     KEYS,
     SMALL_PHONE,
     STANDARD_SECRET,
-    STRIPE_SECRET,
     VIP_ID,
     auth,
     generic_request,
     intercom_request,
     live_server,
+    module_settings,
     populate,
     population,
     standard_request,
@@ -42,28 +37,6 @@ from tests.support.vendors import intercom_conversation, intercom_notification, 
 
 ORIGIN = "https://cti.example.com"
 VIP_US_PHONE = "+14155550100"
-
-
-def module_settings(broker: str, redis_url: str, **sections: dict[str, Any]) -> Settings:
-    """Settings of a module-scoped server: own topics, key prefix and port."""
-    token = f"inbound-{uuid.uuid4().hex[:8]}"
-    base = Settings()
-    r = msgspec.structs.replace
-    s = r(
-        base,
-        kafka=r(base.kafka, bootstrap=broker, events_topic=f"{token}.events", dead_letter_topic=f"{token}.dlq",
-                alerts_topic=f"{token}.alerts", group_id=f"{token}.group", session_timeout_ms=3000),
-        redis=r(base.redis, url=redis_url, prefix=f"test:{token}", breaker_reset_ms=200, timeout_ms=1000),
-        api=r(base.api, port=free_port()),
-        stream=r(base.stream, health_port=0),
-        auth=r(base.auth, keys=KEY_SPEC),
-        webhooks=r(base.webhooks, generic_secret=GENERIC_SECRET, standard_secret=STANDARD_SECRET,
-                   intercom_secret=INTERCOM_SECRET, stripe_secret=STRIPE_SECRET, stripe_rates="USD=0.9"),
-    )  # fmt: skip
-    for name, values in sections.items():
-        s = r(s, **{name: r(getattr(s, name), **values)})
-    run_sync(ensure_topics(s.kafka))
-    return s
 
 
 @pytest.fixture(scope="module")
