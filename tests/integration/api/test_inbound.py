@@ -7,6 +7,7 @@ serves the module; each test names what a vendor or phone system sends and what 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonpath_ng
+import jsonschema
 import msgspec
 import pytest
 
@@ -265,3 +268,61 @@ def test_cors_preflight_for_configured_origins_only(served: tuple[httpx.Client, 
     r = client.get("/v1/screenpop", params={"phone": SMALL_PHONE},
                    headers={**auth("telephony"), "Origin": "https://evil.example.net"})  # fmt: skip
     assert "access-control-allow-origin" not in r.headers
+
+
+# -- Genesys Cloud data action -------------------------------------------------------------------
+
+GENESYS = Path(__file__).resolve().parents[3] / "deploy" / "integrations" / "genesys-cloud-screenpop.json"
+
+
+def _genesys_call(s: Settings, action: dict[str, Any], phone: str) -> dict[str, Any]:
+    """What Genesys sends for the action (Basic Auth credential: any user, the key as password)."""
+    request = action["config"]["request"]
+    # the one Velocity construct the template uses: $esc.jsonString(${input.phone})
+    body = request["requestTemplate"].replace("$esc.jsonString(${input.phone})", json.dumps(phone)[1:-1])
+    path = httpx.URL(request["requestUrlTemplate"]).path
+    r = httpx.request(request["requestType"], f"http://{s.api.host}:{s.api.port}{path}", content=body.encode(),
+                      headers=request["headers"], auth=("genesys", KEYS["telephony"]), timeout=5)  # fmt: skip
+    assert r.status_code == 200, r.text
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+def _translate(action: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """Genesys's response step: JSONPath per output, its default when the path finds nothing, the success template."""
+    response = action["config"]["response"]
+    values: dict[str, str] = {}
+    for name, path in response["translationMap"].items():
+        found = jsonpath_ng.parse(path).find(answer)
+        if found:
+            values[name] = json.dumps(found[0].value)
+        else:
+            assert name in response["translationMapDefaults"], f"{path} found nothing and {name} has no default"
+            values[name] = response["translationMapDefaults"][name]
+    template = response["successTemplate"]
+    for name, value in values.items():
+        template = template.replace("${" + name + "}", value)
+    out: dict[str, Any] = json.loads(template)
+    return out
+
+
+def test_genesys_export_maps_the_real_screenpop_answer(served: tuple[httpx.Client, Path, Settings]) -> None:
+    _, _, s = served
+    action = json.loads(GENESYS.read_text())
+    schema = action["contract"]["output"]["successSchema"]
+    outputs = set(schema["properties"])
+    assert set(action["config"]["response"]["translationMap"]) == outputs
+    # Call.Ani as Genesys hands it to a flow: a tel: URI
+    answer = _genesys_call(s, action, "tel:+14155550100")
+    for name, path in action["config"]["response"]["translationMap"].items():
+        found = jsonpath_ng.parse(path).find(answer)
+        assert len(found) == 1 and found[0].value is not None, f"{name}: {path} does not resolve"
+    out = _translate(action, answer)
+    assert set(out) == outputs
+    jsonschema.validate(out, schema)
+    assert out["caller"] == "known" and out["tier"] == "VIP" and out["queue"] == answer["escalation"]["queue"]
+    # an unknown caller: every output is there, scores null
+    unknown = _translate(action, _genesys_call(s, action, "tel:+44-20-7946-0000"))
+    assert set(unknown) == outputs and unknown["caller"] == "unknown" and unknown["clvScore"] is None
+    # a withheld number (Genesys sends an empty ANI)
+    assert _translate(action, _genesys_call(s, action, ""))["caller"] == "withheld"
