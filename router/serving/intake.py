@@ -23,7 +23,7 @@ from router.ops import metrics
 from router.serving.publisher import EventPublisher
 from router.settings import ApiSettings, StreamSettings
 from schemas.api import EventProblem, EventsAccepted, EventsRejected, ProducedEvent
-from schemas.events import CustomerEvent, ErasureRequested, event_decoder
+from schemas.events import CustomerEvent, ErasureRequested
 
 __all__ = ["BatchRejected", "EventIntake"]
 
@@ -33,6 +33,9 @@ class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _envelope = msgspec.json.Decoder(_Envelope)
+# Lax about number forms only where JSON Schema is (30002.0 is an integer; "7" is taken too): the
+# events are re-encoded before they are produced, so the topic sees the canonical form.
+_event = msgspec.json.Decoder(CustomerEvent, strict=False)
 
 
 class BatchRejected(RouterError):
@@ -76,7 +79,7 @@ class EventIntake:
         problems: list[EventProblem] = []
         for i, item in enumerate(raw):
             try:
-                event = event_decoder.decode(item)
+                event = _event.decode(item)
             except msgspec.ValidationError as exc:
                 problems.append(EventProblem(i, without_values(str(exc))))
                 continue
