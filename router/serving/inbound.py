@@ -33,7 +33,7 @@ from router.errors import REDIS_FAULTS, BadInput, Conflict, Forbidden, Unauthori
 from router.ops import metrics
 from router.serving.decisions import DecisionService, Resolved
 from router.serving.signatures import SignatureError, parse_standard_secret, verify_intercom, verify_standard
-from router.serving.webhooks import REPLAY_TIMEOUT_S, _routing
+from router.serving.webhooks import REPLAY_TIMEOUT_S, decide_signed, helpdesk_routing
 from router.settings import WebhookSettings
 from router.state.store import StateStore
 from schemas.api import Category, Channel, ClassifyRequest, CustomerRef, Decision, IntercomReceipt
@@ -59,7 +59,6 @@ _SOURCE_CHANNELS: dict[str, Channel] = {
     "phone_switch": "phone",
 }
 _PEOPLE = frozenset({"user", "lead", "contact"})
-_classify_dec = msgspec.json.Decoder(ClassifyRequest)
 
 
 # -- Intercom's objects, read leniently --------------------------------------------------------
@@ -171,16 +170,7 @@ class InboundWebhooks:
         assert msg_id is not None
         # The id stays a replay until its timestamp leaves the window (at most 2 x max_age from now).
         checked = await self._claim("standard", msg_id, int(at + max_age - now) + 1)
-        try:
-            req = _classify_dec.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise BadInput(f"webhook body: {without_values(str(exc))}") from None
-        except (UnicodeDecodeError, RecursionError):
-            raise BadInput("webhook body: not valid UTF-8 JSON") from None
-        d = self.decisions.decide(req, await self.decisions.resolve(req.customer))
-        if not checked and not d.degraded:
-            d = msgspec.structs.replace(d, degraded=True, degraded_cause="replay_check_unavailable")
-        return d
+        return await decide_signed(self.decisions, body, checked)
 
     # -- Intercom --------------------------------------------------------------------------------
 
@@ -221,7 +211,7 @@ class InboundWebhooks:
             else Resolved(None, None, None, None)
         )
         d = self.decisions.decide(req, resolved)
-        return IntercomReceipt(topic=topic, routed=True, routing=_routing(d, req.priority, checked))
+        return IntercomReceipt(topic=topic, routed=True, routing=helpdesk_routing(d, req.priority, checked))
 
     def _request(self, item: _Item, *, ticket: bool) -> ClassifyRequest:
         channel: Channel = "ticket" if ticket else "chat"

@@ -191,24 +191,26 @@ async def populate(settings: Settings, events: list[CustomerEvent]) -> None:
         await wait_until_caught_up(worker, settings, len(events))
 
 
-def module_settings(broker: str, redis_url: str, **sections: dict[str, Any]) -> Settings:
-    """Settings of a module-scoped server (no function-scoped factory there): own topics, key prefix and port."""
-    token = f"inbound-{uuid.uuid4().hex[:8]}"
+def module_settings(broker: str, redis_url: str, name: str = "module", **sections: Mapping[str, Any]) -> Settings:
+    """Settings of a module-scoped server (the ``settings`` factory is per test): own topics, key prefix,
+    port, the test keys and every webhook secret; ``sections`` override fields (``api={"workers": 2}``)."""
+    token = f"{name}-{uuid.uuid4().hex[:8]}"
     base = Settings()
     r = msgspec.structs.replace
     s = r(
         base,
         kafka=r(base.kafka, bootstrap=broker, events_topic=f"{token}.events", dead_letter_topic=f"{token}.dlq",
                 alerts_topic=f"{token}.alerts", group_id=f"{token}.group", session_timeout_ms=3000),
-        redis=r(base.redis, url=redis_url, prefix=f"test:{token}", breaker_reset_ms=200, timeout_ms=1000),
+        redis=r(base.redis, url=redis_url, prefix=f"test:{token}", breaker_reset_ms=200),
         api=r(base.api, port=free_port()),
         stream=r(base.stream, health_port=0),
         auth=r(base.auth, keys=KEY_SPEC),
-        webhooks=r(base.webhooks, generic_secret=GENERIC_SECRET, standard_secret=STANDARD_SECRET,
-                   intercom_secret=INTERCOM_SECRET, stripe_secret=STRIPE_SECRET, stripe_rates="USD=0.9"),
+        webhooks=r(base.webhooks, zendesk_secret=ZENDESK_SECRET, generic_secret=GENERIC_SECRET,
+                   standard_secret=STANDARD_SECRET, intercom_secret=INTERCOM_SECRET, stripe_secret=STRIPE_SECRET,
+                   stripe_rates="USD=0.9"),
     )  # fmt: skip
-    for name, values in sections.items():
-        s = r(s, **{name: r(getattr(s, name), **values)})
+    for section, values in sections.items():
+        s = r(s, **{section: r(getattr(s, section), **values)})
     run_sync(ensure_topics(s.kafka))
     return s
 

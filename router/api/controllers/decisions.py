@@ -56,7 +56,7 @@ class DecisionController(Controller):
 
     @get(
         "/screenpop",
-        operation_id="screenpop",
+        operation_id="screenpop_get",
         summary="Caller card for telephony (JSON)",
         responses=errors(KEYED),
         opt={"scopes": frozenset({"telephony"})},
@@ -67,7 +67,7 @@ class DecisionController(Controller):
 
     @post(
         "/screenpop",
-        operation_id="screenpop_post",
+        operation_id="screenpop",
         status_code=HTTP_200_OK,
         summary="Caller card for telephony (JSON), number in the body",
         responses=errors(KEYED, BODY),

@@ -37,7 +37,7 @@ def served(
     broker: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[httpx.Client, Settings]]:
     s = module_settings(
-        broker, redis_server.url, api={"events_batch_max": BATCH_MAX, "events_max_body_bytes": BODY_MAX}
+        broker, redis_server.url, "events", api={"events_batch_max": BATCH_MAX, "events_max_body_bytes": BODY_MAX}
     )
     with live_server(s, tmp_path_factory.mktemp("events") / "api.log") as client:
         yield client, s
@@ -209,7 +209,7 @@ def test_stripe_refusals(served: tuple[httpx.Client, Settings]) -> None:
 
 
 def test_no_202_without_kafka(broker: str, redis_server: Any, tmp_path: Path) -> None:
-    s = module_settings(broker, redis_server.url)
+    s = module_settings(broker, redis_server.url, "events")
     s = msgspec.structs.replace(s, kafka=msgspec.structs.replace(s.kafka, bootstrap=f"127.0.0.1:{free_port()}"))
     with live_server(s, tmp_path / "api.log") as client:
         client.timeout = httpx.Timeout(30)

@@ -46,7 +46,13 @@ VIP_US_PHONE = "+14155550100"
 def served(
     broker: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[httpx.Client, Path, Settings]]:
-    s = module_settings(broker, redis_server.url, api={"cors_origins": f"{ORIGIN}, https://agents.example.com"})
+    s = module_settings(
+        broker,
+        redis_server.url,
+        "inbound",
+        redis={"timeout_ms": 1000},
+        api={"cors_origins": f"{ORIGIN}, https://agents.example.com"},
+    )
     events = population()
     # the VIP also has a US number (the raw-plus and tel: cases)
     profile = next(e for e in events if e.event_id == f"{VIP_ID}-p")

@@ -28,20 +28,17 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from router.api.app import create_app
-from router.devstack.infra import free_port
-from router.ops.kafka import ensure_topics
 from router.serving.signatures import parse_standard_secret, sign_intercom, sign_standard, sign_stripe
 from router.serving.webhooks import sign_zendesk
 from router.settings import AuthSettings, Settings
-from tests.conftest import run_sync
 from tests.support.api_support import (
-    GENERIC_SECRET,
     INTERCOM_SECRET,
     KEY_SPEC,
     STANDARD_SECRET,
     STRIPE_SECRET,
     ZENDESK_SECRET,
     live_server,
+    module_settings,
     populate,
     population,
 )
@@ -53,23 +50,16 @@ FUZZ_KEY = "fuzz-every-scope-0123456789"
 @pytest.fixture(scope="module")
 def fuzz_server(broker: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """One API process for the whole module (its own topics, prefix and port), populated."""
-    token = f"fuzz-{uuid.uuid4().hex[:8]}"
-    base = Settings()
-    r = msgspec.structs.replace
-    s = r(
-        base,
-        kafka=r(base.kafka, bootstrap=broker, events_topic=f"{token}.events", dead_letter_topic=f"{token}.dlq",
-                alerts_topic=f"{token}.alerts", group_id=f"{token}.group", session_timeout_ms=3000),
+    s = module_settings(
+        broker,
+        redis_server.url,
+        "fuzz",
         # a generous Redis budget: this test is about the contract, not about a loaded CI machine
-        redis=r(base.redis, url=redis_server.url, prefix=f"test:{token}", breaker_reset_ms=200, timeout_ms=1000),
-        api=r(base.api, port=free_port(), log_level="warning"),
-        stream=r(base.stream, health_port=0),
-        auth=r(base.auth, keys=f"{KEY_SPEC},fuzz:helpdesk+telephony+chatbot+events+ops+admin:{FUZZ_KEY}",
-               rate_per_s=1_000_000.0, burst=1_000_000),
-        webhooks=r(base.webhooks, zendesk_secret=ZENDESK_SECRET, generic_secret=GENERIC_SECRET,
-                   standard_secret=STANDARD_SECRET, intercom_secret=INTERCOM_SECRET, stripe_secret=STRIPE_SECRET),
+        redis={"timeout_ms": 1000},
+        api={"log_level": "warning"},
+        auth={"keys": f"{KEY_SPEC},fuzz:helpdesk+telephony+chatbot+events+ops+admin:{FUZZ_KEY}",
+              "rate_per_s": 1_000_000.0, "burst": 1_000_000},
     )  # fmt: skip
-    run_sync(ensure_topics(s.kafka))
     asyncio.run(populate(s, population(5)))
     log = tmp_path_factory.mktemp("schemathesis") / "api.log"
     with live_server(s, log):

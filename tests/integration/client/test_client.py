@@ -21,7 +21,7 @@ from tests.support.helpers import read_snapshot, running_consumer, state_store, 
 def base_url(
     broker: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Settings]]:
-    s = module_settings(broker, redis_server.url)
+    s = module_settings(broker, redis_server.url, "client")
     events = population(20)
     asyncio.run(populate(s, events))
     with live_server(s, tmp_path_factory.mktemp("client") / "api.log"):
