@@ -134,7 +134,7 @@ def create_app(settings: Settings) -> Litestar:
                         type="apiKey",
                         name="X-API-Key",
                         security_scheme_in="header",
-                        description="API key with scopes (helpdesk, telephony, chatbot, ops, admin); "
+                        description="API key with scopes (helpdesk, telephony, chatbot, events, ops, admin); "
                         "`Authorization: Bearer <key>` works too.",
                     )
                 }

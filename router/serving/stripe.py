@@ -42,13 +42,13 @@ from typing import Any, Literal
 
 import msgspec
 
-from router.errors import BadInput, Forbidden, Invalid, Unauthorized
+from router.errors import BadInput, Forbidden, Invalid, Unauthorized, without_values
 from router.ops import metrics
 from router.serving.publisher import EventPublisher
 from router.serving.signatures import SignatureError, verify_stripe
 from router.settings import WebhookSettings
 from schemas.api import ProducedEvent, StripeReceipt
-from schemas.events import CustomerEvent, Payment, SubscriptionChanged
+from schemas.events import CustomerEvent, Payment, SubscriptionChanged, event_decoder, event_encoder
 
 __all__ = ["StripeMapper", "StripeService", "parse_rates"]
 
@@ -382,8 +382,6 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: msgspec.Raw, where: str) ->
 
 
 def _shape(exc: Exception) -> str:
-    from router.errors import without_values
-
     return without_values(str(exc)) if isinstance(exc, msgspec.ValidationError) else "not valid JSON"
 
 
@@ -455,11 +453,23 @@ class StripeService:
             metrics.WEBHOOK_SIGNATURE_FAILURES.labels(exc.reason).inc()
             raise Unauthorized(f"stripe webhook: {exc.message}") from None
         stripe_id, kind, events, ignored = self.mapper.map(body)
+        for event in events:
+            _within_contract(event)
         if events:
             await self.publisher.publish_many(events)
         metrics.INBOUND_EVENTS.labels("stripe", "produced" if events else "ignored").inc(max(1, len(events)))
         produced = [ProducedEvent(event_id=e.event_id, type=_tag(e)) for e in events]
         return StripeReceipt(stripe_event_id=stripe_id, type=kind, produced=produced, ignored=ignored)
+
+
+def _within_contract(event: CustomerEvent) -> None:
+    """What the consumer will accept: a Struct built in code skips the contract's range checks."""
+    try:
+        event_decoder.decode(event_encoder.encode(event))
+    except msgspec.ValidationError as exc:
+        raise Invalid(
+            f"stripe event: the {_tag(event)} event it maps to is out of range: {without_values(str(exc))}"
+        ) from None
 
 
 def _tag(event: CustomerEvent) -> str:

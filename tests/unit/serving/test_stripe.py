@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 import pytest
 
 from router.errors import BadInput, Invalid
-from router.serving.stripe import StripeMapper, parse_rates
-from router.settings import WebhookSettings
+from router.serving.publisher import EventPublisher
+from router.serving.signatures import sign_stripe
+from router.serving.stripe import StripeMapper, StripeService, parse_rates
+from router.settings import KafkaSettings, WebhookSettings
 from schemas.events import Payment, SubscriptionChanged
 from tests.support.vendors import (
     NOW,
@@ -179,3 +183,13 @@ def test_rates_are_checked() -> None:
     for spec in ("USD", "USD=x", "US=1", "USD=-1"):
         with pytest.raises(ValueError, match="entry 1"):
             parse_rates("EUR", spec)
+
+
+async def test_an_amount_beyond_the_contract_is_refused_before_kafka() -> None:
+    # The publisher has no broker: reaching it would raise Unavailable, not Invalid.
+    hooks = WebhookSettings(stripe_secret="whsec_unit")
+    service = StripeService(EventPublisher(KafkaSettings(bootstrap="")), hooks)
+    huge = stripe_subscription([stripe_item(stripe_price(10**14))])  # a trillion EUR a month
+    body = msgspec.json.encode(stripe_event("customer.subscription.created", huge))
+    with pytest.raises(Invalid, match="subscription_changed event it maps to is out of range"):
+        await service.receive(sign_stripe("whsec_unit", int(time.time()), body), body)
