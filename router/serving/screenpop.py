@@ -79,7 +79,7 @@ class ScreenPopService:
         ``from_url``: ``raw`` is a URL query value (a leading space before digits was a ``+``).
         """
         service = self.decisions
-        phone = caller_number(raw[:64], from_url=from_url) if raw is not None else None
+        phone = caller_number(raw, from_url=from_url) if raw is not None and len(raw) <= 64 else None
         usable = phone is not None and 3 <= len(phone) <= 32
         if usable:
             assert phone is not None
