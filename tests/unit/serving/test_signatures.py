@@ -28,7 +28,9 @@ STD_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 def test_standard_webhooks_reference_vector() -> None:
     key = parse_standard_secret(STD_SECRET)
     assert sign_standard(key, STD_ID, STD_TS, STD_BODY) == STD_SIGNATURE
-    assert verify_standard(key, STD_ID, str(STD_TS), STD_SIGNATURE, STD_BODY, now=STD_TS + 10, tolerance_s=300) == STD_TS
+    assert (
+        verify_standard(key, STD_ID, str(STD_TS), STD_SIGNATURE, STD_BODY, now=STD_TS + 10, tolerance_s=300) == STD_TS
+    )
     # the prefix is optional
     assert parse_standard_secret(STD_SECRET.removeprefix("whsec_")) == key
 

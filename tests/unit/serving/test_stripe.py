@@ -109,7 +109,9 @@ def test_update_without_mrr_change() -> None:
     assert (e.change, e.mrr_delta) == ("renewal", 0.0)
     # an update to canceled: the deleted event counts it
     events, ignored = mapped(
-        stripe_event("customer.subscription.updated", stripe_subscription(status="canceled"), previous={"status": "active"})
+        stripe_event(
+            "customer.subscription.updated", stripe_subscription(status="canceled"), previous={"status": "active"}
+        )
     )
     assert events == [] and "deleted" in str(ignored)
 
