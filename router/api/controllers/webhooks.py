@@ -25,7 +25,7 @@ from schemas.api import Decision, HelpdeskRouting, IntercomReceipt, StripeReceip
 __all__ = ["WebhookController"]
 
 DEPRECATION = {"Deprecation": "true", "Link": '<https://www.standardwebhooks.com/>; rel="successor-version"'}
-"""Sent with answers to the deprecated ``X-Router-Signature`` (RFC 9745's header)."""
+"""Sent with answers to the deprecated ``X-Router-Signature``: ``Deprecation: true`` as the IETF draft wrote it, and the successor."""
 
 
 class WebhookController(Controller):
