@@ -140,7 +140,7 @@ class ApiSettings(msgspec.Struct, kw_only=True):
     events_batch_max: int = 500
     """Most events one POST /v1/events may carry (more: 400, nothing produced)."""
     events_max_body_bytes: int = 1_048_576
-    """Body limit of POST /v1/events and the Stripe webhook (413 above it); other routes use max_body_bytes."""
+    """Body limit of POST /v1/events and the Stripe and Intercom webhooks (413 above it); other routes use max_body_bytes."""
 
 
 class AuthSettings(msgspec.Struct, kw_only=True):

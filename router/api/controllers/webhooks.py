@@ -90,11 +90,13 @@ class WebhookController(Controller):
         "the app's client secret. Notifications older than a day (by `created_at`) are stale (401), a repeated "
         "notification `id` gets 409. `conversation.user.created` and `ticket.created` are routed (the customer is "
         "the contact's `external_id`, else an e-mail; else the default routing); other topics are acknowledged.",
+        request_max_body_size=None,  # read_body applies ROUTER_API_EVENTS_MAX_BODY_BYTES
     )
     async def intercom(
         self, request: Request[object, object, State], inbound: NamedDependency[InboundWebhooks]
     ) -> IntercomReceipt:
-        body = await request.body()
+        settings: Settings = request.app.state.settings
+        body = await read_body(request, settings.api.events_max_body_bytes)  # conversations carry their parts
         return await inbound.intercom(request.headers.get("x-hub-signature"), body)
 
     @post(
