@@ -14,7 +14,10 @@ Metered and tiered prices have no fixed amount and count 0; an item without a pr
 
 Statuses that pay: ``active``, ``past_due``, ``unpaid``, ``paused`` (the customer is still
 subscribed; a failed payment is reported by ``invoice.payment_failed``). ``trialing`` and
-``incomplete`` do not pay yet, so:
+``incomplete`` do not pay yet. The mapping sees one event at a time, so every MRR it adds must
+be what a later ``deleted`` subtracts, and a deleted subscription no longer says which status it
+had: that is why ``paused`` counts. The price: a subscription Stripe pauses because its trial
+ended without a payment method counts as paying from then on, until it is deleted or resumes.
 
 =========================================  ==================================================
 ``customer.subscription.created``          paying: ``new`` (+MRR); trial/incomplete: ignored

@@ -195,3 +195,32 @@ async def test_an_amount_beyond_the_contract_is_refused_before_kafka() -> None:
     body = msgspec.json.encode(stripe_event("customer.subscription.created", huge))
     with pytest.raises(Invalid, match="subscription_changed event it maps to is out of range"):
         await service.receive(sign_stripe("whsec_unit", int(time.time()), body), body)
+
+
+def test_every_mrr_added_is_what_the_deletion_subtracts() -> None:
+    """Whatever path a subscription takes, its MRR sums to zero once Stripe deletes it."""
+    seats = [stripe_item(stripe_price(2000), quantity=2)]
+    more = [stripe_item(stripe_price(2000), quantity=5)]
+    paths = [
+        # (status, items) in order; the last is the deletion
+        [("active", seats), ("active", more), ("canceled", more)],
+        [("trialing", seats), ("active", seats), ("past_due", seats), ("unpaid", seats), ("canceled", seats)],
+        [("trialing", seats), ("paused", seats), ("active", more), ("canceled", more)],
+        [("incomplete", seats), ("active", seats), ("active", more), ("canceled", more)],
+    ]
+    for path in paths:
+        total, before = 0.0, None
+        for n, (status, items) in enumerate(path):
+            last = n == len(path) - 1
+            sub = stripe_subscription(items, status=status, ended_at=NOW if last else None)
+            if n == 0:
+                kind, previous = "customer.subscription.created", None
+            elif last:
+                kind, previous = "customer.subscription.deleted", None
+            else:
+                kind = "customer.subscription.updated"
+                previous = {"status": before[0], "items": {"object": "list", "data": before[1]}}
+            events, _ = mapped(stripe_event(kind, sub, previous=previous, event_id=f"evt_{n}"))
+            total += sum(e.mrr_delta for e in events)
+            before = (status, items)
+        assert total == pytest.approx(0.0), path
