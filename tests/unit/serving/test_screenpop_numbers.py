@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router.core.identity import normalise_phone
 from router.serving.screenpop import caller_number
@@ -51,3 +53,20 @@ def _parses(number: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@given(
+    number=st.sampled_from(["+14155550100", "+4930901820", "+442079460000", "+81312345678"]),
+    separators=st.lists(st.sampled_from(["-", ".", "(", ")", ""]), min_size=12, max_size=12),
+    extension=st.one_of(st.none(), st.from_regex(r"[0-9]{1,5}", fullmatch=True)),
+    raw_plus=st.booleans(),
+)
+def test_any_tel_uri_of_a_number_finds_that_number(
+    number: str, separators: list[str], extension: str | None, raw_plus: bool
+) -> None:
+    """RFC 3966 visual separators, an extension and a URL-decoded + never change which number is looked up."""
+    digits = number[1:]
+    body = "".join(d + s for d, s in zip(digits, separators, strict=False))
+    uri = f"tel:{' ' if raw_plus else '+'}{body}" + (f";ext={extension}" if extension else "")
+    found = caller_number(uri, from_url=raw_plus)
+    assert found is not None and normalise_phone(found, "DE") == number
