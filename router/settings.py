@@ -135,11 +135,17 @@ class ApiSettings(msgspec.Struct, kw_only=True):
     """Serve POST /bench/snapshot (the snapshot-only floor of loadtests.bench_serve); never in production."""
     settle_heap: bool = True
     """Freeze the worker's start-up heap and collect young objects less often once the app is up (GC pauses)."""
+    cors_origins: str = ""
+    """Browser origins (comma-separated, e.g. `https://cti.example.com`) allowed to call the API cross-origin; empty: CORS off."""
+    events_batch_max: int = 500
+    """Most events one POST /v1/events may carry (more: 400, nothing produced)."""
+    events_max_body_bytes: int = 1_048_576
+    """Body limit of POST /v1/events and the Stripe and Intercom webhooks (413 above it); other routes use max_body_bytes."""
 
 
 class AuthSettings(msgspec.Struct, kw_only=True):
     keys: str = ""
-    """API keys `name:scope+scope:secret[:expires=YYYY-MM-DD]`, comma-separated; scopes helpdesk, telephony, chatbot, ops, admin."""
+    """API keys `name:scope+scope:secret[:expires=YYYY-MM-DD]`, comma-separated; scopes helpdesk, telephony, chatbot, events, ops, admin."""
     dev_mode: bool = False
     """Without keys, accept the dev key `router-dev-key` (all scopes); without either the API refuses to start."""
     rate_per_s: float = 200.0
@@ -152,7 +158,19 @@ class WebhookSettings(msgspec.Struct, kw_only=True):
     zendesk_secret: str = ""
     """Signing secret of the Zendesk webhook (empty: the Zendesk endpoint answers 403)."""
     generic_secret: str = ""
-    """HMAC secret of the generic signed webhook `X-Router-Signature` (empty: it answers 403)."""
+    """Deprecated (removed in the next release): HMAC secret of the generic webhook's `X-Router-Signature` (empty: refused)."""
+    standard_secret: str = ""
+    """Standard Webhooks secret `whsec_<base64>` of the generic webhook (`webhook-signature`; empty: refused)."""
+    intercom_secret: str = ""
+    """Client secret of the Intercom app whose notifications are verified (`X-Hub-Signature`; empty: 403)."""
+    stripe_secret: str = ""
+    """Signing secret `whsec_...` of the Stripe webhook endpoint (`Stripe-Signature`; empty: 403)."""
+    stripe_customer_field: str = "customer_id"
+    """Metadata field (subscription, invoice or customer) holding your customer id; absent: Stripe's `cus_...` id is used."""
+    stripe_currency: str = "EUR"
+    """Currency the MRR and payment amounts are kept in; Stripe amounts in it are taken as they are."""
+    stripe_rates: str = ""
+    """Fixed rates `USD=0.92,GBP=1.17` (one unit in `stripe_currency`); events in another currency get 422."""
     max_age_s: int = 300
     """Signed webhooks whose timestamp is further than this from now are stale; also the replay-cache TTL."""
 

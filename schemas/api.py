@@ -7,7 +7,21 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.events import AwareDatetime, Identifier, Sentiment, Severity
+from schemas.events import (
+    AwareDatetime,
+    CustomerProfile,
+    Identifier,
+    NpsResponse,
+    OrderPlaced,
+    Outcome,
+    Payment,
+    Sentiment,
+    Severity,
+    SubscriptionChanged,
+    TicketOpened,
+    TicketResolved,
+    Usage,
+)
 
 __all__ = [
     "Action",
@@ -22,20 +36,29 @@ __all__ = [
     "ErasureAccepted",
     "ErrorBody",
     "Escalation",
+    "EventBatch",
+    "EventProblem",
+    "EventsAccepted",
+    "EventsRejected",
     "ExplainedFactor",
     "HandoffDecision",
     "HandoffRequest",
     "HelpdeskRouting",
+    "IngestEvent",
+    "IntercomReceipt",
     "OutcomeAccepted",
     "OutcomeRequest",
     "Override",
     "OverrideRequest",
     "PortfolioReport",
+    "ProducedEvent",
     "ReloadRequest",
     "ReloadResult",
     "ScoreCard",
     "ScreenPop",
+    "ScreenPopRequest",
     "SlaDeadline",
+    "StripeReceipt",
     "Tier",
     "TierCount",
     "TrendPoint",
@@ -182,6 +205,13 @@ class ScreenPop(msgspec.Struct, frozen=True):
     degraded_cause: str | None = None
 
 
+class ScreenPopRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /v1/screenpop``: the caller number in the body, so it never appears in a URL or a log."""
+
+    phone: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """Any common notation, E.164 or a ``tel:`` URI (RFC 3966); absent or unusable: a ``withheld`` card."""
+
+
 # ------------------------------------------------------------------------------- handoff
 
 
@@ -256,6 +286,76 @@ class HelpdeskRouting(msgspec.Struct, frozen=True):
     due_at: AwareDatetime
     decision_id: str
     degraded: bool = False
+
+
+class IntercomReceipt(msgspec.Struct, frozen=True):
+    """Answer to an Intercom notification: the routing of a new conversation or ticket, or why none."""
+
+    topic: str
+    routed: bool
+    routing: HelpdeskRouting | None = None
+    ignored: str | None = None
+    """Why nothing was routed (a topic that opens no contact, Intercom's ``ping``)."""
+
+
+class ProducedEvent(msgspec.Struct, frozen=True):
+    event_id: str
+    type: str
+
+
+class StripeReceipt(msgspec.Struct, frozen=True):
+    """Answer to a Stripe event: the contract events produced (acknowledged by Kafka), or why none."""
+
+    stripe_event_id: str
+    type: str
+    produced: list[ProducedEvent]
+    ignored: str | None = None
+
+
+# ---------------------------------------------------------------------------- event ingest
+
+IngestEvent = (
+    CustomerProfile
+    | OrderPlaced
+    | Payment
+    | SubscriptionChanged
+    | TicketOpened
+    | TicketResolved
+    | Usage
+    | NpsResponse
+    | Outcome
+)
+"""Every event of the contract but ``erasure_requested`` (an admin action: ``POST /v1/customers/{id}/erasure``)."""
+
+
+class EventBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``POST /v1/events``: events of the contract, produced to the events topic keyed by customer, in order."""
+
+    events: Annotated[list[IngestEvent], msgspec.Meta(min_length=1)]
+
+
+class EventsAccepted(msgspec.Struct, frozen=True):
+    """Every event of the batch was acknowledged by Kafka (acks from all in-sync replicas)."""
+
+    accepted: int
+    events: list[ProducedEvent]
+    """In the order sent."""
+
+
+class EventProblem(msgspec.Struct, frozen=True):
+    index: int
+    """Position of the event in ``events`` (from 0)."""
+    problem: str
+    """What is wrong with it, naming the field (never its value)."""
+
+
+class EventsRejected(msgspec.Struct, frozen=True):
+    """A batch with invalid events: none of it was produced; fix or drop the items listed and send it again."""
+
+    status_code: int
+    error: str
+    detail: str
+    items: list[EventProblem] = []
 
 
 # -------------------------------------------------------------------- customer and admin

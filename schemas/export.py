@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from schemas.alerts import ChurnAlert
-from schemas.api import ClassifyRequest, Decision
+from schemas.api import ClassifyRequest, Decision, EventBatch
 from schemas.events import CustomerEvent
 
 __all__ = ["SCHEMAS", "render", "write_schemas"]
@@ -25,6 +25,7 @@ SCHEMAS: dict[str, Any] = {
     "classify-request": ClassifyRequest,
     "decision": Decision,
     "churn-alert": ChurnAlert,
+    "event-batch": EventBatch,
 }
 
 

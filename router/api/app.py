@@ -9,6 +9,7 @@ from typing import Any
 
 import uvicorn
 from litestar import Litestar, MediaType, Request, Response
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
@@ -18,10 +19,12 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
 from router.api.auth import ApiKey, Authenticator, ConfigError, require_key
+from router.api.bodies import document_raw_bodies
 from router.api.controllers import health
 from router.api.controllers.admin import AdminController
 from router.api.controllers.customers import CustomerController
 from router.api.controllers.decisions import DecisionController
+from router.api.controllers.events import EventController
 from router.api.controllers.webhooks import WebhookController
 from router.api.lifespans import Services, services
 from router.api.middleware import RequestMetricsMiddleware
@@ -29,8 +32,11 @@ from router.api.openapi import refine
 from router.errors import RouterError, UnsupportedMediaType, without_values
 from router.ops.logs import litestar_logging_config, logging_config, setup_logging
 from router.ops.metrics import prepare_multiprocess
+from router.serving.intake import BatchRejected
+from router.serving.signatures import parse_standard_secret
+from router.serving.stripe import parse_rates
 from router.settings import Settings
-from schemas.api import ErrorBody
+from schemas.api import ErrorBody, EventsRejected
 
 __all__ = ["UVICORN_HTTP", "UVICORN_LOOP", "create_app", "serve"]
 
@@ -49,12 +55,14 @@ def create_app(settings: Settings) -> Litestar:
     """
     try:
         auth = Authenticator(settings.auth)
-    except ConfigError as exc:
+        _check_webhooks(settings)
+    except (ConfigError, ValueError) as exc:
         raise SystemExit(f"invalid configuration: {exc}") from None
 
     # --- routes ---------------------------------------------------------------------------
     handlers: list[ControllerRouterHandler] = [
         DecisionController,
+        EventController,
         WebhookController,
         CustomerController,
         AdminController,
@@ -74,13 +82,25 @@ def create_app(settings: Settings) -> Litestar:
         caller: ApiKey = request.state.caller  # set by router.api.auth.require_key
         return caller
 
-    names = ("decisions", "screenpop", "handoff", "webhooks", "customers", "portfolio", "reloads")
+    names = (
+        "decisions",
+        "screenpop",
+        "handoff",
+        "webhooks",
+        "inbound",
+        "stripe",
+        "intake",
+        "customers",
+        "portfolio",
+        "reloads",
+    )
     dependencies = {name: Provide(_service(name), sync_to_thread=False) for name in names}
     dependencies["caller"] = Provide(provide_caller, sync_to_thread=False)
 
     # --- errors ---------------------------------------------------------------------------
     exception_handlers = {
         RouterError: _router_error,
+        BatchRejected: _batch_rejected,
         ValidationException: _validation_error,
         HTTPException: _http_error,
         # msgspec lets these through undecorated; they are the caller's fault, not ours
@@ -101,6 +121,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[services(settings)],
         state=State({"settings": settings, "auth": auth, "services": None}),
         request_max_body_size=settings.api.max_body_bytes,
+        cors_config=_cors(settings),
         openapi_config=OpenAPIConfig(
             title="router: value-aware support routing",
             version="1",
@@ -113,7 +134,7 @@ def create_app(settings: Settings) -> Litestar:
                         type="apiKey",
                         name="X-API-Key",
                         security_scheme_in="header",
-                        description="API key with scopes (helpdesk, telephony, chatbot, ops, admin); "
+                        description="API key with scopes (helpdesk, telephony, chatbot, events, ops, admin); "
                         "`Authorization: Bearer <key>` works too.",
                     )
                 }
@@ -124,7 +145,31 @@ def create_app(settings: Settings) -> Litestar:
 
     # --- OpenAPI: the contracts' own rules, which the generated document cannot see -------
     refine(app.openapi_schema)
+    document_raw_bodies(app.openapi_schema)
     return app
+
+
+def _check_webhooks(settings: Settings) -> None:
+    """Secrets and rates that cannot be used stop the start (``ValueError``), not the first webhook."""
+    hooks = settings.webhooks
+    if hooks.standard_secret:
+        parse_standard_secret(hooks.standard_secret)
+    parse_rates(hooks.stripe_currency, hooks.stripe_rates)
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """Cross-origin access for browser-based CTI and agent tools: off unless origins are configured."""
+    origins = [o.strip() for o in settings.api.cors_origins.split(",") if o.strip()]
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "PUT", "DELETE"],
+        allow_headers=["X-API-Key", "Authorization", "Content-Type", "X-Request-ID"],
+        expose_headers=["Retry-After", "X-Request-ID"],
+        allow_credentials=False,
+        max_age=600,
+    )
 
 
 _API_DESCRIPTION = """Answers, for a ticket, call or chat: SLA tier and deadline, escalation target,
@@ -142,6 +187,11 @@ def _error(status: int, code: str, detail: str, headers: dict[str, str] | None =
 
 def _router_error(request: Request[object, object, State], exc: RouterError) -> Response[ErrorBody]:
     return _error(exc.status_code, exc.code, exc.message, exc.headers or None)
+
+
+def _batch_rejected(request: Request[object, object, State], exc: BatchRejected) -> Response[EventsRejected]:
+    """The error body plus every invalid item of the batch (``POST /v1/events``)."""
+    return Response(exc.body(), status_code=exc.status_code, media_type=MediaType.JSON)
 
 
 _CALLERS_FAULTS: set[int | type[Exception]] = {400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 503}

@@ -13,6 +13,8 @@ worker has its own bucket, so the effective limit is ``workers x rate`` (documen
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 import time
@@ -37,7 +39,7 @@ __all__ = [
     "require_key",
 ]
 
-SCOPES: frozenset[str] = frozenset({"helpdesk", "telephony", "chatbot", "ops", "admin"})
+SCOPES: frozenset[str] = frozenset({"helpdesk", "telephony", "chatbot", "events", "ops", "admin"})
 DEV_KEY = "router-dev-key"
 """Accepted only with ``ROUTER_AUTH_DEV_MODE=true`` and no configured keys (``router dev``, tests)."""
 _HEADER = "x-api-key"
@@ -163,9 +165,7 @@ def require_key(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
     """A valid key with one of the route's ``opt["scopes"]``; the caller lands on ``state.caller``.
 
     Routes without ``opt["scopes"]`` are open (health, metrics, the signed webhooks); controllers
-    of keyed routes set ``opt = KEY_REQUIRED``. Routes with ``opt["query_key"]`` also accept ``?key=`` (a
-    CTI opening the HTML card cannot set headers); such URLs must not be logged, and the service
-    writes no access log. Not a Litestar guard: Litestar copies the route handler for each guard
+    of keyed routes set ``opt = KEY_REQUIRED``. The key is read by :func:`_presented_key`. Not a Litestar guard: Litestar copies the route handler for each guard
     call, which cost more than the check itself.
     """
     scope = connection.scope
@@ -174,14 +174,37 @@ def require_key(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
     if scopes is None:
         return
     auth: Authenticator = scope["litestar_app"].state.auth
-    headers = connection.headers
-    presented = headers.get(_HEADER)
-    if presented is None:
-        bearer = headers.get("authorization")
-        if bearer is not None and bearer[:7].lower() == "bearer ":
-            presented = bearer[7:].strip()
-        elif opt.get("query_key"):
-            presented = connection.query_params.get("key")
+    presented = _presented_key(connection, opt)
     # What ``connection.state.caller = ...`` does, without building a State wrapper (1.4 us) for it:
     # Litestar's State is a view of scope["state"], which the app creates for every request.
     scope["state"]["caller"] = auth.authenticate(presented, scopes)
+
+
+def _presented_key(connection: ASGIConnection[Any, Any, Any, Any], opt: dict[str, Any]) -> str | None:
+    """The key a caller presents: ``X-API-Key``, ``Authorization: Bearer <key>`` or ``Basic`` with the key as password.
+
+    Basic is for callers that cannot set a header of their own, only credentials in the URL
+    (Twilio Studio's HTTP widget: ``https://any-name:<key>@host/v1/screenpop?phone=...``; the
+    client sends them as the ``Authorization`` header, never in the request line); the user name is
+    ignored. Routes with ``opt["query_key"]`` also accept ``?key=`` (a CTI opening the HTML card
+    cannot set headers); such URLs must not be logged, and the service writes no access log.
+    """
+    headers = connection.headers
+    presented = headers.get(_HEADER)
+    if presented is not None:
+        return presented
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        kind = authorization[:6].lower()
+        if kind == "bearer":
+            return authorization[7:].strip() if authorization[6:7] == " " else None
+        if kind == "basic ":
+            try:
+                decoded = base64.b64decode(authorization[6:].strip(), validate=True).decode()
+            except (binascii.Error, ValueError):
+                return None
+            _, sep, password = decoded.partition(":")
+            return password if sep else None
+    if opt.get("query_key"):
+        return connection.query_params.get("key")
+    return None

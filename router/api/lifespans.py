@@ -23,11 +23,14 @@ from router.ops.heap import settle_heap
 from router.serving.customers import CustomerService
 from router.serving.decisions import DecisionService
 from router.serving.handoff import HandoffService
+from router.serving.inbound import InboundWebhooks
+from router.serving.intake import EventIntake
 from router.serving.live import Live
 from router.serving.portfolio import PortfolioService
 from router.serving.publisher import EventPublisher
 from router.serving.reloads import ReloadService
 from router.serving.screenpop import ScreenPopService
+from router.serving.stripe import StripeService
 from router.serving.webhooks import REPLAY_TIMEOUT_S, WebhookService
 from router.settings import Settings
 from router.state.audit import AuditWriter
@@ -67,6 +70,9 @@ class Services:
     screenpop: ScreenPopService
     handoff: HandoffService
     webhooks: WebhookService
+    inbound: InboundWebhooks
+    stripe: StripeService
+    intake: EventIntake
     customers: CustomerService
     portfolio: PortfolioService
     reloads: ReloadService
@@ -183,6 +189,9 @@ def services(settings: Settings) -> Callable[[Litestar], contextlib.AbstractAsyn
                 screenpop=ScreenPopService(decisions),
                 handoff=HandoffService(decisions, settings.handoff),
                 webhooks=WebhookService(decisions, stores.replays, settings.webhooks),
+                inbound=InboundWebhooks(decisions, stores.replays, settings.webhooks),
+                stripe=StripeService(publisher, settings.webhooks),
+                intake=EventIntake(publisher, settings.api, settings.stream),
                 customers=CustomerService(stores.store, live, audit, publisher, settings.model),
                 portfolio=PortfolioService(stores.background, live),
                 reloads=reloads,

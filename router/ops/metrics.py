@@ -37,6 +37,7 @@ __all__ = [
     "DEGRADED_CAUSES",
     "DUPLICATES",
     "EVENTS_APPLIED",
+    "INBOUND_EVENTS",
     "LAST_POLL",
     "LATE_EVENTS",
     "MODEL_INFO",
@@ -52,6 +53,7 @@ __all__ = [
     "REQUEST_SECONDS",
     "STATE_RESETS",
     "STATUS_CLASSES",
+    "WEBHOOK_LEGACY_SIGNATURES",
     "WEBHOOK_SIGNATURE_FAILURES",
     "InfoGauge",
     "metrics_payload",
@@ -76,7 +78,7 @@ DEGRADED_CAUSES = ("redis_unavailable", "model_unavailable", "model_failed")
 """Fallbacks the decision service can take (label ``cause`` of :data:`DEGRADED`)."""
 _DEAD_LETTER_REASONS = ("empty_value", "undecodable", "schema_invalid", "reducer_error", "too_late")
 _DUPLICATE_KINDS = ("event_id", "redelivered", "cas_conflict")
-_SIGNATURE_FAILURES = ("missing", "stale", "mismatch", "replayed")
+_SIGNATURE_FAILURES = ("missing", "malformed", "stale", "mismatch", "replayed")
 _REDIS_ERROR_CLASSES = ("ConnectionError", "TimeoutError")
 
 
@@ -132,6 +134,14 @@ WEBHOOK_SIGNATURE_FAILURES = Counter(
     "router_webhook_signature_failures_total", "Rejected webhook signatures", ["reason"]
 )
 AUDIT_DROPPED = Counter("router_audit_dropped_total", "Audit records that could not be written")
+WEBHOOK_LEGACY_SIGNATURES = Counter(
+    "router_webhook_legacy_signatures_total", "Generic webhooks still signed with the deprecated X-Router-Signature"
+)
+INBOUND_EVENTS = Counter(
+    "router_inbound_events_total",
+    "Events produced from HTTP (POST /v1/events, Stripe), rejected or ignored",
+    ["source", "result"],
+)
 
 # --- consumer -------------------------------------------------------------------------------
 
@@ -170,6 +180,8 @@ for _kind in _DUPLICATE_KINDS:
     DUPLICATES.labels(_kind)
 for _reason in _SIGNATURE_FAILURES:
     WEBHOOK_SIGNATURE_FAILURES.labels(_reason)
+for _source, _result in (("api", "produced"), ("api", "rejected"), ("stripe", "produced"), ("stripe", "ignored")):
+    INBOUND_EVENTS.labels(_source, _result)
 for _error in _REDIS_ERROR_CLASSES:
     REDIS_ERRORS.labels("read_customer", _error)
 

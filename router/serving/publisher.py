@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -72,6 +73,28 @@ class EventPublisher:
             )
         except (KafkaError, OSError, TimeoutError) as exc:
             raise Unavailable(f"Kafka did not acknowledge the event ({type(exc).__name__})") from None
+
+    async def publish_many(self, events: Sequence[CustomerEvent]) -> None:
+        """Produce ``events`` in order, each keyed by its customer; return once the broker acknowledged all.
+
+        Not atomic: after a failure some may be in Kafka already. Resending them is safe, the
+        consumer skips an ``event_id`` it has applied.
+        """
+        producer = await self._ensure()
+        topic = self.kafka.events_topic
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                # send() only queues (in order, batched per partition); the futures resolve on the acks.
+                acks = [
+                    await producer.send(topic, value=event_encoder.encode(e), key=e.customer_id.encode())
+                    for e in events
+                ]
+                await asyncio.gather(*acks)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise Unavailable(
+                f"Kafka did not acknowledge the events ({type(exc).__name__}); sending them again is safe",
+                headers={"Retry-After": "5"},
+            ) from None
 
     async def stop(self) -> None:
         if self._producer is not None:

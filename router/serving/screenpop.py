@@ -4,6 +4,14 @@ The number is normalised to E.164 and looked up by its keyed hash (never stored,
 echoed). A number nobody has gives an "unknown caller" card, a withheld or unreadable number
 a "number withheld" card: a CTI shows a card either way, an error would show nothing.
 The lookup is a decision like any other (channel ``phone``), so it is audited.
+
+What real phone systems send (:func:`caller_number`): a CTI that templates
+``?phone=+14155550100`` sends a raw ``+``, which URL decoding turns into a space, so a query
+value starting with a space before digits is read as ``+`` (an international number; the default
+region never applies to it). ``tel:`` URIs (RFC 3966) are read too: ``tel:+1-415-555-0100;ext=12``
+(visual separators and the extension dropped), and a local number with a global
+``phone-context`` (``tel:555-0100;phone-context=+1-415``); one with a domain context cannot be
+placed and gives the withheld card.
 """
 
 from __future__ import annotations
@@ -16,16 +24,62 @@ from router.core.identity import InvalidIdentifier, normalise_phone
 from router.serving.decisions import DecisionService, Resolved
 from schemas.api import ClassifyRequest, CustomerRef, ScreenPop
 
-__all__ = ["ScreenPopService", "render_card"]
+__all__ = ["ScreenPopService", "caller_number", "render_card"]
+
+_VISUAL = str.maketrans("", "", "-.() ")
+
+
+def caller_number(raw: str | None, *, from_url: bool = False) -> str | None:
+    """The number to normalise from what a phone system sent, or None when it names no number.
+
+    ``from_url``: the value came from a URL query, where a raw ``+`` has become a space.
+    """
+    if raw is None:
+        return None
+    text = raw
+    if text[:4].lower() == "tel:":
+        return _tel(text[4:], from_url=from_url)
+    if from_url and text[:1] == " ":
+        rest = text.lstrip()
+        if rest[:1].isdigit():
+            return "+" + rest
+    return text.strip() or None
+
+
+def _tel(body: str, *, from_url: bool) -> str | None:
+    """RFC 3966 ``telephone-subscriber``: global ``+digits`` or local digits with a phone-context."""
+    if from_url and body[:1] == " " and body.lstrip()[:1].isdigit():
+        body = "+" + body.lstrip()
+    number, *params = body.strip().split(";")
+    context = None
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "phone-context":
+            context = value.strip()
+    digits = number.translate(_VISUAL)
+    if digits.startswith("+"):
+        return digits if digits[1:].isdigit() else None
+    if not digits.isdigit() or context is None:
+        return None
+    if from_url and context[:1] == " ":
+        context = "+" + context.lstrip()
+    prefix = context.translate(_VISUAL)
+    if not prefix.startswith("+") or not prefix[1:].isdigit():
+        return None  # a domain-name context: the number cannot be placed without it
+    return prefix + digits
 
 
 class ScreenPopService:
     def __init__(self, decisions: DecisionService) -> None:
         self.decisions = decisions
 
-    async def lookup(self, phone: str | None) -> ScreenPop:
-        """The card for a caller number in any common notation (None or garbage: withheld)."""
+    async def lookup(self, raw: str | None, *, from_url: bool = False) -> ScreenPop:
+        """The card for a caller number in any common notation or as a ``tel:`` URI (None or garbage: withheld).
+
+        ``from_url``: ``raw`` is a URL query value (a leading space before digits was a ``+``).
+        """
         service = self.decisions
+        phone = caller_number(raw, from_url=from_url) if raw is not None and len(raw) <= 64 else None
         usable = phone is not None and 3 <= len(phone) <= 32
         if usable:
             assert phone is not None

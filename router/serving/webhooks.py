@@ -2,8 +2,9 @@
 
 Zendesk signs ``base64(HMAC-SHA256(secret, timestamp + raw body))`` into
 ``X-Zendesk-Webhook-Signature``, with the timestamp in ``X-Zendesk-Webhook-Signature-Timestamp``.
-The generic variant for other helpdesks signs ``timestamp + "." + raw body`` as
-``X-Router-Signature: sha256=<hex>`` with ``X-Router-Timestamp`` (epoch seconds or RFC 3339).
+The generic variant for other helpdesks signed ``timestamp + "." + raw body`` as
+``X-Router-Signature: sha256=<hex>`` with ``X-Router-Timestamp`` (epoch seconds or RFC 3339); it is
+deprecated for Standard Webhooks (``router.serving.inbound``) and goes in the next release.
 
 Checks, in order: headers present, signature matches (constant-time), timestamp within
 ``max_age_s`` of now, signature not seen before (one Redis ``SET NX EX`` with TTL =
@@ -46,7 +47,7 @@ from schemas.api import (
 )
 from schemas.events import Severity
 
-__all__ = ["REPLAY_TIMEOUT_S", "WebhookService", "sign_generic", "sign_zendesk"]
+__all__ = ["REPLAY_TIMEOUT_S", "WebhookService", "decide_signed", "helpdesk_routing", "sign_generic", "sign_zendesk"]
 
 ZENDESK_SIGNATURE = "x-zendesk-webhook-signature"
 ZENDESK_TIMESTAMP = "x-zendesk-webhook-signature-timestamp"
@@ -163,20 +164,26 @@ class WebhookService:
             priority=ticket.priority or "normal",
         )
         d = self.decisions.decide(req, await self.decisions.resolve(req.customer))
-        return _routing(d, req.priority, replay_checked)
+        return helpdesk_routing(d, req.priority, replay_checked)
 
     async def generic(self, signature: str | None, timestamp: str | None, body: bytes) -> Decision:
+        """Deprecated ``X-Router-Signature`` scheme (Standard Webhooks: ``router.serving.inbound``)."""
         replay_checked = await self.verify(self.settings.generic_secret, signature, timestamp, body, scheme="generic")
-        try:
-            req = _classify_dec.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise BadInput(f"webhook body: {without_values(str(exc))}") from None
-        except (UnicodeDecodeError, RecursionError):
-            raise BadInput("webhook body: not valid UTF-8 JSON") from None
-        d = self.decisions.decide(req, await self.decisions.resolve(req.customer))
-        if not replay_checked and not d.degraded:
-            d = msgspec.structs.replace(d, degraded=True, degraded_cause="replay_check_unavailable")
-        return d
+        return await decide_signed(self.decisions, body, replay_checked)
+
+
+async def decide_signed(decisions: DecisionService, body: bytes, replay_checked: bool) -> Decision:
+    """The decision for a verified classify request; marked degraded when replays could not be checked."""
+    try:
+        req = _classify_dec.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise BadInput(f"webhook body: {without_values(str(exc))}") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise BadInput("webhook body: not valid UTF-8 JSON") from None
+    d = decisions.decide(req, await decisions.resolve(req.customer))
+    if not replay_checked and not d.degraded:
+        d = msgspec.structs.replace(d, degraded=True, degraded_cause="replay_check_unavailable")
+    return d
 
 
 def _customer(ticket: ZendeskTicket) -> CustomerRef:
@@ -190,7 +197,8 @@ def _customer(ticket: ZendeskTicket) -> CustomerRef:
     raise BadInput("zendesk webhook body: ticket.requester needs external_id, email or phone")
 
 
-def _routing(d: Decision, asked: Severity, replay_checked: bool) -> HelpdeskRouting:
+def helpdesk_routing(d: Decision, asked: Severity, replay_checked: bool) -> HelpdeskRouting:
+    """What a helpdesk trigger applies: the queue, the priority (at least the tier's floor), tags."""
     floor = _MIN_PRIORITY.get(d.tier, "low")
     priority = _BY_RANK[max(_PRIORITY_RANK[asked], _PRIORITY_RANK[floor])]
     tags = [f"router_tier_{d.tier.lower()}", f"router_role_{d.escalation.role}"]

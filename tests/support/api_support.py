@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +17,9 @@ from typing import Any
 import httpx
 import msgspec
 
+from router.devstack.infra import free_port
+from router.ops.kafka import ensure_topics
+from router.serving.signatures import parse_standard_secret, sign_intercom, sign_standard, sign_stripe
 from router.serving.webhooks import sign_generic, sign_zendesk
 from router.settings import Settings, to_env
 from schemas.events import (
@@ -26,7 +31,7 @@ from schemas.events import (
     TicketResolved,
     Usage,
 )
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, run_sync
 from tests.support.helpers import produce, running_consumer, wait_until_caught_up
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -35,12 +40,16 @@ KEYS = {
     "helpdesk": "helpdesk-secret-0123456789",
     "telephony": "telephony-secret-0123456789",
     "chatbot": "chatbot-secret-0123456789",
+    "events": "events-secret-0123456789abc",
     "ops": "ops-secret-0123456789abcdef",
     "admin": "admin-secret-0123456789abcdef",
 }
 KEY_SPEC = ",".join(f"{name}-app:{name}:{secret}" for name, secret in KEYS.items())
 ZENDESK_SECRET = "zendesk-signing-secret-for-tests"
 GENERIC_SECRET = "generic-signing-secret-for-tests"
+STANDARD_SECRET = "whsec_" + base64.b64encode(b"standard-webhooks-key-for-tests!").decode()
+INTERCOM_SECRET = "intercom-client-secret-for-tests"
+STRIPE_SECRET = "whsec_stripe_endpoint_secret_for_tests"
 
 VIP_ID = "BIG1"
 VIP_PHONE = "+49 30 901820"
@@ -56,7 +65,14 @@ def api_settings(make: SettingsFactory, **sections: Mapping[str, Any]) -> Settin
     """Settings from the conftest factory with keys, webhook secrets and a quick circuit breaker."""
     base: dict[str, dict[str, Any]] = {
         "auth": {"keys": KEY_SPEC},
-        "webhooks": {"zendesk_secret": ZENDESK_SECRET, "generic_secret": GENERIC_SECRET},
+        "webhooks": {
+            "zendesk_secret": ZENDESK_SECRET,
+            "generic_secret": GENERIC_SECRET,
+            "standard_secret": STANDARD_SECRET,
+            "intercom_secret": INTERCOM_SECRET,
+            "stripe_secret": STRIPE_SECRET,
+            "stripe_rates": "USD=0.9",
+        },
         "redis": {"breaker_reset_ms": 200},
     }
     for name, value in sections.items():
@@ -88,6 +104,37 @@ def generic_request(payload: object, *, secret: str = GENERIC_SECRET) -> tuple[b
         "X-Router-Timestamp": timestamp,
     }
     return body, headers
+
+
+def standard_request(
+    payload: object, *, msg_id: str | None = None, at: int | None = None, secret: str = STANDARD_SECRET
+) -> tuple[bytes, dict[str, str]]:
+    """Body and headers as a Standard Webhooks sender (e.g. the reference libraries) sends them."""
+    body = msgspec.json.encode(payload)
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    ts = int(time.time()) if at is None else at
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign_standard(parse_standard_secret(secret), msg_id, ts, body),
+    }
+    return body, headers
+
+
+def intercom_request(payload: object, *, secret: str = INTERCOM_SECRET) -> tuple[bytes, dict[str, str]]:
+    """Body and headers as Intercom sends a notification."""
+    body = msgspec.json.encode(payload)
+    return body, {"content-type": "application/json", "X-Hub-Signature": sign_intercom(secret, body)}
+
+
+def stripe_request(
+    payload: object, *, at: int | None = None, secret: str = STRIPE_SECRET
+) -> tuple[bytes, dict[str, str]]:
+    """Body and headers as Stripe sends an event (a retry signs it again with a new timestamp)."""
+    body = msgspec.json.encode(payload)
+    ts = int(time.time()) if at is None else at
+    return body, {"content-type": "application/json; charset=utf-8", "Stripe-Signature": sign_stripe(secret, ts, body)}
 
 
 def big_spender(cid: str = VIP_ID) -> list[CustomerEvent]:
@@ -142,6 +189,30 @@ async def populate(settings: Settings, events: list[CustomerEvent]) -> None:
     await produce(settings, events)
     async with running_consumer(settings) as worker:
         await wait_until_caught_up(worker, settings, len(events))
+
+
+def module_settings(broker: str, redis_url: str, name: str = "module", **sections: Mapping[str, Any]) -> Settings:
+    """Settings of a module-scoped server (the ``settings`` factory is per test): own topics, key prefix,
+    port, the test keys and every webhook secret; ``sections`` override fields (``api={"workers": 2}``)."""
+    token = f"{name}-{uuid.uuid4().hex[:8]}"
+    base = Settings()
+    r = msgspec.structs.replace
+    s = r(
+        base,
+        kafka=r(base.kafka, bootstrap=broker, events_topic=f"{token}.events", dead_letter_topic=f"{token}.dlq",
+                alerts_topic=f"{token}.alerts", group_id=f"{token}.group", session_timeout_ms=3000),
+        redis=r(base.redis, url=redis_url, prefix=f"test:{token}", breaker_reset_ms=200),
+        api=r(base.api, port=free_port()),
+        stream=r(base.stream, health_port=0),
+        auth=r(base.auth, keys=KEY_SPEC),
+        webhooks=r(base.webhooks, zendesk_secret=ZENDESK_SECRET, generic_secret=GENERIC_SECRET,
+                   standard_secret=STANDARD_SECRET, intercom_secret=INTERCOM_SECRET, stripe_secret=STRIPE_SECRET,
+                   stripe_rates="USD=0.9"),
+    )  # fmt: skip
+    for section, values in sections.items():
+        s = r(s, **{section: r(getattr(s, section), **values)})
+    run_sync(ensure_topics(s.kafka))
+    return s
 
 
 @contextlib.contextmanager

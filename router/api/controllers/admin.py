@@ -27,6 +27,7 @@ class AdminController(Controller):
 
     @get(
         "/portfolio",
+        operation_id="portfolio",
         tags=["portfolio"],
         summary="Portfolio figures for management",
         responses=errors(KEYED, 503),
@@ -41,6 +42,7 @@ class AdminController(Controller):
 
     @post(
         "/admin/policy/reload",
+        operation_id="reload_policy",
         status_code=HTTP_200_OK,
         tags=["admin"],
         summary="Load a new policy without restart",
@@ -59,6 +61,7 @@ class AdminController(Controller):
 
     @post(
         "/admin/model/reload",
+        operation_id="reload_model",
         status_code=HTTP_200_OK,
         tags=["admin"],
         summary="Load a new churn model without restart",

@@ -29,6 +29,7 @@ class CustomerController(Controller):
 
     @get(
         "/customers/{customer_id:str}",
+        operation_id="get_customer",
         summary="Customer view: every score and why (GDPR transparency)",
         responses=errors(KEYED, 503),
         opt={"scopes": frozenset({"ops", "admin"})},
@@ -39,6 +40,7 @@ class CustomerController(Controller):
 
     @put(
         "/customers/{customer_id:str}/override",
+        operation_id="set_override",
         status_code=HTTP_200_OK,
         summary="Override the tier (with reason and expiry)",
         responses=errors(KEYED, BODY, 404, 503),
@@ -56,6 +58,7 @@ class CustomerController(Controller):
 
     @delete(
         "/customers/{customer_id:str}/override",
+        operation_id="remove_override",
         status_code=HTTP_204_NO_CONTENT,
         summary="Remove a tier override",
         responses=errors(KEYED, 404, 503),
@@ -69,6 +72,7 @@ class CustomerController(Controller):
 
     @post(
         "/customers/{customer_id:str}/erasure",
+        operation_id="erase_customer",
         status_code=HTTP_202_ACCEPTED,
         summary="Erase the customer (GDPR art. 17)",
         responses=errors(KEYED, BODY, 503),
@@ -83,6 +87,7 @@ class CustomerController(Controller):
 
     @post(
         "/decisions/{decision_id:str}/outcome",
+        operation_id="record_outcome",
         status_code=HTTP_202_ACCEPTED,
         summary="Feed back what happened after a decision",
         responses=errors(KEYED, BODY, 503),

@@ -16,7 +16,7 @@ from router.api.responses import BODY, KEYED, errors
 from router.serving.decisions import DecisionService
 from router.serving.handoff import HandoffService
 from router.serving.screenpop import ScreenPopService, render_card
-from schemas.api import ClassifyRequest, Decision, HandoffDecision, HandoffRequest, ScreenPop
+from schemas.api import ClassifyRequest, Decision, HandoffDecision, HandoffRequest, ScreenPop, ScreenPopRequest
 
 __all__ = ["DecisionController"]
 
@@ -24,7 +24,8 @@ Phone = Annotated[
     str | None,
     QueryParameter(
         name="phone",
-        description="Caller number in any common notation (normalised to E.164, looked up by keyed hash, never logged)",
+        description="Caller number in any common notation or as a `tel:` URI (normalised to E.164, looked up by keyed "
+        "hash, never logged). A raw `+` that URL decoding turned into a leading space is read as `+`.",
     ),
 ]
 
@@ -37,6 +38,7 @@ class DecisionController(Controller):
 
     @post(
         "/classify",
+        operation_id="classify",
         status_code=HTTP_200_OK,
         summary="Route a ticket, call or chat",
         opt={"scopes": frozenset({"helpdesk", "telephony", "chatbot"})},
@@ -54,16 +56,33 @@ class DecisionController(Controller):
 
     @get(
         "/screenpop",
+        operation_id="screenpop_get",
         summary="Caller card for telephony (JSON)",
         responses=errors(KEYED),
         opt={"scopes": frozenset({"telephony"})},
         description="Scope: telephony. An unknown or withheld number gives an `unknown`/`withheld` card, not an error.",
     )
     async def screenpop(self, screenpop: NamedDependency[ScreenPopService], phone: Phone = None) -> ScreenPop:
-        return await screenpop.lookup(phone)
+        return await screenpop.lookup(phone, from_url=True)
+
+    @post(
+        "/screenpop",
+        operation_id="screenpop",
+        status_code=HTTP_200_OK,
+        summary="Caller card for telephony (JSON), number in the body",
+        responses=errors(KEYED, BODY),
+        opt={"scopes": frozenset({"telephony"})},
+        description="Scope: telephony. The same card as `GET /v1/screenpop`, with the number in a JSON body "
+        '(`{"phone": "+14155550100"}` or a `tel:` URI), so it never appears in a URL or a proxy log.',
+    )
+    async def screenpop_post(
+        self, data: JSONBody[ScreenPopRequest], screenpop: NamedDependency[ScreenPopService]
+    ) -> ScreenPop:
+        return await screenpop.lookup(data.phone)
 
     @get(
         "/screenpop/card",
+        operation_id="screenpop_card",
         summary="Caller card for telephony (HTML for the CTI pane)",
         responses=errors(KEYED),
         media_type=MediaType.HTML,
@@ -72,7 +91,7 @@ class DecisionController(Controller):
         "cannot set headers; the service writes no access log, keep it out of proxy logs too.",
     )
     async def screenpop_card(self, screenpop: NamedDependency[ScreenPopService], phone: Phone = None) -> Response[str]:
-        card = await screenpop.lookup(phone)
+        card = await screenpop.lookup(phone, from_url=True)
         return Response(
             render_card(card, datetime.now(UTC)),
             media_type=MediaType.HTML,
@@ -84,6 +103,7 @@ class DecisionController(Controller):
 
     @post(
         "/handoff",
+        operation_id="handoff",
         status_code=HTTP_200_OK,
         summary="Chatbot: hand over to a person now?",
         opt={"scopes": frozenset({"chatbot"})},

@@ -14,7 +14,7 @@ from router.ops.metrics import metrics_payload
 __all__ = ["live", "metrics_endpoint", "ready"]
 
 
-@get("/health/live", tags=["operations"], summary="Liveness", sync_to_thread=False)
+@get("/health/live", operation_id="live", tags=["operations"], summary="Liveness", sync_to_thread=False)
 def live() -> dict[str, str]:
     """Cheap: the event loop answers."""
     return {"status": "alive"}
@@ -22,6 +22,7 @@ def live() -> dict[str, str]:
 
 @get(
     "/health/ready",
+    operation_id="ready",
     tags=["operations"],
     summary="Readiness",
     responses={

@@ -23,7 +23,6 @@ import concurrent.futures
 import contextlib
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,14 +33,10 @@ import httpx
 import msgspec
 import pytest
 
-from router.devstack.infra import free_port
-from router.ops.kafka import ensure_topics
 from router.serving.webhooks import sign_generic, sign_zendesk
 from router.settings import Settings
-from tests.conftest import run_sync
 from tests.support.api_support import (
     GENERIC_SECRET,
-    KEY_SPEC,
     KEYS,
     SMALL_PHONE,
     VIP_EMAIL,
@@ -49,6 +44,7 @@ from tests.support.api_support import (
     ZENDESK_SECRET,
     auth,
     live_server,
+    module_settings,
     populate,
     population,
 )
@@ -63,20 +59,7 @@ def server(
     broker: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Settings, httpx.Client, Path]]:
     """One API process for the module (own topics, prefix and port); each test leaves it healthy."""
-    token = f"attacks-{uuid.uuid4().hex[:8]}"
-    base = Settings()
-    r = msgspec.structs.replace
-    s = r(
-        base,
-        kafka=r(base.kafka, bootstrap=broker, events_topic=f"{token}.events", dead_letter_topic=f"{token}.dlq",
-                alerts_topic=f"{token}.alerts", group_id=f"{token}.group", session_timeout_ms=3000),
-        redis=r(base.redis, url=redis_server.url, prefix=f"test:{token}", breaker_reset_ms=200),
-        api=r(base.api, port=free_port(), max_body_bytes=16_384),
-        stream=r(base.stream, health_port=0),
-        auth=r(base.auth, keys=KEY_SPEC),
-        webhooks=r(base.webhooks, zendesk_secret=ZENDESK_SECRET, generic_secret=GENERIC_SECRET),
-    )  # fmt: skip
-    run_sync(ensure_topics(s.kafka))
+    s = module_settings(broker, redis_server.url, "attacks", api={"max_body_bytes": 16_384})
     asyncio.run(populate(s, population(5)))
     log = tmp_path_factory.mktemp("attacks") / "api.log"
     with live_server(s, log) as client:

@@ -28,12 +28,20 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from router.api.app import create_app
-from router.devstack.infra import free_port
-from router.ops.kafka import ensure_topics
-from router.serving.webhooks import sign_generic, sign_zendesk
+from router.serving.signatures import parse_standard_secret, sign_intercom, sign_standard, sign_stripe
+from router.serving.webhooks import sign_zendesk
 from router.settings import AuthSettings, Settings
-from tests.conftest import run_sync
-from tests.support.api_support import GENERIC_SECRET, KEY_SPEC, ZENDESK_SECRET, live_server, populate, population
+from tests.support.api_support import (
+    INTERCOM_SECRET,
+    KEY_SPEC,
+    STANDARD_SECRET,
+    STRIPE_SECRET,
+    ZENDESK_SECRET,
+    live_server,
+    module_settings,
+    populate,
+    population,
+)
 
 MAX_EXAMPLES = 30
 FUZZ_KEY = "fuzz-every-scope-0123456789"
@@ -42,22 +50,16 @@ FUZZ_KEY = "fuzz-every-scope-0123456789"
 @pytest.fixture(scope="module")
 def fuzz_server(broker: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """One API process for the whole module (its own topics, prefix and port), populated."""
-    token = f"fuzz-{uuid.uuid4().hex[:8]}"
-    base = Settings()
-    r = msgspec.structs.replace
-    s = r(
-        base,
-        kafka=r(base.kafka, bootstrap=broker, events_topic=f"{token}.events", dead_letter_topic=f"{token}.dlq",
-                alerts_topic=f"{token}.alerts", group_id=f"{token}.group", session_timeout_ms=3000),
+    s = module_settings(
+        broker,
+        redis_server.url,
+        "fuzz",
         # a generous Redis budget: this test is about the contract, not about a loaded CI machine
-        redis=r(base.redis, url=redis_server.url, prefix=f"test:{token}", breaker_reset_ms=200, timeout_ms=1000),
-        api=r(base.api, port=free_port(), log_level="warning"),
-        stream=r(base.stream, health_port=0),
-        auth=r(base.auth, keys=f"{KEY_SPEC},fuzz:helpdesk+telephony+chatbot+ops+admin:{FUZZ_KEY}",
-               rate_per_s=1_000_000.0, burst=1_000_000),
-        webhooks=r(base.webhooks, zendesk_secret=ZENDESK_SECRET, generic_secret=GENERIC_SECRET),
+        redis={"timeout_ms": 1000},
+        api={"log_level": "warning"},
+        auth={"keys": f"{KEY_SPEC},fuzz:helpdesk+telephony+chatbot+events+ops+admin:{FUZZ_KEY}",
+              "rate_per_s": 1_000_000.0, "burst": 1_000_000},
     )  # fmt: skip
-    run_sync(ensure_topics(s.kafka))
     asyncio.run(populate(s, population(5)))
     log = tmp_path_factory.mktemp("schemathesis") / "api.log"
     with live_server(s, log):
@@ -83,14 +85,36 @@ def _operations() -> list[tuple[str, str]]:
     return [(m.upper(), path) for path, item in spec["paths"].items() for m in methods if m in item]
 
 
-def _signed(path: str, body: bytes, headers: dict[str, str]) -> None:
+def _signed(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """Sign ``body`` as the endpoint's sender would; returns the bytes to send."""
     ts = str(int(time.time()))
     if path.endswith("/zendesk"):
         headers["X-Zendesk-Webhook-Signature"] = sign_zendesk(ZENDESK_SECRET, ts, body)
         headers["X-Zendesk-Webhook-Signature-Timestamp"] = ts
-    else:
-        headers["X-Router-Signature"] = sign_generic(GENERIC_SECRET, ts, body)
-        headers["X-Router-Timestamp"] = ts
+    elif path.endswith("/generic"):
+        msg_id = f"msg_{uuid.uuid4().hex}"
+        headers["webhook-id"] = msg_id
+        headers["webhook-timestamp"] = ts
+        headers["webhook-signature"] = sign_standard(parse_standard_secret(STANDARD_SECRET), msg_id, int(ts), body)
+    elif path.endswith("/intercom"):
+        body = _fresh_notification(body)
+        headers["X-Hub-Signature"] = sign_intercom(INTERCOM_SECRET, body)
+    elif path.endswith("/stripe"):
+        headers["Stripe-Signature"] = sign_stripe(STRIPE_SECRET, int(ts), body)
+    return body
+
+
+def _fresh_notification(body: bytes) -> bytes:
+    """Intercom sends a notification when it happens: a generated one gets a current ``created_at`` and id."""
+    try:
+        payload = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body
+    if isinstance(payload, dict) and isinstance(payload.get("created_at"), int):
+        payload["created_at"] = int(time.time())
+        payload["id"] = f"notif_{uuid.uuid4()}"
+        return msgspec.json.encode(payload)
+    return body
 
 
 def _call_and_validate(case: Any, base: str) -> None:
@@ -114,8 +138,7 @@ def _call_and_validate(case: Any, base: str) -> None:
         else:
             raw = kwargs.pop("data", b"") or b""
             body = raw if isinstance(raw, bytes) else str(raw).encode()
-        kwargs["data"] = body
-        _signed(case.path, body, kwargs["headers"])
+        kwargs["data"] = _signed(case.path, body, kwargs["headers"])
     response = requests.request(**kwargs, timeout=5)
     case.validate_response(response, headers=kwargs["headers"], transport_kwargs=kwargs)
 

@@ -120,3 +120,12 @@ def test_screenpop_over_http_never_logs_the_number(server: tuple[Settings, httpx
     text = log.read_text()
     for fragment in ("901820", "7946", "555123", auth("telephony")["X-API-Key"]):
         assert fragment not in text, fragment
+
+
+def test_cors_is_off_by_default(server: tuple[Settings, httpx.Client, Path]) -> None:
+    _, client, _ = server
+    preflight = {"Origin": "https://cti.example.com", "Access-Control-Request-Method": "POST"}
+    r = client.options("/v1/screenpop", headers=preflight)
+    assert "access-control-allow-origin" not in r.headers
+    r = client.get("/v1/screenpop", params={"phone": SMALL_PHONE}, headers={**auth("telephony"), **preflight})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
