@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import uvicorn
 from litestar import Litestar, MediaType, Request, Response
 from litestar.config.cors import CORSConfig
@@ -35,7 +36,7 @@ from router.ops.metrics import prepare_multiprocess
 from router.serving.intake import BatchRejected
 from router.serving.signatures import parse_standard_secret
 from router.serving.stripe import parse_rates
-from router.settings import Settings
+from router.settings import Secret, Settings, require_safe
 from schemas.api import ErrorBody, EventsRejected
 
 __all__ = ["UVICORN_HTTP", "UVICORN_LOOP", "create_app", "serve"]
@@ -50,14 +51,18 @@ UVICORN_HTTP = "httptools"
 def create_app(settings: Settings) -> Litestar:
     """Build the API. Nothing connects until the app starts (lifespans).
 
-    Refuses (``SystemExit``) when no API key is configured outside dev mode: a service that
-    routes on customer value must not start open to anyone who can reach it.
+    Refuses (``SystemExit``) when no API key is configured outside dev mode, when dev mode
+    would listen beyond loopback, and when a secret is a placeholder: a service that routes on
+    customer value must not start open to anyone who can reach it. Once the keys are parsed only
+    their digests stay in memory: the settings the app keeps no longer hold ``ROUTER_AUTH_KEYS``.
     """
+    require_safe(settings, binds_api=True)
     try:
         auth = Authenticator(settings.auth)
         _check_webhooks(settings)
     except (ConfigError, ValueError) as exc:
         raise SystemExit(f"invalid configuration: {exc}") from None
+    settings = msgspec.structs.replace(settings, auth=msgspec.structs.replace(settings.auth, keys=_PARSED_KEYS))
 
     # --- routes ---------------------------------------------------------------------------
     handlers: list[ControllerRouterHandler] = [
@@ -170,6 +175,10 @@ def _cors(settings: Settings) -> CORSConfig | None:
         allow_credentials=False,
         max_age=600,
     )
+
+
+_PARSED_KEYS = Secret("<parsed: only SHA-256 digests are kept>")
+"""What the app's settings hold instead of ``ROUTER_AUTH_KEYS`` (not parseable as keys, on purpose)."""
 
 
 _API_DESCRIPTION = """Answers, for a ticket, call or chat: SLA tier and deadline, escalation target,

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -43,7 +44,7 @@ from router.devstack.infra import (
     start_broker,
 )
 from router.ops.kafka import ensure_topics
-from router.settings import RedisSettings, Settings, to_env
+from router.settings import RedisSettings, Settings, placeholder_reason, to_env, unsafe_reasons
 
 __all__ = ["DEMO_CUSTOMER_ID", "example_request", "run_dev"]
 
@@ -89,6 +90,25 @@ def _with_dev_auth(settings: Settings) -> Settings:
     if settings.auth.keys or settings.auth.dev_mode:
         return settings
     return msgspec.structs.replace(settings, auth=msgspec.structs.replace(settings.auth, dev_mode=True))
+
+
+def _child_settings(settings: Settings, stack: _Stack) -> Settings:
+    """What the children run with: dev mode unless keys are set, and a real identity key.
+
+    A placeholder identity key (the built-in default) is replaced by a random one when this run's
+    state is its own (a private Redis, or a per-run prefix that is removed at exit); with state
+    that outlives the run it stays, which only dev mode accepts. Raises :class:`InfraError` with
+    what the API and the consumer would refuse (``router.settings.unsafe_reasons``).
+    """
+    settings = _with_dev_auth(settings)
+    own_state = stack.redis is not None or stack.scratch_redis is not None
+    if own_state and placeholder_reason(settings.identity.hash_key):
+        identity = msgspec.structs.replace(settings.identity, hash_key=secrets.token_urlsafe(32))
+        settings = msgspec.structs.replace(settings, identity=identity)
+    problems = unsafe_reasons(settings, binds_api=True)
+    if problems:
+        raise InfraError("; ".join(problems))
+    return settings
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -347,7 +367,7 @@ def _start_children(
     settings: Settings, stack: _Stack, *, customers: int, rate: float
 ) -> list[ManagedProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and k != "REDIS_URL"}
-    env.update(to_env(_with_dev_auth(settings)))
+    env.update(to_env(_child_settings(settings, stack)))
     env["PYTHONUNBUFFERED"] = "1"  # so a crash's last words reach the log
     commands = {
         "consumer": ["consume"],
