@@ -161,7 +161,7 @@ def test_the_kubernetes_secret_holds_only_placeholders_that_the_service_refuses(
     from router.api.auth import ConfigError, parse_keys
     from router.settings import Settings, unsafe_reasons
 
-    (secret,) = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "config.yaml").read_text()) if d["kind"] == "Secret"]
+    (secret,) = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "secret.yaml").read_text()) if d["kind"] == "Secret"]
     data = secret["stringData"]
     settings = Settings.from_env(data)
     problems = " ".join(unsafe_reasons(settings, binds_api=True))
