@@ -190,6 +190,8 @@ class ApiSettings(_Section, kw_only=True):
     """Most events one POST /v1/events may carry (more: 400, nothing produced)."""
     events_max_body_bytes: int = 1_048_576
     """Body limit of POST /v1/events and the Stripe and Intercom webhooks (413 above it); other routes use max_body_bytes."""
+    schema_requires_key: bool = False
+    """Serve /schema/* (OpenAPI document, Swagger UI) only with an API key of any scope; off: open to whoever reaches the port (the contract, no data)."""
 
 
 class AuthSettings(_Section, kw_only=True):

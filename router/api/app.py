@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 import uvicorn
-from litestar import Litestar, MediaType, Request, Response
+from litestar import Litestar, MediaType, Request, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -19,7 +19,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
-from router.api.auth import ApiKey, Authenticator, ConfigError, require_key
+from router.api.auth import SCOPES, ApiKey, Authenticator, ConfigError, require_key
 from router.api.bodies import document_raw_bodies
 from router.api.controllers import health
 from router.api.controllers.admin import AdminController
@@ -132,6 +132,10 @@ def create_app(settings: Settings) -> Litestar:
             version="1",
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
+            # Open by default (the contract, no data); with ROUTER_API_SCHEMA_REQUIRES_KEY any scope reads it.
+            openapi_router=Router(
+                path="/schema", route_handlers=[], opt={"scopes": SCOPES} if settings.api.schema_requires_key else {}
+            ),
             description=_API_DESCRIPTION,
             components=Components(
                 security_schemes={
