@@ -134,7 +134,10 @@ def create_app(settings: Settings) -> Litestar:
             render_plugins=[SwaggerRenderPlugin()],
             # Open by default (the contract, no data); with ROUTER_API_SCHEMA_REQUIRES_KEY any scope reads it.
             openapi_router=Router(
-                path="/schema", route_handlers=[], opt={"scopes": SCOPES} if settings.api.schema_requires_key else {}
+                path="/schema",
+                route_handlers=[],
+                include_in_schema=False,
+                opt={"scopes": SCOPES} if settings.api.schema_requires_key else {},
             ),
             description=_API_DESCRIPTION,
             components=Components(
@@ -143,9 +146,20 @@ def create_app(settings: Settings) -> Litestar:
                         type="apiKey",
                         name="X-API-Key",
                         security_scheme_in="header",
-                        description="API key with scopes (helpdesk, telephony, chatbot, events, ops, admin); "
-                        "`Authorization: Bearer <key>` works too.",
-                    )
+                        description="API key with scopes (helpdesk, telephony, chatbot, events, ops, admin).",
+                    ),
+                    "Bearer": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        description="The same API key as `Authorization: Bearer <key>` (when both are sent, "
+                        "`X-API-Key` counts).",
+                    ),
+                    "Basic": SecurityScheme(
+                        type="http",
+                        scheme="basic",
+                        description="The same API key as the password of HTTP Basic, any user name (for callers "
+                        "that can only put credentials into a URL).",
+                    ),
                 }
             ),
         ),
@@ -187,9 +201,10 @@ _PARSED_KEYS = Secret("<parsed: only SHA-256 digests are kept>")
 
 _API_DESCRIPTION = """Answers, for a ticket, call or chat: SLA tier and deadline, escalation target,
 next-best-actions and why. Every endpoint but health, metrics and the signed webhooks needs an
-API key (`X-API-Key`) with one of the scopes its description names; a missing or unknown key
-gets 401, a key without the scope 403, a key over its rate limit 429 (`Retry-After`). Bodies
-above the configured size get 413, malformed ones 400 naming the field (never the value).
+API key (`X-API-Key`, `Authorization: Bearer <key>`, or HTTP Basic with the key as password) with
+one of the scopes its description names; a missing or unknown key gets 401, a key without the
+scope 403, a key over its rate limit 429 (`Retry-After`). Bodies above the configured size get
+413, malformed ones 400 naming the field (never the value), unknown fields included.
 """
 
 
