@@ -16,6 +16,7 @@ generate, never this document (``tests/integration/api/test_schemathesis.py``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -268,7 +269,7 @@ _RATE_LIMITED = {
 }
 
 
-def _example_set(values: dict[str, msgspec.Struct]) -> dict[str, Example | Reference]:
+def _example_set(values: Mapping[str, msgspec.Struct]) -> dict[str, Example | Reference]:
     return {name: Example(summary=name, value=msgspec.to_builtins(value)) for name, value in values.items()}
 
 
