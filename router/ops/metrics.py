@@ -29,6 +29,7 @@ __all__ = [
     "ALERTS",
     "AUDIT_DROPPED",
     "BATCH_SIZE",
+    "CALENDAR_LAST_HOLIDAY",
     "CONSUMER_LAG",
     "DEAD_LETTERED",
     "DECISIONS",
@@ -134,6 +135,13 @@ STATE_RESETS = Counter(
 MODEL_LOADED = Gauge("router_model_loaded", "1 while a churn model is loaded and used, else 0")
 MODEL_INFO = InfoGauge("router_model_info", "Loaded churn model (1 = in use)", ["version", "path"])
 POLICY_INFO = InfoGauge("router_policy_info", "Loaded routing policy (1 = in use)", ["version"])
+CALENDAR_LAST_HOLIDAY = Gauge(
+    "router_policy_calendar_last_holiday_timestamp_seconds",
+    "Start (UTC) of the last holiday a business-hours calendar of the loaded policy knows, within this "
+    "year and the next two (0: none at all); generated public holidays keep it two years ahead",
+    ["calendar"],
+    multiprocess_mode="livemin",
+)
 WEBHOOK_SIGNATURE_FAILURES = Counter(
     "router_webhook_signature_failures_total", "Rejected webhook signatures", ["reason"]
 )
