@@ -22,7 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 APT_WAIT = ROOT / "deploy" / "apt-wait.sh"
 SCRIPTS = [ROOT / "deploy" / "install-test-tools.sh", ROOT / "deploy" / "install-browser.sh",
-           ROOT / "loadtests" / "install-tools.sh"]  # fmt: skip
+           ROOT / "deploy" / "install-kcat.sh", ROOT / "loadtests" / "install-tools.sh"]  # fmt: skip
 HOLD_S = 5.0
 
 _HOLDER = """
