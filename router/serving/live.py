@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import time
 from datetime import UTC, date, datetime
 
@@ -126,10 +128,22 @@ def report_calendars(policy: Policy, today: date | None = None) -> None:
     with closed hours but no holiday at all reports 0, so the alert on it fires at once.
     """
     today = today or datetime.now(UTC).date()
-    metrics.CALENDAR_LAST_HOLIDAY.clear()  # calendars a reload removed go away
+    reported = set()
     for name, calendar in policy.calendars.items():
         if calendar.always_open:
             continue
         last = calendar.last_holiday(today)
         at = datetime(last.year, last.month, last.day, tzinfo=UTC).timestamp() if last else 0.0
         metrics.CALENDAR_LAST_HOLIDAY.labels(name).set(at)
+        reported.add(name)
+    for gone in _reported_calendars - reported:  # a reload removed or reopened it
+        if os.environ.get(metrics.MULTIPROC_ENV):
+            # Series cannot be removed in multiprocess mode: NaN makes its alert condition false.
+            metrics.CALENDAR_LAST_HOLIDAY.labels(gone).set(math.nan)
+        else:
+            metrics.CALENDAR_LAST_HOLIDAY.remove(gone)
+    _reported_calendars.clear()
+    _reported_calendars.update(reported)
+
+
+_reported_calendars: set[str] = set()
