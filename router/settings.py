@@ -57,16 +57,18 @@ class Secret(str):
     __slots__ = ()
 
     def __repr__(self) -> str:
-        if not self:
-            return "''"
+        return "''" if not self else repr(self.masked())
+
+    def masked(self) -> str:
+        """What may be shown: ``***``, or a URL with ``***`` for its password."""
         if "://" in self:
             parts = urllib.parse.urlsplit(self)
             if parts.password is None:
-                return str.__repr__(self)
+                return str(self)
             netloc = parts.netloc.rsplit("@", 1)[1]
             user = f"{parts.username}:" if parts.username else ":"
-            return repr(urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{netloc}")))
-        return "'***'"
+            return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+        return "***"
 
 
 class _Section(msgspec.Struct, kw_only=True):

@@ -20,6 +20,7 @@ from router.settings import (
     IdentitySettings,
     KafkaSettings,
     RedisSettings,
+    Secret,
     Settings,
     WebhookSettings,
     placeholder_reason,
@@ -156,6 +157,9 @@ def test_repr_of_settings_masks_every_secret() -> None:
     for secret in (API_SECRET, IDENTITY, ZENDESK, ZENDESK[::-1], REDIS_PASSWORD):
         assert secret not in shown
     assert "redis.internal:6379" in shown  # where Redis is stays readable
+    # what `router dev` prints of a Redis URL
+    assert Secret(f"redis://user:{REDIS_PASSWORD}@h:1/0").masked() == "redis://user:***@h:1/0"
+    assert Secret("redis://h:1/0").masked() == "redis://h:1/0" and Secret(API_SECRET).masked() == "***"
     # ... while the values themselves are intact for hashing and signing
     assert s.identity.hash_key == IDENTITY and s.webhooks.zendesk_secret.encode() == ZENDESK.encode()
 
