@@ -131,7 +131,8 @@ def _bearer_too(operation: Operation) -> None:
     """An API key is accepted as ``Authorization: Bearer <key>`` and as the password of HTTP Basic as
     well (``router.api.auth.require_key``)."""
     if operation.security and {"ApiKey": []} in operation.security:
-        alternatives = [s for s in ({"Bearer": []}, {"Basic": []}) if s not in operation.security]
+        schemes: tuple[dict[str, list[str]], ...] = ({"Bearer": []}, {"Basic": []})
+        alternatives = [s for s in schemes if s not in operation.security]
         operation.security = [*operation.security, *alternatives]
 
 

@@ -164,6 +164,15 @@ def test_repr_of_settings_masks_every_secret() -> None:
     assert s.identity.hash_key == IDENTITY and s.webhooks.zendesk_secret.encode() == ZENDESK.encode()
 
 
+def test_every_secret_looking_field_is_a_secret() -> None:
+    """A new secret setting (``*_secret``, ``*keys``, ``*password``) must be masked and readable from a file."""
+    for section in Settings.__struct_fields__:
+        kind = type(getattr(Settings(), section))
+        for field in kind.__struct_fields__:
+            if field.endswith(("secret", "keys", "password", "hash_key")):
+                assert field in kind.secrets, f"{section}.{field} is not in {kind.__name__}.secrets"
+
+
 def test_the_app_keeps_only_digests_of_the_api_keys() -> None:
     app = create_app(production())
     kept = _every_string(app.state.settings)

@@ -65,10 +65,12 @@ def _operations() -> list[tuple[str, str, dict[str, Any]]]:
 def test_every_429_declares_retry_after_and_every_keyed_operation_accepts_a_bearer_key() -> None:
     schemes = DOC["components"]["securitySchemes"]
     assert schemes["Bearer"] == {**schemes["Bearer"], "type": "http", "scheme": "bearer"}
+    assert schemes["Basic"] == {**schemes["Basic"], "type": "http", "scheme": "basic"}
     keyed = [(m, p, op) for m, p, op in _operations() if op.get("security")]
     assert len(keyed) >= 10
     for method, path, op in keyed:
         assert {"ApiKey": []} in op["security"] and {"Bearer": []} in op["security"], (method, path)
+        assert {"Basic": []} in op["security"], (method, path)
         retry_after = op["responses"]["429"]["headers"]["Retry-After"]
         assert retry_after["required"] is True and retry_after["schema"]["type"] == "integer", (method, path)
 
