@@ -248,6 +248,6 @@ async def test_openapi_documents_every_endpoint(api: tuple[Settings, Client]) ->
     ):
         assert path in paths, path
     assert doc["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"
-    # X-API-Key or the same key as a Bearer token
-    assert paths["/v1/classify"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}]
+    # X-API-Key, or the same key as a Bearer token or as the password of HTTP Basic
+    assert paths["/v1/classify"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}, {"Basic": []}]
     assert "Decision" in doc["components"]["schemas"] and "HelpdeskRouting" in doc["components"]["schemas"]
