@@ -88,3 +88,9 @@ def test_examples_exist_and_conform_to_their_schemas() -> None:
     classify = DOC["paths"]["/v1/classify"]["post"]
     assert len(classify["requestBody"]["content"]["application/json"]["examples"]) == 3
     assert classify["responses"]["200"]["content"]["application/json"]["examples"]
+
+
+def test_a_real_event_time_validates_against_the_event_ingest_contract() -> None:
+    usage = {"type": "usage", "event_id": "e-1", "customer_id": "C1", "logins": 3}
+    for when in ("2026-01-31T08:15:00.250-05:00", "2019-05-31T23:59:59+02:00", "1999-12-31T23:00:00Z"):
+        assert _errors({"events": [{**usage, "occurred_at": when}]}, "#/components/schemas/EventBatch") == [], when
