@@ -12,9 +12,11 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
 fi
+# apt_get: waits for another apt/dpkg process instead of failing on its lock
+. "$(dirname "${BASH_SOURCE[0]}")/apt-wait.sh"
 
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+apt_get update -qq
+apt_get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 
 /usr/bin/chromium --version

@@ -13,6 +13,8 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
 fi
+# apt_get: waits for another apt/dpkg process instead of failing on its lock
+. "$(dirname "${BASH_SOURCE[0]}")/apt-wait.sh"
 
 POLICY=/usr/sbin/policy-rc.d
 OWN_POLICY=0
@@ -32,11 +34,11 @@ trap cleanup EXIT
 export DEBIAN_FRONTEND=noninteractive
 # Lists may be missing on a fresh machine; refresh them once if the package is unknown.
 if ! apt-cache show prometheus >/dev/null 2>&1; then
-    $SUDO apt-get update -qq
+    apt_get update -qq
 fi
-$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null || {
-    $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+apt_get install -y -qq --no-install-recommends prometheus >/dev/null || {
+    apt_get update -qq
+    apt_get install -y -qq --no-install-recommends prometheus >/dev/null
 }
 
 # The tests run their own Prometheus on a free port: stop and disable the packaged one

@@ -34,6 +34,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import statistics
 import sys
 import time
@@ -57,7 +58,7 @@ from router.ingest.consumer import consumer_stack
 from router.ops.heap import settle_heap
 from router.ops.kafka import ensure_topics
 from router.ops.metrics import RECORD_CACHE as _CACHE
-from router.settings import Settings, to_env
+from router.settings import IdentitySettings, Settings, placeholder_reason, to_env
 from router.state.keys import Keys
 from router.state.records import decode_snapshot, encode_snapshot
 from router.state.store import connect
@@ -310,6 +311,12 @@ async def _heavy_customer_bytes(settings: Settings) -> float:
     return size
 
 
+def _real_identity(identity: IdentitySettings) -> IdentitySettings:
+    if placeholder_reason(identity.hash_key) is None:
+        return identity
+    return msgspec.structs.replace(identity, hash_key=secrets.token_urlsafe(32))
+
+
 async def _isolated(base: Settings, bootstrap: str, url: str, token: str, args: argparse.Namespace) -> Settings:
     """``base`` on its own topics (created), consumer group and key prefix named after ``token``."""
     settings = msgspec.structs.replace(
@@ -325,6 +332,8 @@ async def _isolated(base: Settings, bootstrap: str, url: str, token: str, args: 
         ),
         redis=msgspec.structs.replace(base.redis, url=url, prefix=token),
         stream=msgspec.structs.replace(base.stream, health_port=0, batch_max=args.batch),
+        # the state is this run's own: a placeholder identity key (refused by the consumer) gets a random one
+        identity=_real_identity(base.identity),
     )
     await ensure_topics(settings.kafka)
     return settings

@@ -10,6 +10,9 @@ if ! command -v apt-get >/dev/null 2>&1; then
 fi
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
+# apt_get: waits for another apt/dpkg process instead of failing on its lock
+. "$(dirname "$0")/../deploy/apt-wait.sh"
+export DEBIAN_FRONTEND=noninteractive
+apt_get update -qq
+apt_get install -y -qq wrk >/dev/null
 command -v wrk >/dev/null

@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import random
+import secrets
 import sys
 import tempfile
 import threading
@@ -416,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
             redis=msgspec.structs.replace(base.redis, url=redis_server.url, prefix="soak"),
             api=msgspec.structs.replace(base.api, port=free_port()),
+            # a private Redis for this run: a random identity key (the built-in one is refused outside dev mode)
+            identity=msgspec.structs.replace(base.identity, hash_key=secrets.token_urlsafe(32)),
         )
         print(
             f"soak for {seconds:.0f} s: {cfg.events_per_s:g} events/s, {cfg.requests_per_s:g} requests/s; logs in {work}"

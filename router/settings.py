@@ -4,14 +4,24 @@ Each field has a default and a one-line docstring; ``ROUTER_<SUBSYSTEM>_<FIELD>`
 overrides it (e.g. ``ROUTER_KAFKA_BOOTSTRAP=broker:9092``). Tests build a
 :class:`Settings` directly and pass it to the factories: nothing reads the environment
 anywhere else.
+
+Secret fields (API keys, the identity hash key, webhook secrets, the Redis URL with its
+password) hold a :class:`Secret`: the value itself for hashing, signing and child processes,
+masked in every ``repr`` (so in logs and tracebacks of settings). Each can also be read from a
+file named by ``<VARIABLE>_FILE`` (Docker and Kubernetes secrets). :func:`require_safe` is the
+one check, run by the API and the consumer at start-up, that refuses placeholder secrets and a
+dev mode reachable from the network.
 """
 
 from __future__ import annotations
 
+import collections
+import math
 import os
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -24,17 +34,56 @@ __all__ = [
     "ModelSettings",
     "PolicySettings",
     "RedisSettings",
+    "Secret",
     "Settings",
     "StreamSettings",
     "WebhookSettings",
+    "placeholder_reason",
+    "require_safe",
     "settings_table",
     "to_env",
+    "unsafe_reasons",
 ]
 
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-class KafkaSettings(msgspec.Struct, kw_only=True):
+class Secret(str):
+    """A secret setting: the string itself everywhere, masked in ``repr`` (and so in reprs of settings).
+
+    A URL keeps its scheme and host in the repr, only its password is masked.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "''" if not self else repr(self.masked())
+
+    def masked(self) -> str:
+        """What may be shown: ``***``, or a URL with ``***`` for its password."""
+        if "://" in self:
+            parts = urllib.parse.urlsplit(self)
+            if parts.password is None:
+                return str(self)
+            netloc = parts.netloc.rsplit("@", 1)[1]
+            user = f"{parts.username}:" if parts.username else ":"
+            return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+        return "***"
+
+
+class _Section(msgspec.Struct, kw_only=True):
+    """A subsystem's settings; the fields named in ``secrets`` hold :class:`Secret` values."""
+
+    secrets: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.secrets:
+            value = getattr(self, name)
+            if not isinstance(value, Secret):
+                setattr(self, name, Secret(value))
+
+
+class KafkaSettings(_Section, kw_only=True):
     bootstrap: str = ""
     """Kafka bootstrap servers; empty means `router dev` starts an embedded broker."""
     events_topic: str = "customer-events"
@@ -53,7 +102,8 @@ class KafkaSettings(msgspec.Struct, kw_only=True):
     """Replication factor of topics created by `router dev` / `router topics` (1 for a single broker)."""
 
 
-class RedisSettings(msgspec.Struct, kw_only=True):
+class RedisSettings(_Section, kw_only=True):
+    secrets = ("url",)  # may carry a password
     url: str = "redis://127.0.0.1:6379/0"
     """Redis URL; `router dev` falls back to a private redis-server when it does not answer."""
     cluster: bool = False
@@ -66,7 +116,7 @@ class RedisSettings(msgspec.Struct, kw_only=True):
     """After 3 consecutive Redis faults the API skips Redis (degraded) this long, then probes once."""
 
 
-class StreamSettings(msgspec.Struct, kw_only=True):
+class StreamSettings(_Section, kw_only=True):
     lateness_s: int = 86_400
     """Events older than (newest event time of the customer - this) are too late: counted, dead-lettered."""
     batch_max: int = 5_000
@@ -91,7 +141,7 @@ class StreamSettings(msgspec.Struct, kw_only=True):
     """Customers whose last written record the consumer keeps in memory (no Redis read for their next events; 0 = off)."""
 
 
-class ModelSettings(msgspec.Struct, kw_only=True):
+class ModelSettings(_Section, kw_only=True):
     path: str = str(_ROOT / "models" / "churn-v1.onnx")
     """ONNX churn model; its model card (.json) sits beside it."""
     shadow_path: str = ""
@@ -108,19 +158,20 @@ class ModelSettings(msgspec.Struct, kw_only=True):
     """Cap on expected remaining lifetime used by CLV."""
 
 
-class PolicySettings(msgspec.Struct, kw_only=True):
+class PolicySettings(_Section, kw_only=True):
     path: str = str(_ROOT / "router" / "policy" / "default.toml")
     """Versioned routing policy (tiers, SLA clocks, escalation, next-best-actions)."""
 
 
-class IdentitySettings(msgspec.Struct, kw_only=True):
+class IdentitySettings(_Section, kw_only=True):
+    secrets = ("hash_key",)
     hash_key: str = "dev-only-identity-key-change-me"
-    """Secret for keyed hashes of phone numbers, e-mails and customer ids (>= 16 chars)."""
+    """Secret key of the keyed hashes (BLAKE2b) of phone numbers, e-mails and customer ids: 16-64 random characters; the default works only in dev mode."""
     default_region: str = "DE"
     """Region assumed for phone numbers written without a country code."""
 
 
-class ApiSettings(msgspec.Struct, kw_only=True):
+class ApiSettings(_Section, kw_only=True):
     host: str = "127.0.0.1"
     """Interface uvicorn binds."""
     port: int = 8000
@@ -141,20 +192,24 @@ class ApiSettings(msgspec.Struct, kw_only=True):
     """Most events one POST /v1/events may carry (more: 400, nothing produced)."""
     events_max_body_bytes: int = 1_048_576
     """Body limit of POST /v1/events and the Stripe and Intercom webhooks (413 above it); other routes use max_body_bytes."""
+    schema_requires_key: bool = False
+    """Serve /schema/* (OpenAPI document, Swagger UI) only with an API key of any scope; off: open to whoever reaches the port (the contract, no data)."""
 
 
-class AuthSettings(msgspec.Struct, kw_only=True):
+class AuthSettings(_Section, kw_only=True):
+    secrets = ("keys",)
     keys: str = ""
     """API keys `name:scope+scope:secret[:expires=YYYY-MM-DD]`, comma-separated; scopes helpdesk, telephony, chatbot, events, ops, admin."""
     dev_mode: bool = False
-    """Without keys, accept the dev key `router-dev-key` (all scopes); without either the API refuses to start."""
+    """Local development only: without keys accept the dev key `router-dev-key` (all scopes) and the default identity key; refused unless the API binds a loopback address."""
     rate_per_s: float = 200.0
     """Sustained requests per second per API key and worker process (token bucket); beyond it 429."""
     burst: int = 400
     """Requests per API key and worker that may arrive at once before the rate applies."""
 
 
-class WebhookSettings(msgspec.Struct, kw_only=True):
+class WebhookSettings(_Section, kw_only=True):
+    secrets = ("zendesk_secret", "generic_secret", "standard_secret", "intercom_secret", "stripe_secret")
     zendesk_secret: str = ""
     """Signing secret of the Zendesk webhook (empty: the Zendesk endpoint answers 403)."""
     generic_secret: str = ""
@@ -175,7 +230,7 @@ class WebhookSettings(msgspec.Struct, kw_only=True):
     """Signed webhooks whose timestamp is further than this from now are stale; also the replay-cache TTL."""
 
 
-class HandoffSettings(msgspec.Struct, kw_only=True):
+class HandoffSettings(_Section, kw_only=True):
     max_bot_turns: int = 8
     """Bot turns after which the conversation goes to a person."""
     max_failed_intents: int = 2
@@ -191,6 +246,8 @@ class HandoffSettings(msgspec.Struct, kw_only=True):
 
 
 class Settings(msgspec.Struct, kw_only=True):
+    """Every subsystem's settings; ``repr`` masks the secrets."""
+
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     stream: StreamSettings = msgspec.field(default_factory=StreamSettings)
@@ -209,10 +266,15 @@ class Settings(msgspec.Struct, kw_only=True):
         raw: dict[str, dict[str, Any]] = {}
         for section in cls.__struct_fields__:
             values: dict[str, Any] = {}
-            for field in _section_type(section).__struct_fields__:
+            kind = _section_type(section)
+            for field in kind.__struct_fields__:
                 name = f"ROUTER_{section}_{field}".upper()
                 if name in env:
                     values[field] = env[name]
+                if field in kind.secrets and env.get(f"{name}_FILE"):
+                    if env.get(name):
+                        raise SystemExit(f"invalid configuration: set {name} or {name}_FILE, not both")
+                    values[field] = _read_secret_file(f"{name}_FILE", env[f"{name}_FILE"])
             raw[section] = values
         if "url" not in raw["redis"] and env.get("REDIS_URL"):
             raw["redis"]["url"] = env["REDIS_URL"]
@@ -220,6 +282,87 @@ class Settings(msgspec.Struct, kw_only=True):
             return msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise SystemExit(f"invalid configuration: {exc}") from None
+
+
+def _read_secret_file(variable: str, path: str) -> str:
+    """A secret from a file (a Docker or Kubernetes secret): its content without surrounding whitespace."""
+    try:
+        return Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SystemExit(f"invalid configuration: {variable} names a file that cannot be read ({reason})") from None
+
+
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+# Words placeholders are made of; long enough that a random secret practically never contains one.
+_PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "placeholder", "example", "replace", "dev-only", "insecure")
+
+
+def placeholder_reason(secret: str) -> str | None:
+    """Why ``secret`` cannot be a real secret (a placeholder, too short, too regular), or None.
+
+    The reason never contains the secret. Heuristics that a generated secret passes:
+    16+ characters, none of the words placeholders are made of ("change-me", "replace",
+    "example", "placeholder", ...), not one short pattern repeated, at least 6 distinct
+    characters and 2 bits of entropy per character.
+    """
+    if len(secret) < 16:
+        return "is shorter than 16 characters"
+    lowered = secret.lower()
+    for marker in _PLACEHOLDER_MARKERS:
+        if marker in lowered:
+            return f"is a placeholder (contains {marker!r})"
+    n = len(secret)
+    for unit in range(1, n // 2 + 1):
+        if n % unit == 0 and secret[:unit] * (n // unit) == secret:
+            return "repeats one short pattern"
+    counts = collections.Counter(secret)
+    entropy = -sum(c / n * math.log2(c / n) for c in counts.values())
+    if len(counts) < 6 or entropy < 2.0:
+        return "has too little entropy (too few distinct characters)"
+    return None
+
+
+def unsafe_reasons(settings: Settings, *, binds_api: bool) -> list[str]:
+    """What keeps ``settings`` from running a service (empty when nothing does).
+
+    Dev mode accepts the built-in identity key and the dev API key, so it must not be reachable
+    from the network (``binds_api``: the process serves the API on ``ROUTER_API_HOST``). Outside
+    dev mode the identity hash key and any webhook secret that is set must be real secrets: a
+    public or guessable identity key makes the phone and e-mail index reversible by enumeration.
+    """
+    problems: list[str] = []
+    if settings.auth.dev_mode:
+        if binds_api and settings.api.host not in _LOOPBACK:
+            problems.append(
+                f"ROUTER_AUTH_DEV_MODE=true serves the public dev key and must not listen on "
+                f"{settings.api.host!r}: bind ROUTER_API_HOST to 127.0.0.1, ::1 or localhost, "
+                "or turn dev mode off and set ROUTER_AUTH_KEYS"
+            )
+        return problems
+    reason = placeholder_reason(settings.identity.hash_key)
+    if reason:
+        problems.append(
+            f"ROUTER_IDENTITY_HASH_KEY {reason}: set it (or ROUTER_IDENTITY_HASH_KEY_FILE) to a random "
+            "secret of 32+ characters, e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`; "
+            "the built-in default works only with ROUTER_AUTH_DEV_MODE=true"
+        )
+    for field in WebhookSettings.secrets:
+        value = getattr(settings.webhooks, field)
+        reason = placeholder_reason(value) if value else None
+        if reason:
+            problems.append(f"ROUTER_WEBHOOKS_{field.upper()} {reason}: set the real signing secret or leave it empty")
+    return problems
+
+
+def require_safe(settings: Settings, *, binds_api: bool) -> None:
+    """Exit (``SystemExit`` with every reason) unless :func:`unsafe_reasons` finds nothing.
+
+    The API's factory and the consumer call it before they connect to anything.
+    """
+    problems = unsafe_reasons(settings, binds_api=binds_api)
+    if problems:
+        raise SystemExit("invalid configuration: " + "; ".join(problems))
 
 
 def to_env(settings: Settings) -> dict[str, str]:
@@ -233,8 +376,8 @@ def to_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _section_type(section: str) -> type[msgspec.Struct]:
-    types: dict[str, type[msgspec.Struct]] = {
+def _section_type(section: str) -> type[_Section]:
+    types: dict[str, type[_Section]] = {
         "kafka": KafkaSettings,
         "redis": RedisSettings,
         "stream": StreamSettings,
@@ -272,5 +415,7 @@ def settings_table() -> str:
             default = getattr(sub, field)
             shown = str(default).replace(str(_ROOT), ".")
             doc = docs.get((type(sub).__name__, field), "")
+            if field in sub.secrets:
+                doc += f" Secret: also read from the file `ROUTER_{section.upper()}_{field.upper()}_FILE` names."
             rows.append(f"| `ROUTER_{section.upper()}_{field.upper()}` | `{shown}` | {doc} |")
     return "\n".join(rows)

@@ -14,6 +14,7 @@ import concurrent.futures
 import itertools
 import os
 import re
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
@@ -32,11 +33,13 @@ from router.devstack.infra import (
     start_redis,
 )
 from router.ops.kafka import ensure_topics
-from router.settings import Settings
+from router.settings import IdentitySettings, Settings
 
 T = TypeVar("T")
 
 _SESSION = uuid.uuid4().hex[:6]
+TEST_IDENTITY = IdentitySettings(hash_key=secrets.token_urlsafe(32))
+"""The identity hash key of every test's settings: a real (random) one, as outside dev mode."""
 _redis_servers: list[RedisServer] = []
 
 
@@ -160,6 +163,7 @@ def settings(
             api=msgspec.structs.replace(base.api, port=free_port()),
             # 0 = no consumer health server, so consumers in tests never fight over a port.
             stream=msgspec.structs.replace(base.stream, health_port=0),
+            identity=TEST_IDENTITY,
         )
         for section, value in sections.items():
             if section not in Settings.__struct_fields__:

@@ -7,8 +7,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import uvicorn
-from litestar import Litestar, MediaType, Request, Response
+from litestar import Litestar, MediaType, Request, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -18,7 +19,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
-from router.api.auth import ApiKey, Authenticator, ConfigError, require_key
+from router.api.auth import SCOPES, ApiKey, Authenticator, ConfigError, require_key
 from router.api.bodies import document_raw_bodies
 from router.api.controllers import health
 from router.api.controllers.admin import AdminController
@@ -35,7 +36,7 @@ from router.ops.metrics import prepare_multiprocess
 from router.serving.intake import BatchRejected
 from router.serving.signatures import parse_standard_secret
 from router.serving.stripe import parse_rates
-from router.settings import Settings
+from router.settings import Secret, Settings, require_safe
 from schemas.api import ErrorBody, EventsRejected
 
 __all__ = ["UVICORN_HTTP", "UVICORN_LOOP", "create_app", "serve"]
@@ -50,14 +51,18 @@ UVICORN_HTTP = "httptools"
 def create_app(settings: Settings) -> Litestar:
     """Build the API. Nothing connects until the app starts (lifespans).
 
-    Refuses (``SystemExit``) when no API key is configured outside dev mode: a service that
-    routes on customer value must not start open to anyone who can reach it.
+    Refuses (``SystemExit``) when no API key is configured outside dev mode, when dev mode
+    would listen beyond loopback, and when a secret is a placeholder: a service that routes on
+    customer value must not start open to anyone who can reach it. Once the keys are parsed only
+    their digests stay in memory: the settings the app keeps no longer hold ``ROUTER_AUTH_KEYS``.
     """
+    require_safe(settings, binds_api=True)
     try:
         auth = Authenticator(settings.auth)
         _check_webhooks(settings)
     except (ConfigError, ValueError) as exc:
         raise SystemExit(f"invalid configuration: {exc}") from None
+    settings = msgspec.structs.replace(settings, auth=msgspec.structs.replace(settings.auth, keys=_PARSED_KEYS))
 
     # --- routes ---------------------------------------------------------------------------
     handlers: list[ControllerRouterHandler] = [
@@ -127,6 +132,13 @@ def create_app(settings: Settings) -> Litestar:
             version="1",
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
+            # Open by default (the contract, no data); with ROUTER_API_SCHEMA_REQUIRES_KEY any scope reads it.
+            openapi_router=Router(
+                path="/schema",
+                route_handlers=[],
+                include_in_schema=False,
+                opt={"scopes": SCOPES} if settings.api.schema_requires_key else {},
+            ),
             description=_API_DESCRIPTION,
             components=Components(
                 security_schemes={
@@ -134,9 +146,20 @@ def create_app(settings: Settings) -> Litestar:
                         type="apiKey",
                         name="X-API-Key",
                         security_scheme_in="header",
-                        description="API key with scopes (helpdesk, telephony, chatbot, events, ops, admin); "
-                        "`Authorization: Bearer <key>` works too.",
-                    )
+                        description="API key with scopes (helpdesk, telephony, chatbot, events, ops, admin).",
+                    ),
+                    "Bearer": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        description="The same API key as `Authorization: Bearer <key>` (when both are sent, "
+                        "`X-API-Key` counts).",
+                    ),
+                    "Basic": SecurityScheme(
+                        type="http",
+                        scheme="basic",
+                        description="The same API key as the password of HTTP Basic, any user name (for callers "
+                        "that can only put credentials into a URL).",
+                    ),
                 }
             ),
         ),
@@ -172,11 +195,16 @@ def _cors(settings: Settings) -> CORSConfig | None:
     )
 
 
+_PARSED_KEYS = Secret("<parsed: only SHA-256 digests are kept>")
+"""What the app's settings hold instead of ``ROUTER_AUTH_KEYS`` (not parseable as keys, on purpose)."""
+
+
 _API_DESCRIPTION = """Answers, for a ticket, call or chat: SLA tier and deadline, escalation target,
 next-best-actions and why. Every endpoint but health, metrics and the signed webhooks needs an
-API key (`X-API-Key`) with one of the scopes its description names; a missing or unknown key
-gets 401, a key without the scope 403, a key over its rate limit 429 (`Retry-After`). Bodies
-above the configured size get 413, malformed ones 400 naming the field (never the value).
+API key (`X-API-Key`, `Authorization: Bearer <key>`, or HTTP Basic with the key as password) with
+one of the scopes its description names; a missing or unknown key gets 401, a key without the
+scope 403, a key over its rate limit 429 (`Retry-After`). Bodies above the configured size get
+413, malformed ones 400 naming the field (never the value), unknown fields included.
 """
 
 

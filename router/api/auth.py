@@ -26,7 +26,7 @@ import msgspec
 from litestar.connection import ASGIConnection
 
 from router.errors import Forbidden, RateLimited, Unauthorized
-from router.settings import AuthSettings
+from router.settings import AuthSettings, placeholder_reason
 
 __all__ = [
     "DEV_KEY",
@@ -67,7 +67,9 @@ _EXPIRES = re.compile(r"^(.*):expires=(\S+)$")
 def parse_keys(spec: str) -> dict[bytes, ApiKey]:
     """``name:scope+scope:secret[:expires=YYYY-MM-DD],...`` -> SHA-256(secret) -> key.
 
-    Raises :class:`ConfigError` (whose message never contains a secret).
+    A secret must be a real one (:func:`router.settings.placeholder_reason`: 16+ characters, no
+    placeholder such as ``replace-me``). Raises :class:`ConfigError` (whose message never contains
+    a secret).
     """
     keys: dict[bytes, ApiKey] = {}
     names: set[str] = set()
@@ -91,8 +93,9 @@ def parse_keys(spec: str) -> dict[bytes, ApiKey]:
         unknown = scopes - SCOPES
         if unknown:
             raise ConfigError(f"{where} ({name}): unknown scopes {sorted(unknown)} (known: {sorted(SCOPES)})")
-        if len(secret) < 16:
-            raise ConfigError(f"{where} ({name}): secret shorter than 16 characters")
+        weak = placeholder_reason(secret)
+        if weak:
+            raise ConfigError(f"{where} ({name}): the secret {weak}")
         if name in names:
             raise ConfigError(f"{where}: duplicate key name {name!r}")
         digest = _digest(secret)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -43,7 +44,7 @@ from router.devstack.infra import (
     start_broker,
 )
 from router.ops.kafka import ensure_topics
-from router.settings import RedisSettings, Settings, to_env
+from router.settings import RedisSettings, Secret, Settings, placeholder_reason, to_env, unsafe_reasons
 
 __all__ = ["DEMO_CUSTOMER_ID", "example_request", "run_dev"]
 
@@ -89,6 +90,25 @@ def _with_dev_auth(settings: Settings) -> Settings:
     if settings.auth.keys or settings.auth.dev_mode:
         return settings
     return msgspec.structs.replace(settings, auth=msgspec.structs.replace(settings.auth, dev_mode=True))
+
+
+def _child_settings(settings: Settings, stack: _Stack) -> Settings:
+    """What the children run with: dev mode unless keys are set, and a real identity key.
+
+    A placeholder identity key (the built-in default) is replaced by a random one when this run's
+    state is its own (a private Redis, or a per-run prefix that is removed at exit); with state
+    that outlives the run it stays, which only dev mode accepts. Raises :class:`InfraError` with
+    what the API and the consumer would refuse (``router.settings.unsafe_reasons``).
+    """
+    settings = _with_dev_auth(settings)
+    own_state = stack.redis is not None or stack.scratch_redis is not None
+    if own_state and placeholder_reason(settings.identity.hash_key):
+        identity = msgspec.structs.replace(settings.identity, hash_key=secrets.token_urlsafe(32))
+        settings = msgspec.structs.replace(settings, identity=identity)
+    problems = unsafe_reasons(settings, binds_api=True)
+    if problems:
+        raise InfraError("; ".join(problems))
+    return settings
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -197,7 +217,7 @@ def _delete_prefix(redis_settings: RedisSettings) -> None:
                 batch = []
         removed += _unlink(client, batch)
     except redis.RedisError as exc:
-        _complain(f"could not remove the keys under {prefix!r} from {redis_settings.url}: {exc}")
+        _complain(f"could not remove the keys under {prefix!r} from {_shown(redis_settings.url)}: {exc}")
     finally:
         client.close()
     _say(f"removed {removed} keys under {prefix!r}")
@@ -210,6 +230,11 @@ def _unlink(client: redis.Redis | redis.RedisCluster, keys: list[bytes]) -> int:
         # Keys of several hash slots cannot go into one command on a cluster.
         return sum(int(client.unlink(key)) for key in keys)
     return int(client.unlink(*keys))
+
+
+def _shown(url: str) -> str:
+    """A Redis URL as it may be printed: its password masked."""
+    return Secret(url).masked()
 
 
 def _say(message: str) -> None:
@@ -318,7 +343,7 @@ def _start_infrastructure(settings: Settings, stack: _Stack) -> Settings:
         redis_url, stack.redis = ensure_redis(settings.redis.url, log_path=_log_path(stack.run_dir, "redis"))
     redis_settings = msgspec.structs.replace(settings.redis, url=redis_url)
     if stack.redis is not None:
-        _say(f"{settings.redis.url} does not answer; private redis-server at {redis_url}")
+        _say(f"{_shown(settings.redis.url)} does not answer; private redis-server at {redis_url}")
     elif stack.broker is not None:
         # Redis holds the consumer's offsets next to the state they cover. A fresh
         # in-memory log with the state of an earlier run would make the consumer seek
@@ -326,7 +351,7 @@ def _start_infrastructure(settings: Settings, stack: _Stack) -> Settings:
         prefix = f"{settings.redis.prefix}-dev-{uuid.uuid4().hex[:8]}"
         redis_settings = msgspec.structs.replace(redis_settings, prefix=prefix)
         stack.scratch_redis = redis_settings
-        _say(f"using {redis_url} with key prefix {prefix!r} for this run (removed on exit)")
+        _say(f"using {_shown(redis_url)} with key prefix {prefix!r} for this run (removed on exit)")
     settings = msgspec.structs.replace(settings, kafka=kafka, redis=redis_settings)
     # Topics before any client: Tansu auto-creates a topic a metadata request names,
     # with its own partition count.
@@ -347,7 +372,7 @@ def _start_children(
     settings: Settings, stack: _Stack, *, customers: int, rate: float
 ) -> list[ManagedProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and k != "REDIS_URL"}
-    env.update(to_env(_with_dev_auth(settings)))
+    env.update(to_env(_child_settings(settings, stack)))
     env["PYTHONUNBUFFERED"] = "1"  # so a crash's last words reach the log
     commands = {
         "consumer": ["consume"],
@@ -376,7 +401,7 @@ def _banner(settings: Settings, stack: _Stack, elapsed: float) -> None:
         f"ready in {elapsed:.1f}s",
         f"  API docs        http://{host}:{settings.api.port}/schema/swagger",
         f"  broker          {settings.kafka.bootstrap}" + (" (embedded)" if stack.broker else ""),
-        f"  redis           {settings.redis.url}"
+        f"  redis           {_shown(settings.redis.url)}"
         + (" (private)" if stack.redis else f" (key prefix {settings.redis.prefix!r})"),
     ]
     if stream.health_port:

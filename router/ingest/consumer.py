@@ -39,7 +39,7 @@ from router.ops import metrics
 from router.ops.heap import settle_heap
 from router.ops.kafka import consumer_config, producer_config
 from router.ops.logs import setup_logging
-from router.settings import Settings
+from router.settings import Settings, require_safe
 from router.state.records import CustomerRecord
 from router.state.store import StateStore, connect_redis
 
@@ -346,6 +346,7 @@ async def run_consumer(settings: Settings) -> None:
 
 @contextlib.asynccontextmanager
 async def consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
+    require_safe(settings, binds_api=False)  # a placeholder identity key: SystemExit before connecting
     hasher = IdentityHasher.from_settings(settings.identity)
     client = connect_redis(settings.redis, timeout_s=5.0)
     store = StateStore(client, settings.redis.prefix, hasher)

@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 
 from router.settings import KafkaSettings
 
-__all__ = ["consumer_config", "ensure_topics", "producer_config", "topic_partitions"]
+__all__ = ["MIN_INSYNC_REPLICAS", "consumer_config", "ensure_topics", "producer_config", "topic_configs", "topic_partitions"]
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,31 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
     }
 
 
+MIN_INSYNC_REPLICAS = 2
+"""``min.insync.replicas`` of topics created with a replication factor of 3 or more: with the
+producers' ``acks=all`` a write is acknowledged only once two replicas have it, so losing one
+broker loses no acknowledged event (and one broker down still accepts writes)."""
+
+
+def topic_configs(kafka: KafkaSettings) -> dict[str, str]:
+    """Configs every topic is created with: ``min.insync.replicas`` once there are replicas to count.
+
+    With fewer than 3 replicas it stays the broker's default (1): 2 of 2 would stop every write
+    while one broker restarts, and a single broker cannot have 2 in-sync replicas at all.
+    """
+    if kafka.replication_factor >= 3:
+        return {"min.insync.replicas": str(MIN_INSYNC_REPLICAS)}
+    return {}
+
+
 def _wanted_topics(kafka: KafkaSettings) -> list[NewTopic]:
     rf = kafka.replication_factor
+    configs = topic_configs(kafka)
     return [
-        NewTopic(kafka.events_topic, num_partitions=kafka.partitions, replication_factor=rf),
+        NewTopic(kafka.events_topic, num_partitions=kafka.partitions, replication_factor=rf, topic_configs=configs),
         # Dead letters and alerts are low volume; one partition keeps them in order.
-        NewTopic(kafka.dead_letter_topic, num_partitions=1, replication_factor=rf),
-        NewTopic(kafka.alerts_topic, num_partitions=1, replication_factor=rf),
+        NewTopic(kafka.dead_letter_topic, num_partitions=1, replication_factor=rf, topic_configs=configs),
+        NewTopic(kafka.alerts_topic, num_partitions=1, replication_factor=rf, topic_configs=configs),
     ]
 
 
@@ -75,7 +93,8 @@ async def _start_admin(kafka: KafkaSettings, deadline: float) -> AIOKafkaAdminCl
 async def ensure_topics(kafka: KafkaSettings, *, timeout_s: float = 30.0) -> None:
     """Create the events, dead-letter and alerts topics if missing; idempotent.
 
-    Existing topics are left as they are (their partition counts are not changed).
+    New topics get :func:`topic_configs` (``min.insync.replicas=2`` at a replication factor of 3
+    or more). Existing topics are left as they are (neither partition counts nor configs change).
     Retries while the broker starts up, for at most ``timeout_s`` seconds.
     """
     deadline = time.monotonic() + timeout_s

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import phonenumbers
 
 if TYPE_CHECKING:  # the consumer imports this module too, and needs no web framework
     from litestar.logging.config import LoggingConfig
@@ -76,12 +77,21 @@ def _phone(match: re.Match[str]) -> str:
     separated = any(not c.isdigit() for c in text)
     if not 7 <= digits <= 15:
         return text
-    # A bare run of digits not starting like a phone number is an offset, an id, a time.
+    # A bare run of digits not starting like a phone number is an offset, an id, a time, unless
+    # it is a whole international number without its "+" (4915123456789): 10-15 digits that a
+    # country code turns into a valid number. Unix times in seconds or milliseconds never are.
     if not (international or separated or text.startswith("0")):
-        return text
+        return "<phone>" if digits >= 10 and _valid_international(text) else text
     if _DECIMAL.fullmatch(text) or _DOTTED_QUAD.fullmatch(text) or _DATE.search(text):
         return text
     return "<phone>"
+
+
+def _valid_international(digits: str) -> bool:
+    try:
+        return bool(phonenumbers.is_valid_number(phonenumbers.parse("+" + digits, None)))
+    except phonenumbers.NumberParseException:
+        return False
 
 
 def redact(text: str) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "ALERTS",
     "AUDIT_DROPPED",
     "BATCH_SIZE",
+    "CALENDAR_LAST_HOLIDAY",
     "CONSUMER_LAG",
     "DEAD_LETTERED",
     "DECISIONS",
@@ -39,6 +40,7 @@ __all__ = [
     "EVENTS_APPLIED",
     "INBOUND_EVENTS",
     "LAST_POLL",
+    "LATENCY_BUCKETS",
     "LATE_EVENTS",
     "MODEL_INFO",
     "MODEL_LOADED",
@@ -66,11 +68,14 @@ __all__ = [
 if _multiproc_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.makedirs(_multiproc_dir, exist_ok=True)
 
-# 100 us .. 50 ms finely, then a few coarse buckets for the tail.
-_LATENCY_BUCKETS = (
-    0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003,
-    0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0,
+LATENCY_BUCKETS = (
+    0.00001, 0.00002, 0.000035, 0.00005, 0.000075, 0.0001, 0.00015, 0.00025, 0.00035, 0.0005, 0.00075,
+    0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
+"""Upper bounds (seconds) of the latency histograms: from 10 us, because a decision's server time,
+an ONNX inference and a Redis round trip are tens of microseconds (a lowest bucket of 100 us
+would read every median as 50 us); finely up to 10 ms (the SLO's threshold, ``le="0.01"`` in
+``deploy/prometheus/recording.yml``), coarsely beyond."""
 
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx")
 """Values of the ``status`` label of :data:`REQUESTS` (1xx never ends a request)."""
@@ -108,16 +113,16 @@ class InfoGauge:
 
 REQUESTS = Counter("router_http_requests_total", "HTTP requests by route and status class", ["route", "status"])
 REQUEST_SECONDS = Histogram(
-    "router_http_request_duration_seconds", "Server time per request", ["route"], buckets=_LATENCY_BUCKETS
+    "router_http_request_duration_seconds", "Server time per request", ["route"], buckets=LATENCY_BUCKETS
 )
 DECISION_SECONDS = Histogram(
-    "router_decision_duration_seconds", "Time to compute one decision", buckets=_LATENCY_BUCKETS
+    "router_decision_duration_seconds", "Time to compute one decision", buckets=LATENCY_BUCKETS
 )
 DECISIONS = Counter(
     "router_decisions_total", "Decisions by tier, escalation role and first action", ["tier", "role", "action"]
 )
 DEGRADED = Counter("router_degraded_decisions_total", "Decisions made by a fallback", ["cause"])
-MODEL_SECONDS = Histogram("router_model_inference_seconds", "ONNX inference time", ["site"], buckets=_LATENCY_BUCKETS)
+MODEL_SECONDS = Histogram("router_model_inference_seconds", "ONNX inference time", ["site"], buckets=LATENCY_BUCKETS)
 REQUEST_CHURN = Counter(
     "router_request_churn_total",
     "Churn scores of known customers on the request path: computed by the model, or reused from the consumer's "
@@ -130,6 +135,13 @@ STATE_RESETS = Counter(
 MODEL_LOADED = Gauge("router_model_loaded", "1 while a churn model is loaded and used, else 0")
 MODEL_INFO = InfoGauge("router_model_info", "Loaded churn model (1 = in use)", ["version", "path"])
 POLICY_INFO = InfoGauge("router_policy_info", "Loaded routing policy (1 = in use)", ["version"])
+CALENDAR_LAST_HOLIDAY = Gauge(
+    "router_policy_calendar_last_holiday_timestamp_seconds",
+    "Start (UTC) of the last holiday a business-hours calendar of the loaded policy knows, within this "
+    "year and the next two (0: none at all); generated public holidays keep it two years ahead",
+    ["calendar"],
+    multiprocess_mode="livemin",
+)
 WEBHOOK_SIGNATURE_FAILURES = Counter(
     "router_webhook_signature_failures_total", "Rejected webhook signatures", ["reason"]
 )
@@ -165,7 +177,7 @@ ALERTS = Counter("router_churn_alerts_total", "Churn alerts emitted")
 
 # --- shared -----------------------------------------------------------------------------------
 
-REDIS_SECONDS = Histogram("router_redis_duration_seconds", "Redis round trip", ["op"], buckets=_LATENCY_BUCKETS)
+REDIS_SECONDS = Histogram("router_redis_duration_seconds", "Redis round trip", ["op"], buckets=LATENCY_BUCKETS)
 REDIS_ERRORS = Counter("router_redis_errors_total", "Redis errors", ["op", "error"])
 
 # --- known label values at zero ---------------------------------------------------------------

@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 import msgspec
 
+from router.policy.public_holidays import holidays_of
 from router.policy.sla import Calendar, Clock, deadline
 from router.policy.spec import (
     PRIORITIES,
@@ -248,7 +249,8 @@ class Policy:
         self.version: str = spec.version
         calendars: dict[str, Calendar] = {}
         for name, cal in spec.calendars.items():
-            calendars[name] = Calendar(name, cal.timezone, cal.hours.week(), cal.holidays)
+            public = holidays_of(cal.country, cal.subdivision) if cal.country else None
+            calendars[name] = Calendar(name, cal.timezone, cal.hours.week(), cal.holidays, public_holidays=public)
         self.calendars: Mapping[str, Calendar] = MappingProxyType(calendars)
 
         c = spec.tiers.cutoffs

@@ -4,7 +4,8 @@ Two clocks, as in real helpdesks:
 
 * ``calendar``: the target counts every hour of the day (elapsed real time).
 * ``business_hours``: only the open intervals of a :class:`Calendar` count, in the
-  calendar's own time zone, skipping closed weekdays and listed holidays.
+  calendar's own time zone, skipping closed weekdays, listed holidays and the public holidays
+  of the calendar's country (generated per year as the clock reaches it, so they never run out).
 
 Instants are handled as integer microseconds since the Unix epoch, so adding the hours of
 two deadlines one after the other gives exactly the deadline of their sum (no float drift),
@@ -18,7 +19,7 @@ jumps over in spring counts from the jump).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -35,6 +36,9 @@ _MAX_DAYS = 366 * 20
 """Give up after twenty years of calendar days: only a pathological target gets there."""
 _CACHE_MAX = 50_000
 """Days of converted intervals kept per calendar (a live service touches a few dozen)."""
+YEARS_AHEAD = 2
+"""Public holidays are generated when a calendar is built for this year and the next two; later
+years when a deadline first reaches them."""
 
 Interval = tuple[int, int]
 
@@ -46,9 +50,13 @@ class Calendar:
     midnight, ``0 <= open < close <= 1440``; several intervals per day are allowed, and an
     empty day is closed. Intervals touching each other are merged. A calendar without any
     open minute is rejected, because no business-hours deadline could ever be reached.
+
+    ``holidays`` are listed closed days; ``public_holidays`` maps a year to its public holidays
+    (``router.policy.public_holidays.holidays_of``), asked for this year and the next
+    :data:`YEARS_AHEAD` when the calendar is built and for any other year when first needed.
     """
 
-    __slots__ = ("_days", "_week", "always_open", "holidays", "name", "tz")
+    __slots__ = ("_days", "_public", "_week", "_years", "always_open", "holidays", "name", "tz")
 
     def __init__(
         self,
@@ -56,6 +64,9 @@ class Calendar:
         tz: str | ZoneInfo,
         week: Sequence[Sequence[Interval]],
         holidays: Iterable[date] = (),
+        *,
+        public_holidays: Callable[[int], Iterable[date]] | None = None,
+        today: date | None = None,
     ) -> None:
         if len(week) != 7:
             raise ValueError(f"calendar {name!r}: week needs 7 days (Monday first), got {len(week)}")
@@ -65,13 +76,41 @@ class Calendar:
         if not any(self._week):
             raise ValueError(f"calendar {name!r}: no open hours in the week")
         self.holidays: frozenset[date] = frozenset(holidays)
+        self._public = public_holidays
+        self._years: dict[int, frozenset[date]] = {}
+        if public_holidays is not None:
+            this_year = (today or datetime.now(UTC).date()).year
+            for year in range(this_year, this_year + YEARS_AHEAD + 1):
+                self._public_year(year)
         # Open round the clock: business hours and calendar hours are the same thing, so
         # deadline() can skip the walk over days (also the fast path for the 24x7 calendar).
-        self.always_open = not self.holidays and all(d == ((0, _DAY_MINUTES),) for d in self._week)
+        self.always_open = (
+            not self.holidays and public_holidays is None and all(d == ((0, _DAY_MINUTES),) for d in self._week)
+        )
         self._days: dict[int, tuple[Interval, ...]] = {}
 
     def __repr__(self) -> str:
         return f"Calendar({self.name!r}, {self.tz.key!r})"
+
+    def is_holiday(self, day: date) -> bool:
+        """Closed all day: a listed holiday or a public holiday of the calendar's country."""
+        return day in self.holidays or (self._public is not None and day in self._public_year(day.year))
+
+    def last_holiday(self, today: date) -> date | None:
+        """The last holiday known up to the end of ``today``'s year + :data:`YEARS_AHEAD` (None: none at
+        all). Generated public holidays go on beyond it; a listed holiday does not."""
+        known = set(self.holidays)
+        if self._public is not None:
+            for year in range(today.year, today.year + YEARS_AHEAD + 1):
+                known |= self._public_year(year)
+        return max(known) if known else None
+
+    def _public_year(self, year: int) -> frozenset[date]:
+        got = self._years.get(year)
+        if got is None:
+            assert self._public is not None
+            got = self._years[year] = frozenset(self._public(year))
+        return got
 
     def open_intervals(self, day: date) -> tuple[Interval, ...]:
         """Open intervals of local ``day`` as UTC epoch microseconds ``(open, close)``."""
@@ -83,7 +122,7 @@ class Calendar:
             return cached
         day = date.fromordinal(ordinal)
         spans: tuple[Interval, ...] = ()
-        if day not in self.holidays:
+        if not self.is_holiday(day):
             out = []
             for start, end in self._week[day.weekday()]:
                 a, b = self._instant(day, start), self._instant(day, end)

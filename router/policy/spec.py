@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from router.policy.public_holidays import country_problem
 from schemas.api import Category, Channel, Tier
 from schemas.events import Severity
 
@@ -198,17 +199,29 @@ class WeeklyHours(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class CalendarSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A business-hours calendar: IANA time zone, weekly hours and explicit holiday dates."""
+    """A business-hours calendar: IANA time zone, weekly hours, public holidays of a country
+    (generated for every year the SLA clock reaches) and explicitly listed closed days."""
 
     timezone: str
     hours: WeeklyHours
+    country: Annotated[str, msgspec.Meta(min_length=2, max_length=3)] | None = None
+    """ISO 3166-1 alpha-2 code whose public holidays close the calendar (``holidays`` package)."""
+    subdivision: Name | None = None
+    """State or region of ``country`` with holidays of its own (e.g. 'BE' for Berlin)."""
     holidays: list[date] = []
+    """Further closed days: company holidays and closures (every holiday, without a country)."""
 
     def __post_init__(self) -> None:
         try:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise _Invalid("timezone", f"unknown time zone {self.timezone!r}") from None
+        if self.subdivision is not None and self.country is None:
+            raise _Invalid("subdivision", "needs a country")
+        if self.country is not None:
+            problem = country_problem(self.country, self.subdivision)
+            if problem is not None:
+                raise _Invalid(*problem)
         if not any(self.hours.week()):
             # No deadline could ever be reached on such a calendar.
             raise _Invalid("hours", "no open hours in the week")

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import time
+from datetime import UTC, date, datetime
 
 from router.churn.model import ChurnModel
 from router.core.scoring import ClvDistribution
@@ -20,7 +23,7 @@ from router.ops import metrics
 from router.policy import Policy, load_policy
 from router.state.store import StateStore
 
-__all__ = ["Live"]
+__all__ = ["Live", "report_calendars"]
 
 log = logging.getLogger("router.serving.live")
 _REFRESH_MIN_S = 5.0
@@ -61,6 +64,7 @@ class Live:
             model = None
         policy = load_policy(policy_path)
         metrics.POLICY_INFO.info({"version": policy.version})
+        report_calendars(policy)
         return cls(model, policy, background, model_path=model_path, policy_path=policy_path)
 
     # -- population ----------------------------------------------------------------------------
@@ -93,6 +97,7 @@ class Live:
         while True:
             await asyncio.sleep(self._refresh_every_s)
             await self.refresh_distribution()
+            report_calendars(self.policy)  # the years ahead move on at midnight of New Year's Eve
 
     # -- reloads -------------------------------------------------------------------------------
 
@@ -101,6 +106,7 @@ class Live:
         new = load_policy(path or self.policy_path)
         old, self.policy = self.policy, new
         metrics.POLICY_INFO.info({"version": new.version})
+        report_calendars(new)
         log.info("policy %s replaced by %s", old.version, new.version)
         return old, new
 
@@ -113,3 +119,31 @@ class Live:
         metrics.MODEL_INFO.info({"version": new.version, "path": str(target)})
         log.info("churn model %s replaced by %s", old.version if old else "none", new.version)
         return old, new
+
+
+def report_calendars(policy: Policy, today: date | None = None) -> None:
+    """``router_policy_calendar_last_holiday_timestamp_seconds`` of every calendar that ever closes.
+
+    A calendar open round the clock without holidays (``24x7``) needs none and is left out; one
+    with closed hours but no holiday at all reports 0, so the alert on it fires at once.
+    """
+    today = today or datetime.now(UTC).date()
+    reported = set()
+    for name, calendar in policy.calendars.items():
+        if calendar.always_open:
+            continue
+        last = calendar.last_holiday(today)
+        at = datetime(last.year, last.month, last.day, tzinfo=UTC).timestamp() if last else 0.0
+        metrics.CALENDAR_LAST_HOLIDAY.labels(name).set(at)
+        reported.add(name)
+    for gone in _reported_calendars - reported:  # a reload removed or reopened it
+        if os.environ.get(metrics.MULTIPROC_ENV):
+            # Series cannot be removed in multiprocess mode: NaN makes its alert condition false.
+            metrics.CALENDAR_LAST_HOLIDAY.labels(gone).set(math.nan)
+        else:
+            metrics.CALENDAR_LAST_HOLIDAY.remove(gone)
+    _reported_calendars.clear()
+    _reported_calendars.update(reported)
+
+
+_reported_calendars: set[str] = set()

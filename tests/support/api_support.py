@@ -31,7 +31,7 @@ from schemas.events import (
     TicketResolved,
     Usage,
 )
-from tests.conftest import SettingsFactory, run_sync
+from tests.conftest import TEST_IDENTITY, SettingsFactory, run_sync
 from tests.support.helpers import produce, running_consumer, wait_until_caught_up
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -204,6 +204,7 @@ def module_settings(broker: str, redis_url: str, name: str = "module", **section
         redis=r(base.redis, url=redis_url, prefix=f"test:{token}", breaker_reset_ms=200),
         api=r(base.api, port=free_port()),
         stream=r(base.stream, health_port=0),
+        identity=TEST_IDENTITY,
         auth=r(base.auth, keys=KEY_SPEC),
         webhooks=r(base.webhooks, zendesk_secret=ZENDESK_SECRET, generic_secret=GENERIC_SECRET,
                    standard_secret=STANDARD_SECRET, intercom_secret=INTERCOM_SECRET, stripe_secret=STRIPE_SECRET,

@@ -171,6 +171,41 @@ async def test_every_bad_input_gets_a_clear_status(api: tuple[Settings, Client])
     assert (await client.get("/metrics")).status_code == 200
 
 
+async def test_an_unknown_field_is_refused_by_every_request_body_and_named(api: tuple[Settings, Client]) -> None:
+    """Strict bodies (README, API overview): a misspelt field must not be ignored silently, a
+    `priorty: urgent` would otherwise route at the default priority. (Zendesk's admin-written
+    webhook templates are the exception: tests/integration/api/test_webhooks.py sends extra fields.)"""
+    _, client = api
+    ok = {"customer": {"customer_id": VIP_ID}}
+    cases = [
+        ("POST", "/v1/classify", {**ok, "priorty": "urgent"}, "helpdesk", "body", "priorty"),
+        ("POST", "/v1/classify", {"customer": {"customer_id": VIP_ID, "name": "Anna"}}, "helpdesk", "customer", "name"),
+        ("POST", "/v1/handoff", {**ok, "conversation": {"bot_turns": 1, "mood": "angry"}}, "chatbot", "conversation",
+         "mood"),
+        ("POST", "/v1/handoff", {**ok, "language": "de"}, "chatbot", "body", "language"),
+        ("PUT", "/v1/customers/BIG1/override", {"tier": "Basic", "reason": "test", "until_when": 1}, "admin", "body",
+         "until_when"),
+        ("POST", "/v1/admin/policy/reload", {"file": "x"}, "admin", "body", "file"),
+    ]  # fmt: skip
+    for method, path, body, scope, where, field in cases:
+        r = await client.request(method, path, json=body, headers=auth(scope))
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["detail"] == f"{where}: Object contains unknown field `{field}`", (path, r.text)
+
+
+async def test_the_schema_is_open_by_default_and_can_require_a_key(settings: SettingsFactory) -> None:
+    async with AsyncTestClient(app=create_app(api_settings(settings))) as client:
+        assert (await client.get("/schema/openapi.json")).status_code == 200
+    closed = api_settings(settings, api={"schema_requires_key": True})
+    async with AsyncTestClient(app=create_app(closed)) as client:
+        for path in ("/schema/openapi.json", "/schema/swagger", "/schema"):
+            r = await client.get(path)
+            assert r.status_code == 401, (path, r.status_code)
+        r = await client.get("/schema/openapi.json", headers=auth("telephony"))  # any scope reads the contract
+        assert r.status_code == 200 and "/v1/classify" in r.json()["paths"]
+        assert (await client.get("/health/live")).status_code == 200
+
+
 async def test_rate_limit_per_key(settings: SettingsFactory) -> None:
     s = api_settings(settings, auth={"rate_per_s": 0.5, "burst": 3})
     async with AsyncTestClient(app=create_app(s)) as client:
@@ -213,5 +248,6 @@ async def test_openapi_documents_every_endpoint(api: tuple[Settings, Client]) ->
     ):
         assert path in paths, path
     assert doc["components"]["securitySchemes"]["ApiKey"]["name"] == "X-API-Key"
-    assert paths["/v1/classify"]["post"]["security"] == [{"ApiKey": []}]
+    # X-API-Key, or the same key as a Bearer token or as the password of HTTP Basic
+    assert paths["/v1/classify"]["post"]["security"] == [{"ApiKey": []}, {"Bearer": []}, {"Basic": []}]
     assert "Decision" in doc["components"]["schemas"] and "HelpdeskRouting" in doc["components"]["schemas"]

@@ -21,7 +21,9 @@ import psutil
 import pytest
 import redis
 
-from router.devstack.infra import free_port
+from router.devstack.dev import _child_settings, _Stack
+from router.devstack.infra import InfraError, free_port
+from router.settings import AuthSettings, Settings, placeholder_reason
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
@@ -174,3 +176,36 @@ def test_dev_serves_the_printed_example_and_leaves_no_orphans(
         assert shared.get("someone-else:key") == b"kept"
         shared.delete("someone-else:key")
         shared.close()
+
+
+def test_dev_mode_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
+    """`router dev` without keys is dev mode (the public dev key): on 0.0.0.0 it stops before the API starts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and k != "REDIS_URL"}
+    env.update(
+        ROUTER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+        ROUTER_API_HOST="0.0.0.0",
+        ROUTER_API_PORT=str(free_port()),
+        ROUTER_STREAM_HEALTH_PORT="0",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "router", "dev", "--customers", "10", "--duration", "30"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ROUTER_AUTH_DEV_MODE=true serves the public dev key" in done.stderr
+    assert "started api" not in done.stdout
+
+
+def test_dev_with_api_keys_runs_on_a_random_identity_key_of_its_own(tmp_path: Path) -> None:
+    """With keys there is no dev mode, so the built-in identity key would be refused: a run whose
+    state is its own (private Redis) gets a random one instead."""
+    key = "crm:helpdesk:" + "k3y-" + os.urandom(12).hex()
+    stack = _Stack(tmp_path)
+    stack.redis = object()  # type: ignore[assignment]  # a private redis-server: the state is this run's
+    chosen = _child_settings(Settings(auth=AuthSettings(keys=key)), stack)
+    assert placeholder_reason(chosen.identity.hash_key) is None and not chosen.auth.dev_mode
+    assert chosen.identity.hash_key != _child_settings(Settings(auth=AuthSettings(keys=key)), stack).identity.hash_key
+
+    stack.redis = None  # state that outlives the run: no silent new key, a clear refusal instead
+    with pytest.raises(InfraError, match="ROUTER_IDENTITY_HASH_KEY"):
+        _child_settings(Settings(auth=AuthSettings(keys=key)), stack)

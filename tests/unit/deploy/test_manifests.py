@@ -146,3 +146,30 @@ def test_dashboard_refers_to_the_provisioned_datasource() -> None:
         assert p["datasource"]["uid"] == uid, p["title"]
         assert p["targets"] and all(t["expr"].strip() for t in p["targets"]), p["title"]
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+
+
+def test_compose_has_no_dev_mode_and_requires_the_secrets() -> None:
+    env = _load_yaml(DEPLOY / "compose.yaml")["x-router-env"]
+    # the API listens on 0.0.0.0 behind the published port: the public dev key must not work there
+    assert env["ROUTER_AUTH_DEV_MODE"] == "false"
+    for name in ("ROUTER_AUTH_KEYS", "ROUTER_IDENTITY_HASH_KEY"):
+        assert re.fullmatch(rf"\$\{{{name}:\?[^}}]+\}}", env[name]), f"{name} must be required (${{{name}:?...}})"
+    assert "ROUTER_API_HOST=0.0.0.0" in (DEPLOY / "Dockerfile").read_text()
+
+
+def test_the_kubernetes_secret_holds_only_placeholders_that_the_service_refuses() -> None:
+    from router.api.auth import ConfigError, parse_keys
+    from router.settings import Settings, unsafe_reasons
+
+    (secret,) = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "secret.yaml").read_text()) if d["kind"] == "Secret"]
+    data = secret["stringData"]
+    settings = Settings.from_env(data)
+    problems = " ".join(unsafe_reasons(settings, binds_api=True))
+    assert "ROUTER_IDENTITY_HASH_KEY" in problems and "ROUTER_WEBHOOKS_ZENDESK_SECRET" in problems
+    for entry in data["ROUTER_AUTH_KEYS"].split(","):
+        try:
+            parse_keys(entry)
+        except ConfigError as exc:
+            assert "placeholder" in str(exc)
+        else:
+            raise AssertionError(f"API key {entry.split(':')[0]} of the placeholder Secret would be accepted")

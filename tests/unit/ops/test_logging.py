@@ -34,6 +34,12 @@ PERSONAL = [
     "(030) 901-820",
     "030/901820",
     "+1 (415) 555-0132",
+    # whole international numbers written without "+" or "00" (as some CRMs and CTIs store them)
+    "4915123456789",
+    "4930901820",
+    "14155550132",
+    "447911123456",
+    "8613800138000",
 ]
 NOT_PERSONAL = [
     "2026-11-25 08:51:23",
@@ -46,6 +52,14 @@ NOT_PERSONAL = [
     "d-18f3a2b1c4d-7f3a-1b",
     "lag 1500 records",
     "version churn-v1 (2026-10-01)",
+    "at 1733456789",  # Unix time, seconds
+    "ts=1733456789123",  # Unix time, milliseconds
+    "20261206043512",  # compact timestamp
+    "ratio 0.4915123456789",
+    "took 4915.123456789 ms",
+    "id 100000000000",
+    "request 49151234567890123",  # longer than any phone number
+    "trace d-4915123456789abc",
 ]
 
 

@@ -154,6 +154,23 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
         "calendars.de_office.holidays[0]: Invalid RFC3339 encoded date",
     ),
     (
+        "unknown-country",
+        lambda r: r["calendars"]["de_office"].update(country="XX", subdivision=None),
+        "calendars.de_office.country: unknown country 'XX': give an ISO 3166-1 alpha-2 code the holidays "
+        "package knows (e.g. 'DE', 'AT', 'US')",
+    ),
+    (
+        "unknown-subdivision",
+        lambda r: r["calendars"]["de_office"].update(subdivision="BER"),
+        "calendars.de_office.subdivision: 'BER' is not a subdivision of DE (known: BB, BE, BW, BY, HB, HE, "
+        "HH, MV, NI, NW, RP, SH, SL, SN, ST, TH, Augsburg)",
+    ),
+    (
+        "subdivision-without-country",
+        lambda r: r["calendars"]["de_office"].pop("country"),
+        "calendars.de_office.subdivision: needs a country",
+    ),
+    (
         "sla-unknown-calendar",
         lambda r: r["sla"]["Premium"]["normal"].update(calendar="us_office"),
         "sla.Premium.normal.calendar: unknown calendar 'us_office' (known: 24x7, de_office)",
