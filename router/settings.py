@@ -64,6 +64,8 @@ class RedisSettings(msgspec.Struct, kw_only=True):
     """Socket timeout for request-path Redis calls; beyond it the API answers degraded."""
     breaker_reset_ms: int = 1_000
     """After 3 consecutive Redis faults the API skips Redis (degraded) this long, then probes once."""
+    audit_retention_days: int = 180
+    """A customer's audit stream (recent decisions, capped at 100) expires this long after its last record."""
 
 
 class StreamSettings(msgspec.Struct, kw_only=True):
@@ -172,7 +174,7 @@ class WebhookSettings(msgspec.Struct, kw_only=True):
     stripe_rates: str = ""
     """Fixed rates `USD=0.92,GBP=1.17` (one unit in `stripe_currency`); events in another currency get 422."""
     max_age_s: int = 300
-    """Signed webhooks whose timestamp is further than this from now are stale; also the replay-cache TTL."""
+    """Signed webhooks whose timestamp is further than this from now are stale; replays are refused until timestamp + this."""
 
 
 class HandoffSettings(msgspec.Struct, kw_only=True):

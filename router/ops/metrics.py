@@ -48,6 +48,7 @@ __all__ = [
     "RECORD_CACHE",
     "REDIS_ERRORS",
     "REDIS_SECONDS",
+    "REDIS_UP",
     "REQUESTS",
     "REQUEST_CHURN",
     "REQUEST_SECONDS",
@@ -167,6 +168,11 @@ ALERTS = Counter("router_churn_alerts_total", "Churn alerts emitted")
 
 REDIS_SECONDS = Histogram("router_redis_duration_seconds", "Redis round trip", ["op"], buckets=_LATENCY_BUCKETS)
 REDIS_ERRORS = Counter("router_redis_errors_total", "Redis errors", ["op", "error"])
+REDIS_UP = Gauge(
+    "router_redis_up",
+    "1 while this process's last Redis ping (every 2 s) answered, else 0; the lowest of the live workers",
+    multiprocess_mode="livemin",
+)
 
 # --- known label values at zero ---------------------------------------------------------------
 

@@ -162,7 +162,23 @@ class CustomerService:
     # -- feedback and erasure ----------------------------------------------------------------
 
     async def outcome(self, decision_id: str, req: OutcomeRequest, actor: str) -> OutcomeAccepted:
-        """Produce an ``outcome`` event: it becomes a training label through the normal path."""
+        """Produce an ``outcome`` event: it becomes a training label through the normal path.
+
+        Only for a decision this service made about this very customer, found in the customer's
+        audit stream (404 otherwise): an outcome must not invent customers, nor label someone
+        else's history. The stream keeps a live customer's last ~100 decisions and records.
+        """
+        h = self.hasher.customer_key(req.customer_id)
+        await self.audit.flush()  # a decision this worker made a moment ago is in Redis now
+        try:
+            found = await self.audit.find_decision(h, decision_id)
+        except REDIS_FAULTS as exc:
+            raise Unavailable(f"audit trail unavailable ({type(exc).__name__})") from None
+        if found is None:
+            raise NotFound(
+                "no decision with this id for this customer (unknown id or customer, erased, or beyond the "
+                "customer's retained audit trail)"
+            )
         # Deterministic id: a retried request produces the same event, which the reducer de-duplicates.
         event_id = f"outcome-{decision_id}-{req.outcome}"
         await self.publisher.publish(
@@ -174,7 +190,6 @@ class CustomerService:
                 decision_id=decision_id,
             )
         )
-        h = self.hasher.customer_key(req.customer_id)
         self._admin("outcome_recorded", actor, h, req.outcome, decision_id=decision_id)
         return OutcomeAccepted(event_id=event_id, decision_id=decision_id)
 
