@@ -11,6 +11,7 @@ from router.core.reducer import fold_all
 from router.state.store import StateStore, connect
 from tests.conftest import SettingsFactory
 from tests.integration.ingest.test_consumer import _history
+from tests.integration.state.test_index import zombie_loses_and_writes_no_index
 from tests.support.helpers import hasher_of, produce, running_consumer, wait_until_caught_up
 from tests.support.redis_cluster import redis_cluster
 
@@ -46,5 +47,16 @@ async def test_consumer_and_lookups_on_redis_cluster(settings: SettingsFactory, 
         # the phone index resolves on the cluster too
         phone_key = store.keys.phone(hasher.phone_key("+49 30 5550100") or "")
         assert await store.resolve_index(phone_key) in per_customer
+    finally:
+        await client.aclose()
+
+
+async def test_a_zombie_writer_leaves_the_index_alone_on_redis_cluster(settings: SettingsFactory, cluster_url: str) -> None:
+    """On a cluster the index keys live in other slots than the snapshot: they are written only
+    after a successful compare-and-set, so a zombie that loses it writes none either."""
+    s = settings(redis={"url": cluster_url, "cluster": True})
+    client = connect(s.redis.url, cluster=True)
+    try:
+        await zombie_loses_and_writes_no_index(s, StateStore(client, s.redis.prefix, hasher_of(s)))
     finally:
         await client.aclose()
