@@ -78,7 +78,7 @@ class StreamSettings(msgspec.Struct, kw_only=True):
     churn_alert_threshold: float = 0.70
     """Churn probability whose upward crossing emits one alert."""
     stuck_after_s: float = 30.0
-    """Readiness fails when no poll succeeded for this long."""
+    """Consumer readiness fails when its loop did nothing for this long (no poll, no batch attempt running or ended)."""
     max_future_s: int = 3_600
     """Events stamped further ahead of the consumer's clock are dead-lettered (a clock bug must not freeze a customer)."""
     alert_rearm_margin: float = 0.05
