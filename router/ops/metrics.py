@@ -170,8 +170,9 @@ REDIS_SECONDS = Histogram("router_redis_duration_seconds", "Redis round trip", [
 REDIS_ERRORS = Counter("router_redis_errors_total", "Redis errors", ["op", "error"])
 REDIS_UP = Gauge(
     "router_redis_up",
-    "1 while this process's last Redis ping (every 2 s) answered, else 0; the lowest of the live workers",
-    multiprocess_mode="livemin",
+    "1 while this process's last Redis ping (every 2 s) answered, else 0",
+    # max: with several workers the parent process holds a never-set 0 too; a Redis outage reaches them all
+    multiprocess_mode="max",
 )
 
 # --- known label values at zero ---------------------------------------------------------------
