@@ -199,7 +199,9 @@ class CustomerService:
         now = datetime.now(UTC)
         event_id = f"erasure-{h[:16]}-{int(now.timestamp() * 1000)}"
         await self.publisher.publish(ErasureRequested(event_id=event_id, customer_id=customer_id, occurred_at=now))
-        # Decisions queued before this point must not recreate the customer's audit stream.
+        # This worker's queued decisions go out first. Records still queued in other workers cannot
+        # bring the stream back for long: the consumer deletes it with the tombstone, and from then
+        # on the audit script refuses to write it (the customer is no longer live).
         await self.audit.flush()
         try:
             async with asyncio.timeout(2.0):

@@ -461,10 +461,12 @@ class StateStore:
         return bool(deleted)
 
     async def forget_customer(self, h: str) -> None:
-        """Delete what the request side keeps of a customer (override, audit stream).
+        """Delete what the request side keeps of a customer (override, audit stream), at once.
 
         The snapshot and the phone/e-mail index entries (the rest of :meth:`Keys.of_customer`)
-        are the consumer's: it erases them when it applies the erasure event, exactly once.
+        are the consumer's: it erases them when it applies the erasure event, exactly once, and
+        deletes override and audit stream again with the tombstone, in case a request wrote them
+        in between.
         """
         snapshot_key = self.keys.customer(h)
         await self.client.delete(*(k for k in self.keys.of_customer(h) if k != snapshot_key))
