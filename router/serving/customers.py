@@ -141,11 +141,13 @@ class CustomerService:
         )
         try:
             record = await self.store.read_customer(h)
-            if record.snapshot is None or not record.snapshot.customer_id:
-                raise NotFound("no such customer: an override needs a known customer")
-            await self.store.set_override(h, override, round(req.expires_in_hours * 3_600_000))
+            live = record.snapshot is not None and bool(record.snapshot.customer_id)
+            # the write checks again, atomically: an erasure may be applied in between
+            stored = live and await self.store.set_override(h, override, round(req.expires_in_hours * 3_600_000))
         except REDIS_FAULTS as exc:
             raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
+        if not stored:
+            raise NotFound("no such customer: an override needs a known customer")
         self._admin("override_set", actor, h, f"tier {req.tier} until {override.expires_at.isoformat()}")
         return override
 

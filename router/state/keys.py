@@ -5,7 +5,8 @@ e-mail for the index), ``T`` the first two hex digits of a hash: the Redis Clust
 
     P:{T}:c:H        hash    s = snapshot (msgpack, zlib when long), m = applied offsets per
                              partition, k = derived scores (msgpack), l = 1 while the customer
-                             is live, 0 once erased (a tombstone)
+                             is live, 0 once erased (a tombstone; absent in hashes written
+                             before it existed, which count as live)
     P:{T}:o:H        string  the customer's tier override (msgpack), Redis TTL = its expiry
     P:{T}:a:H        stream  the customer's recent decisions and admin actions (audit); exists
                              only while the customer is live, capped in length, expires

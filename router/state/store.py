@@ -133,6 +133,14 @@ return out
 # round trip on a cluster too (a pipeline of two costs ~100 us more).
 _READ_DECISION_LUA = "return {redis.call('HMGET', KEYS[1], 's', 'k'), redis.call('GET', KEYS[2]) or false}"
 
+# A tier override, only for a live customer (KEYS: customer hash, override; ARGV: value, TTL ms),
+# in one step: an erasure applied between a check and the write would leave an override behind.
+_SET_OVERRIDE_LUA = """
+if redis.call('HEXISTS', KEYS[1], 's') == 0 or redis.call('HGET', KEYS[1], 'l') == '0' then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # Delete an index entry only if it still names this customer (numbers can be shared).
 _UNINDEX_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -143,7 +151,8 @@ return 0
 # KEYS: the global stream when ARGV[4] is '1', then (customer hash, customer stream) pairs.
 # ARGV[1..3]: length caps of the global and the customer streams, the customer streams' TTL;
 # ARGV[5]: msgpack array of (record JSON, KEYS index of its customer's hash or 0) pairs.
-# A customer's stream is written only while its hash says the customer is live ('l' = '1'):
+# A customer's stream is written only while its hash says the customer is live (a snapshot, and
+# 'l' not '0'; hashes written before 'l' existed count as live):
 # never for an unknown id (random ids would each leave a key behind) nor after an erasure, even
 # from a record that another API worker had queued before it. Every write renews the TTL.
 _AUDIT_LUA = """
@@ -157,7 +166,7 @@ for i = 1, #batch, 2 do
   if k > 0 then
     local known = live[k]
     if known == nil then
-      known = redis.call('HGET', KEYS[k], 'l') == '1'
+      known = redis.call('HEXISTS', KEYS[k], 's') == 1 and redis.call('HGET', KEYS[k], 'l') ~= '0'
       live[k] = known
     end
     if known then
@@ -233,7 +242,10 @@ class StateStore:
         self._read_decision = client.register_script(_READ_DECISION_LUA)
         self._unindex = client.register_script(_UNINDEX_LUA)
         self._audit = client.register_script(_AUDIT_LUA)
-        self._scripts = (self._apply, self._read_many, self._read_decision, self._unindex, self._audit)
+        self._set_override = client.register_script(_SET_OVERRIDE_LUA)
+        self._scripts = (
+            self._apply, self._read_many, self._read_decision, self._unindex, self._audit, self._set_override
+        )
         # Standalone Redis: any customers share a script call; a cluster: one call per hash tag.
         self._cluster = isinstance(client, RedisCluster)
 
@@ -450,10 +462,12 @@ class StateStore:
 
     # -- people's actions --------------------------------------------------------------------
 
-    async def set_override(self, h: str, override: Override, ttl_ms: int) -> None:
-        """Store a tier override; its Redis TTL is its expiry, so an expired override is simply
-        gone and the decision path never compares clocks."""
-        await self.client.set(self.keys.override(h), encode_override(override), px=max(1, ttl_ms))
+    async def set_override(self, h: str, override: Override, ttl_ms: int) -> bool:
+        """Store a tier override if the customer is live (False otherwise); its Redis TTL is its
+        expiry, so an expired override is simply gone and the decision path never compares clocks."""
+        keys = [self.keys.customer(h), self.keys.override(h)]
+        done: Any = await self._set_override(keys, [encode_override(override), max(1, ttl_ms)])
+        return bool(done)
 
     async def delete_override(self, h: str) -> bool:
         """Remove the override; False when there was none."""
