@@ -158,7 +158,8 @@ def test_an_outcome_alone_creates_no_customer() -> None:
     """Feedback on a decision must not invent a customer (or bring back an erased one)."""
     outcome = Outcome(event_id="f1", customer_id="GHOST", occurred_at=T0, outcome="churned", decision_id="d-1")
     snap, result = fold(None, outcome, lateness_s=LATE, hasher=HASHER)
-    assert result is Applied.IGNORED and snap.customer_id == "" and snap.outcome is None
+    assert snap.customer_id == "" and snap.outcome is None, "an outcome alone created a customer"
+    assert result is Applied.IGNORED
     known, _ = fold(None, Usage(event_id="u", customer_id="C1", occurred_at=T0, logins=1), lateness_s=LATE, hasher=HASHER)
     later = Outcome(event_id="f2", customer_id="C1", occurred_at=T0 + timedelta(hours=1), outcome="renewed")
     known, result = fold(known, later, lateness_s=LATE, hasher=HASHER)
