@@ -39,7 +39,12 @@ async def ready(state: State) -> Response[dict[str, object]]:
     return Response({"ready": ok, "checks": checks}, status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE)
 
 
-@get("/health/detail", tags=["operations"], summary="Readiness and dependencies (a report, not a probe)")
+@get(
+    "/health/detail",
+    operation_id="health_detail",
+    tags=["operations"],
+    summary="Readiness and dependencies (a report, not a probe)",
+)
 async def detail(state: State) -> dict[str, object]:
     """Always 200: ``status`` is ``ok``, ``degraded`` (Redis unavailable or the circuit breaker
     open: decisions are rule-based) or ``not_ready``; ``checks`` says what each part answered."""
