@@ -51,7 +51,7 @@ class Stores:
     reader: StateStore
     """The decision's own read: no socket timeout, its caller bounds the whole lookup."""
     background: StateStore
-    """Population-wide reads (CLV histogram, portfolio): seconds, not milliseconds."""
+    """Population-wide reads (CLV histogram, portfolio), the audit writer, the Redis probe: seconds, not milliseconds."""
     replays: StateStore
     """The webhook replay cache: a check that times out cannot tell whether its SET landed."""
 
@@ -195,7 +195,11 @@ def services(settings: Settings) -> Callable[[Litestar], contextlib.AbstractAsyn
         async with contextlib.AsyncExitStack() as stack:
             stores = await stack.enter_async_context(redis_stores(settings))
             probe = await stack.enter_async_context(redis_probe(stores.background))
-            audit = await stack.enter_async_context(audit_writer(stores.store, settings.redis.audit_retention_days))
+            # Background writes with a budget of seconds: on the request path's 50 ms client a batch of
+            # a few hundred records on a busy Redis timed out and was dropped whole.
+            audit = await stack.enter_async_context(
+                audit_writer(stores.background, settings.redis.audit_retention_days)
+            )
             live = await stack.enter_async_context(live_models(settings, stores.background))
             publisher = await stack.enter_async_context(event_publisher(settings))
             decisions = DecisionService(live, stores.reader, audit, settings.redis, settings.model)
