@@ -75,7 +75,7 @@ def measure(n: int = 2_000, repeats: int = 5) -> dict[str, Any]:
     raw = [encode_snapshot(s) for s in snaps]
     # Never connected: decide() does no I/O; the audit queue is drained between rounds.
     store = StateStore(connect(settings.redis.url, cluster=False), settings.redis.prefix, hasher)
-    audit = AuditWriter(store.client, store.keys)
+    audit = AuditWriter(store)
     live = Live(model, policy, store, model_path=settings.model.path, policy_path=settings.policy.path)
     live.distribution = dist
     service = DecisionService(live, store, audit, settings.redis, settings.model)

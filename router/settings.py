@@ -114,6 +114,8 @@ class RedisSettings(_Section, kw_only=True):
     """Socket timeout for request-path Redis calls; beyond it the API answers degraded."""
     breaker_reset_ms: int = 1_000
     """After 3 consecutive Redis faults the API skips Redis (degraded) this long, then probes once."""
+    audit_retention_days: int = 180
+    """A customer's audit stream (recent decisions, capped at 100) expires this long after its last record."""
 
 
 class StreamSettings(_Section, kw_only=True):
@@ -126,7 +128,7 @@ class StreamSettings(_Section, kw_only=True):
     churn_alert_threshold: float = 0.70
     """Churn probability whose upward crossing emits one alert."""
     stuck_after_s: float = 30.0
-    """Readiness fails when no poll succeeded for this long."""
+    """Consumer readiness fails when its loop did nothing for this long (no poll, no batch attempt running or ended)."""
     max_future_s: int = 3_600
     """Events stamped further ahead of the consumer's clock are dead-lettered (a clock bug must not freeze a customer)."""
     alert_rearm_margin: float = 0.05
@@ -227,7 +229,7 @@ class WebhookSettings(_Section, kw_only=True):
     stripe_rates: str = ""
     """Fixed rates `USD=0.92,GBP=1.17` (one unit in `stripe_currency`); events in another currency get 422."""
     max_age_s: int = 300
-    """Signed webhooks whose timestamp is further than this from now are stale; also the replay-cache TTL."""
+    """Signed webhooks whose timestamp is further than this from now are stale; replays are refused until timestamp + this."""
 
 
 class HandoffSettings(_Section, kw_only=True):

@@ -73,6 +73,7 @@ def create_app(settings: Settings) -> Litestar:
         AdminController,
         health.live,
         health.ready,
+        health.detail,
         health.metrics_endpoint,
     ]
     if settings.api.bench_endpoints:

@@ -86,6 +86,9 @@ class Applied(enum.Enum):
     DUPLICATE = "duplicate"
     TOO_LATE = "too_late"
     ERASED = "erased"  # before (or within the lateness bound after) an erasure: ignored on purpose
+    IGNORED = "ignored"
+    """An outcome for a customer the state does not know (or no longer knows): feedback on a
+    decision never creates a customer, or anyone holding a helpdesk key could invent some."""
 
 
 class Snapshot(msgspec.Struct, kw_only=True, array_like=True, omit_defaults=False):
@@ -196,6 +199,8 @@ def fold(
         # Events up to the lateness bound after the erasure could have arrived before it and been
         # wiped; ignoring them here too keeps the result independent of arrival order.
         return snap, Applied.ERASED
+    if not snap.customer_id and isinstance(event, Outcome):
+        return snap, Applied.IGNORED
     if snap.last_event_at and t < snap.last_event_at - lateness_s:
         return snap, Applied.TOO_LATE
     if h in snap.seen:

@@ -10,9 +10,18 @@ atomically *if the stored offsets are still the ones we read* (compare-and-set):
 * a producer retry (same ``event_id``, new offset) is caught by the reducer's event-id set.
 
 Partition offsets are also stored in Redis (after the snapshots they cover) and used to
-seek on assignment; committing them to Kafka as well only serves lag monitoring.
-Poison events go to the dead-letter topic *before* the batch's offsets advance. What a batch
-does to each customer is decided without I/O by :class:`~router.ingest.planning.BatchPlanner`.
+seek on assignment; committing them to Kafka as well only serves lag monitoring. Every batch
+first reads the stored offsets of its partitions (one HMGET): one that is missing or behind what
+this consumer stored last means Redis lost state (a restart without persistence, a flush, a
+failover to a lagging replica, a lost AOF tail), and that partition is replayed from the stored
+offset, or from the start of the log. Each consumer checks its own partitions, so one noticing
+first hides nothing from the others.
+
+Poison events go to the dead-letter topic *before* the batch's offsets advance, and churn
+alerts before the state that raised them is written; both are remembered as published (in
+Redis with a TTL, and in memory while Redis is down), so a batch retried after a Redis fault,
+or redelivered to a restarted consumer, publishes each at most once. What a batch does to each
+customer is decided without I/O by :class:`~router.ingest.planning.BatchPlanner`.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -40,8 +50,10 @@ from router.ops.heap import settle_heap
 from router.ops.kafka import consumer_config, producer_config
 from router.ops.logs import setup_logging
 from router.settings import Settings, require_safe
+from router.state.probe import RedisProbe
 from router.state.records import CustomerRecord
 from router.state.store import StateStore, connect_redis
+from schemas.alerts import ChurnAlert
 
 __all__ = ["StateConsumer", "consumer_stack", "run_consumer"]
 
@@ -51,6 +63,9 @@ _MAX_CAS_RETRIES = 5
 _SHADOW_REPORT_S = 10.0
 _COMMIT_INTERVAL_S = 1.0
 _SHADOW_ROWS = 20_000
+_PUBLISHED_TTL_S = 7 * 86_400
+"""How long Redis remembers a published dead letter or alert (longer than any retry or restart)."""
+_PUBLISHED_IN_MEMORY = 100_000
 _alert_encoder = msgspec.json.Encoder()
 _CACHE_HITS = metrics.RECORD_CACHE.labels("hit")
 _CACHE_MISSES = metrics.RECORD_CACHE.labels("miss")
@@ -89,12 +104,20 @@ class StateConsumer:
         self.planner = BatchPlanner(settings.stream, settings.model, store.hasher, store.keys, model)
         self.offsets_key = store.keys.offsets(settings.kafka.group_id, settings.kafka.events_topic)
         self.last_poll = 0.0
+        self._alive_at = 0.0
+        """Last time the loop finished something: a poll, or a batch attempt (written or failed)."""
+        self._busy = False
+        """A batch attempt is running (waiting for Redis or the broker, both bounded by timeouts)."""
+        self.probe: RedisProbe | None = None
         self.assigned: set[TopicPartition] = set()
         self.lag = 0
         self.shadow = shadow
         self._to_commit: dict[TopicPartition, int] = {}
-        self._state_written = False
-        """True once offsets were stored in Redis: their disappearance then means Redis lost the state."""
+        self._stored: dict[TopicPartition, int | None] = {}
+        """What this consumer knows Redis holds as each owned partition's next offset (None: nothing
+        stored yet). Less in Redis than this means Redis lost state. No entry: not placed yet."""
+        self._published: OrderedDict[str, None] = OrderedDict()
+        """Marker keys of dead letters and alerts this process published (newest last, bounded)."""
         self._committed_at = 0.0
         self._shadow_rows: list[np.ndarray[Any, np.dtype[np.float32]]] = []
         self.cache = RecordCache(settings.stream.cache_customers)
@@ -114,6 +137,8 @@ class StateConsumer:
     async def on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         # Batches complete before the next poll, so the state is already written: just commit.
         self.assigned.difference_update(revoked)
+        for tp in revoked:
+            self._stored.pop(tp, None)
         self.cache.clear()  # another member may write these customers now
         for tp in revoked:  # another member reports these now; a stale gauge would double the lag
             with contextlib.suppress(KeyError):
@@ -124,18 +149,24 @@ class StateConsumer:
     async def on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.assigned.update(assigned)
         self.cache.clear()
-        stored = await self.store.stored_offsets(self.settings.kafka.group_id, self.settings.kafka.events_topic)
+        kafka = self.settings.kafka
+        try:
+            partitions = [tp.partition for tp in assigned]
+            stored = await self.store.stored_offsets_of(kafka.group_id, kafka.events_topic, partitions)
+        except Exception as exc:  # Redis down: the first batch of each partition places it (_placed)
+            log.warning("stored offsets unreadable on assignment (%s); placing partitions later", type(exc).__name__)
+            return
         fresh = []
         for tp in assigned:
-            if tp.partition in stored:
-                self.consumer.seek(tp, stored[tp.partition])
+            offset = self._stored[tp] = stored[tp.partition]
+            if offset is not None:
+                self.consumer.seek(tp, offset)
             else:
                 fresh.append(tp)
         if fresh:
             # The state lives in Redis: no offsets stored there means no state, whatever Kafka's
             # committed offsets say. Build it from the start of the retained log.
             await self.consumer.seek_to_beginning(*fresh)
-        self._state_written = bool(stored)
 
     # -- main loop -------------------------------------------------------------------------
 
@@ -145,7 +176,7 @@ class StateConsumer:
         backoff = 0.2
         while not stop.is_set():
             batch = await self.consumer.getmany(timeout_ms=stream.poll_timeout_ms, max_records=stream.batch_max)
-            self.last_poll = time.time()
+            self.last_poll = self._alive_at = time.time()
             metrics.LAST_POLL.set(self.last_poll)
             if not batch:
                 if self._to_commit:  # idle: let Kafka's lag view catch up with what Redis already has
@@ -153,19 +184,27 @@ class StateConsumer:
                         await self.commit()
                 await self._report_lag()
                 continue
+            self._busy = True  # alive while a batch runs: its Redis and broker calls are bounded by timeouts
+            failure: Exception | None = None
             try:
                 await self.process_batch(batch)
-                backoff = 0.2
-            except Exception as exc:  # infrastructure fault: rewind and retry, never skip
+            except Exception as exc:
+                failure = exc
+            finally:
+                self._busy = False
+                self._alive_at = time.time()
+            if failure is not None:  # infrastructure fault: rewind and retry, never skip
                 self.cache.clear()  # folds may have changed cached snapshots that were never written
-                log.warning("batch failed, will retry: %s", type(exc).__name__, exc_info=exc)
+                log.warning("batch failed, will retry: %s", type(failure).__name__, exc_info=failure)
                 for tp, records in batch.items():
                     if tp in self.assigned:
                         self.consumer.seek(tp, records[0].offset)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
+                self._alive_at = time.time()
                 backoff = min(backoff * 2, 5.0)
                 continue
+            backoff = 0.2
             await self._report_lag()
         if self.shadow is not None:
             with contextlib.suppress(Exception):  # best effort on the way out
@@ -192,26 +231,25 @@ class StateConsumer:
             await self.consumer.commit(pending)
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness: polled recently (not stuck) and owning partitions or idle in the group."""
+        """Readiness: the loop is alive (it polled or finished a batch attempt recently, or one is running).
+
+        Redis is deliberately not part of it. A consumer serves no traffic, so its readiness only
+        gates rollouts and the disruption budget; a Redis outage hits every consumer alike, each
+        pauses and retries by itself, and nothing is gained by marking them all unready. Redis is
+        reported by ``router_redis_up``, the ``RouterRedisDown`` alert and the text of this answer.
+        """
         if not self.last_poll:
             return False, "not polled yet"
-        silent = time.time() - self.last_poll
-        if silent > self.settings.stream.stuck_after_s:
-            return False, f"stuck: no successful poll for {silent:.0f} s"
+        silent = time.time() - self._alive_at
+        if silent > self.settings.stream.stuck_after_s and not self._busy:
+            return False, f"stuck: no successful poll for {time.time() - self.last_poll:.0f} s"
         model = f"model {self.model.version}" if self.model else "model missing (scores keep their last values)"
-        return True, f"ok: {len(self.assigned)} partitions, lag {self.lag}, {model}"
+        redis = f", redis {self.probe.describe()}" if self.probe is not None else ""
+        return True, f"ok: {len(self.assigned)} partitions, lag {self.lag}, {model}{redis}"
 
     async def process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Fold one polled batch into Redis; returns when state, dead letters and commit are done."""
-        kafka = self.settings.kafka
-        if self._state_written and not await self.store.offsets_exist(kafka.group_id, kafka.events_topic):
-            # Redis came back empty (a restart without persistence, a flush): folding on would write
-            # snapshots of the newer events only. Replay the retained log instead.
-            log.warning("Redis lost the consumer state; replaying partitions from the beginning")
-            metrics.STATE_RESETS.inc()
-            self._state_written = False
-            self.cache.clear()
-            await self.consumer.seek_to_beginning(*self.assigned)
+        if not await self._placed(batch):
             return
         metrics.BATCH_SIZE.observe(sum(len(r) for r in batch.values()))
         triage = self.planner.triage(batch, time.time())
@@ -226,8 +264,8 @@ class StateConsumer:
                 raise result
         next_offsets = triage.next_offsets
         await self.store.store_offsets({self.offsets_key: next_offsets})
-        self._state_written = True
         for tp in batch:
+            self._stored[tp] = next_offsets[tp.partition]
             if tp in self.assigned:
                 self._to_commit[tp] = next_offsets[tp.partition]
         # Kafka commits only feed lag monitoring (the offsets that count are stored with the state),
@@ -236,6 +274,55 @@ class StateConsumer:
             await self.commit()
         if self.shadow is not None and time.monotonic() - self._shadow_reported > _SHADOW_REPORT_S:
             await self.report_shadow()
+
+    async def _placed(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> bool:
+        """Check the stored offsets of the batch's partitions (one HMGET); False if any had to be moved.
+
+        A partition whose stored offset is missing or behind what this consumer stored last lost
+        state in Redis: it is replayed from the stored offset (or the start of the log), and the
+        per-customer offsets make the replay idempotent for the customers Redis still has. A
+        partition placed before its stored offset could be read (Redis was down on assignment)
+        is placed now. Either way the whole batch is dropped (the other partitions rewound to its
+        first records): it is polled again from the new positions.
+        """
+        kafka = self.settings.kafka
+        tps = list(batch)
+        stored = await self.store.stored_offsets_of(kafka.group_id, kafka.events_topic, [tp.partition for tp in tps])
+        moves: dict[TopicPartition, int | None] = {}
+        lost: list[int] = []
+        for tp in tps:
+            have = stored[tp.partition]
+            if tp not in self._stored:
+                if have != batch[tp][0].offset:
+                    moves[tp] = have
+            else:
+                known = self._stored[tp]
+                if known is not None and (have is None or have < known):
+                    moves[tp] = have
+                    lost.append(tp.partition)
+        if not moves:
+            return True
+        if lost:
+            # Redis came back empty or behind (a restart without persistence, a flush, a failover, a lost AOF
+            # tail): folding on would write snapshots of the newer events only. Replay from what it still has.
+            log.warning("Redis lost consumer state of partitions %s; replaying them from the stored offsets", lost)
+            metrics.STATE_RESETS.inc(len(lost))
+        self.cache.clear()
+        beginning = []
+        for tp in tps:
+            if tp not in self.assigned:
+                continue
+            if tp not in moves:
+                self.consumer.seek(tp, batch[tp][0].offset)
+                continue
+            offset = self._stored[tp] = moves[tp]
+            if offset is None:
+                beginning.append(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        if beginning:
+            await self.consumer.seek_to_beginning(*beginning)
+        return False
 
     async def _apply_lane(self, pending: dict[str, list[Pending]]) -> None:
         """Fold one lane's customers and write them; refold the ones another writer got to first."""
@@ -288,20 +375,56 @@ class StateConsumer:
         return records  # type: ignore[return-value]  # every None was filled
 
     async def _publish(self, plan: Plan) -> None:
-        """Dead letters and alerts, acknowledged by the broker before any state is written."""
+        """Dead letters and alerts, acknowledged by the broker before any state is written; each once.
+
+        A batch is retried whole after a Redis fault, and a crashed consumer's batch is redelivered:
+        what was already published (remembered in Redis, and in memory while Redis is down) is not
+        sent again. Only a crash between the broker's acknowledgement and the marker's write (one
+        round trip) can still repeat one; the ``dlq.origin.*`` headers and the alert id are the keys
+        to drop such a repeat by.
+        """
+        keys = self.store.keys
         kafka = self.settings.kafka
+        todo: list[tuple[str, Dead | ChurnAlert]] = [
+            (keys.dead_letter_sent(d.record.topic, d.record.partition, d.record.offset), d) for d in plan.dead
+        ]
+        todo += [(keys.alert_sent(a.alert_id), a) for a in plan.alerts]
+        todo = [(key, item) for key, item in todo if key not in self._published]
+        if not todo:
+            return
+        seen = await self.store.already_published([key for key, _ in todo])
+        sending: list[tuple[str, Dead | ChurnAlert]] = []
         futures = []
-        for d in plan.dead:
-            futures.append(await self._send_dead(d))
-        for alert in plan.alerts:
-            futures.append(
-                await self.producer.send(
-                    kafka.alerts_topic, value=_alert_encoder.encode(alert), key=alert.customer_id.encode()
+        for (key, item), was_sent in zip(todo, seen, strict=True):
+            if was_sent:
+                self._remember(key)
+                continue
+            if isinstance(item, Dead):
+                futures.append(await self._send_dead(item))
+            else:
+                futures.append(
+                    await self.producer.send(
+                        kafka.alerts_topic, value=_alert_encoder.encode(item), key=item.customer_id.encode()
+                    )
                 )
-            )
-        if futures:
-            await asyncio.gather(*futures)
-            metrics.ALERTS.inc(len(plan.alerts))
+            sending.append((key, item))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        acked: list[str] = []
+        for (key, item), result in zip(sending, results, strict=True):
+            if not isinstance(result, BaseException):
+                acked.append(key)
+                self._remember(key)
+                if isinstance(item, ChurnAlert):
+                    metrics.ALERTS.inc()
+        await self.store.mark_published(acked, _PUBLISHED_TTL_S)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]  # the batch is retried; what was acknowledged is not sent again
+
+    def _remember(self, key: str) -> None:
+        self._published[key] = None
+        if len(self._published) > _PUBLISHED_IN_MEMORY:
+            self._published.popitem(last=False)
 
     async def _send_dead(self, d: Dead) -> asyncio.Future[Any]:
         rec = d.record
@@ -378,15 +501,18 @@ async def consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
     worker = StateConsumer(settings, store, model, consumer, producer, shadow)
+    worker.probe = RedisProbe(client)
     consumer.subscribe([kafka.events_topic], listener=_Rebalance(worker))
     health = HealthServer(settings.stream.health_host, settings.stream.health_port, worker.ready)
     try:
         await producer.start()
         await consumer.start()
+        await worker.probe.start()
         await health.start()
         yield worker
     finally:
         await health.stop()
+        await worker.probe.stop()
         with contextlib.suppress(Exception):
             await worker.commit()
         await consumer.stop()

@@ -220,7 +220,8 @@ class BatchPlanner:
                 out.dead.append(Dead(record, "too_late", _TooLate(lateness)))
             elif result is _DUPLICATE:
                 metrics.DUPLICATES.labels("event_id").inc()
-        if not changed or snap is None:
+        if not changed or snap is None or not (snap.customer_id or snap.erased_at):
+            # Nothing to keep (only outcomes of an unknown customer): no key for it at all.
             return None, was_live, redelivered
         after = totals(snap) if snap.customer_id else NO_TOTALS
         if after != before:

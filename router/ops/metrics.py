@@ -50,6 +50,7 @@ __all__ = [
     "RECORD_CACHE",
     "REDIS_ERRORS",
     "REDIS_SECONDS",
+    "REDIS_UP",
     "REQUESTS",
     "REQUEST_CHURN",
     "REQUEST_SECONDS",
@@ -179,6 +180,12 @@ ALERTS = Counter("router_churn_alerts_total", "Churn alerts emitted")
 
 REDIS_SECONDS = Histogram("router_redis_duration_seconds", "Redis round trip", ["op"], buckets=LATENCY_BUCKETS)
 REDIS_ERRORS = Counter("router_redis_errors_total", "Redis errors", ["op", "error"])
+REDIS_UP = Gauge(
+    "router_redis_up",
+    "1 while this process's last Redis ping (every 2 s) answered, else 0",
+    # max: with several workers the parent process holds a never-set 0 too; a Redis outage reaches them all
+    multiprocess_mode="max",
+)
 
 # --- known label values at zero ---------------------------------------------------------------
 

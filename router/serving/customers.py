@@ -141,11 +141,13 @@ class CustomerService:
         )
         try:
             record = await self.store.read_customer(h)
-            if record.snapshot is None or not record.snapshot.customer_id:
-                raise NotFound("no such customer: an override needs a known customer")
-            await self.store.set_override(h, override, round(req.expires_in_hours * 3_600_000))
+            live = record.snapshot is not None and bool(record.snapshot.customer_id)
+            # the write checks again, atomically: an erasure may be applied in between
+            stored = live and await self.store.set_override(h, override, round(req.expires_in_hours * 3_600_000))
         except REDIS_FAULTS as exc:
             raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
+        if not stored:
+            raise NotFound("no such customer: an override needs a known customer")
         self._admin("override_set", actor, h, f"tier {req.tier} until {override.expires_at.isoformat()}")
         return override
 
@@ -162,7 +164,23 @@ class CustomerService:
     # -- feedback and erasure ----------------------------------------------------------------
 
     async def outcome(self, decision_id: str, req: OutcomeRequest, actor: str) -> OutcomeAccepted:
-        """Produce an ``outcome`` event: it becomes a training label through the normal path."""
+        """Produce an ``outcome`` event: it becomes a training label through the normal path.
+
+        Only for a decision this service made about this very customer, found in the customer's
+        audit stream (404 otherwise): an outcome must not invent customers, nor label someone
+        else's history. The stream keeps a live customer's last ~100 decisions and records.
+        """
+        h = self.hasher.customer_key(req.customer_id)
+        await self.audit.flush()  # a decision this worker made a moment ago is in Redis now
+        try:
+            found = await self.audit.find_decision(h, decision_id)
+        except REDIS_FAULTS as exc:
+            raise Unavailable(f"audit trail unavailable ({type(exc).__name__})") from None
+        if found is None:
+            raise NotFound(
+                "no decision with this id for this customer (unknown id or customer, erased, or beyond the "
+                "customer's retained audit trail)"
+            )
         # Deterministic id: a retried request produces the same event, which the reducer de-duplicates.
         event_id = f"outcome-{decision_id}-{req.outcome}"
         await self.publisher.publish(
@@ -174,7 +192,6 @@ class CustomerService:
                 decision_id=decision_id,
             )
         )
-        h = self.hasher.customer_key(req.customer_id)
         self._admin("outcome_recorded", actor, h, req.outcome, decision_id=decision_id)
         return OutcomeAccepted(event_id=event_id, decision_id=decision_id)
 
@@ -184,7 +201,9 @@ class CustomerService:
         now = datetime.now(UTC)
         event_id = f"erasure-{h[:16]}-{int(now.timestamp() * 1000)}"
         await self.publisher.publish(ErasureRequested(event_id=event_id, customer_id=customer_id, occurred_at=now))
-        # Decisions queued before this point must not recreate the customer's audit stream.
+        # This worker's queued decisions go out first. Records still queued in other workers cannot
+        # bring the stream back for long: the consumer deletes it with the tombstone, and from then
+        # on the audit script refuses to write it (the customer is no longer live).
         await self.audit.flush()
         try:
             async with asyncio.timeout(2.0):

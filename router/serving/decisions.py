@@ -115,15 +115,15 @@ class DecisionService:
     async def resolve(self, ref: CustomerRef) -> Resolved:
         """Find the customer's record and override; Redis faults give a degraded, unknown customer."""
         customer_id = ref.customer_id
-        index_key = self._index_key(ref) if customer_id is None else None  # bad input is a 400, not a fault
+        index = self._index_key(ref) if customer_id is None else None  # bad input is a 400, not a fault
         h = self.hasher.customer_key(customer_id) if customer_id is not None else None
         if not self.breaker.allow():
             return Resolved(customer_id, h, None, "redis_unavailable")
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_s):  # the reader client's only bound
-                if index_key is not None:
-                    customer_id = await self.reader.resolve_index(index_key)
+                if index is not None:
+                    customer_id = await self.reader.resolve_index(index[0])
                     if customer_id is None:
                         self.breaker.success()
                         return Resolved(None, None, None, None)
@@ -137,16 +137,23 @@ class DecisionService:
         finally:
             _READ_SECONDS.observe(time.perf_counter() - t0)
         self.breaker.success()
+        if index is not None and not _lists(record.snapshot, index):
+            # An index entry the snapshot it names does not confirm (left by a crash or a zombie
+            # writer on Redis Cluster, where index and snapshot cannot share one atomic write):
+            # the number or address is not that customer's (any more), so nobody is named.
+            return Resolved(None, None, None, None)
         return Resolved(customer_id, h, record, None, override)
 
-    def _index_key(self, ref: CustomerRef) -> str:
+    def _index_key(self, ref: CustomerRef) -> tuple[str, str, str]:
+        """(index key, ``phone`` or ``email``, keyed hash) of a phone or e-mail reference."""
         keys = self.reader.keys
         try:
             if ref.phone is not None:
-                e164 = normalise_phone(ref.phone, self.hasher.default_region)
-                return keys.phone(self.hasher.digest("phone", e164))
+                digest = self.hasher.digest("phone", normalise_phone(ref.phone, self.hasher.default_region))
+                return keys.phone(digest), "phone", digest
             assert ref.email is not None
-            return keys.email(self.hasher.digest("email", normalise_email(ref.email)))
+            digest = self.hasher.digest("email", normalise_email(ref.email))
+            return keys.email(digest), "email", digest
         except InvalidIdentifier as exc:
             field = "customer.phone" if ref.phone is not None else "customer.email"
             raise BadInput(f"{field}: {exc}") from None
@@ -231,6 +238,14 @@ class DecisionService:
         metrics.DECISION_SECONDS.observe(took_s)
         action = out.actions[0].code if out.actions else "none"
         _labelled(metrics.DECISIONS, decision.tier, decision.escalation.role, action).inc()
+
+
+def _lists(snap: Snapshot | None, index: tuple[str, str, str]) -> bool:
+    """Does the snapshot an index entry named list that phone number or e-mail (keyed hash)?"""
+    if snap is None or not snap.customer_id:
+        return False
+    _, kind, digest = index
+    return digest in (snap.phone_keys if kind == "phone" else snap.email_keys)
 
 
 def _exact(stored: Scores | None, model: ChurnModel, as_of: int) -> bool:

@@ -7,9 +7,10 @@ The generic variant for other helpdesks signed ``timestamp + "." + raw body`` as
 deprecated for Standard Webhooks (``router.serving.inbound``) and goes in the next release.
 
 Checks, in order: headers present, signature matches (constant-time), timestamp within
-``max_age_s`` of now, signature not seen before (one Redis ``SET NX EX`` with TTL =
-``max_age_s``, before any other work: a replay inside the window is caught by the cache, one
-outside it by the staleness check). The ``SET NX`` is the only arbiter, so eight copies sent at
+``max_age_s`` of now (either side), signature not seen before (one Redis ``SET NX EX``, before
+any other work, kept until the timestamp plus ``max_age_s``: a replay inside the acceptance
+window is caught by the cache, one outside it by the staleness check, with no gap between them
+even for a timestamp ahead of our clock). The ``SET NX`` is the only arbiter, so eight copies sent at
 once give one 200 and seven 409s.
 
 The replay cache has its own Redis client with a budget of :data:`REPLAY_TIMEOUT_S`, not the
@@ -26,6 +27,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import math
 import time
 from datetime import datetime
 
@@ -131,14 +133,17 @@ class WebhookService:
         if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
             raise _reject("mismatch", f"{scheme} webhook: signature does not match the body")
         at = _epoch(timestamp)
-        if at is None or abs(time.time() - at) > self.settings.max_age_s:
-            raise _reject(
-                "stale", f"{scheme} webhook: timestamp missing, unreadable or older than {self.settings.max_age_s} s"
-            )
+        now = time.time()
+        max_age = self.settings.max_age_s
+        if at is None or abs(now - at) > max_age:
+            raise _reject("stale", f"{scheme} webhook: timestamp missing, unreadable or older than {max_age} s")
         digest = hashlib.sha256(signature.encode()).hexdigest()[:32]
+        # Remembered for as long as the staleness check would still accept the request: until
+        # timestamp + max_age, which for a timestamp ahead of our clock is up to 2 x max_age away.
+        ttl_s = math.ceil(at + max_age - now) + 1
         try:
             async with asyncio.timeout(REPLAY_TIMEOUT_S):
-                fresh = await self.replays.claim_replay(digest, self.settings.max_age_s)
+                fresh = await self.replays.claim_replay(digest, ttl_s)
         except REDIS_FAULTS as exc:
             metrics.REDIS_ERRORS.labels("webhook_replay", type(exc).__name__).inc()
             return False

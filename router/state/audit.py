@@ -3,6 +3,11 @@
 The request handler only appends to an in-process queue (O(1), never blocks); a background
 task drains it in batches into Redis streams: one global stream with a retention cap, and
 one short stream per customer (keyed by the customer's keyed hash) for the transparency view.
+A customer's stream exists only while the customer is live: the write script checks the
+customer's hash first, so an unknown id leaves no key behind and a record queued in any API
+worker before an erasure cannot recreate the stream after it (the consumer deletes the stream
+with the tombstone). Customer streams are capped in length and expire after
+``redis.audit_retention_days`` without a record.
 The writer lets a few milliseconds of records gather before it writes (``linger_s``), and a
 batch is one script call on standalone Redis: the writer shares the worker's core with the
 requests, and one command per decision would cost it about as much as the decision's own read.
@@ -16,14 +21,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
 import msgspec
-from redis.asyncio.cluster import RedisCluster
 
 from router.ops import metrics
-from router.state.keys import Keys
-from router.state.store import RedisClient
+from router.state.store import StateStore
 
 __all__ = ["AdminRecord", "AnyRecord", "AuditRecord", "AuditWriter"]
 
@@ -66,21 +68,8 @@ AnyRecord = AuditRecord | AdminRecord
 _enc = msgspec.json.Encoder()
 _dec: msgspec.json.Decoder[AnyRecord] = msgspec.json.Decoder(AnyRecord)
 _BATCH_MAX = 500
-
-# One call per batch. KEYS[1]: the global stream, KEYS[2..]: customer streams. ARGV[1], ARGV[2]:
-# their length caps; ARGV[3]: msgpack array of (record JSON, KEYS index of its customer stream or 0)
-# pairs, one argument for the whole batch (redis-py packs every argument in Python).
-_WRITE_LUA = """
-local cap, per = ARGV[1], ARGV[2]
-local batch = cmsgpack.unpack(ARGV[3])
-for i = 1, #batch, 2 do
-  local rec, k = batch[i], batch[i + 1]
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 'r', rec)
-  if k > 0 then redis.call('XADD', KEYS[k], 'MAXLEN', '~', per, '*', 'r', rec) end
-end
-return #batch / 2
-"""
-_pack = msgspec.msgpack.Encoder()
+_FIND_MAX = 1_000
+"""More than a capped customer stream holds (approximate trimming keeps a little over the cap)."""
 
 
 class AuditWriter:
@@ -88,26 +77,24 @@ class AuditWriter:
 
     def __init__(
         self,
-        client: RedisClient,
-        keys: Keys,
+        store: StateStore,
         *,
         maxlen: int = 1_000_000,
         per_customer: int = 100,
+        retention_s: int = 180 * 86_400,
         linger_s: float = 0.01,
     ) -> None:
-        self.client = client
-        self.stream = keys.audit()
-        self.customer_stream = keys.customer_audit
+        self.store = store
         self.maxlen = maxlen
         self.per_customer = per_customer
+        self.retention_s = retention_s
+        """TTL of a customer's stream, renewed by every record written to it."""
         self.linger_s = linger_s
         """How long the first record of a batch waits for others (a record is in Redis this much later)."""
         self.queue: asyncio.Queue[AnyRecord] = asyncio.Queue(maxsize=50_000)
         self._task: asyncio.Task[None] | None = None
         self._pending = 0
         """Records queued and not yet written or dropped (what :meth:`flush` waits for)."""
-        # The streams of one batch share no hash tag: on a cluster, a pipeline (Redis routes each XADD).
-        self._script = None if isinstance(client, RedisCluster) else client.register_script(_WRITE_LUA)
 
     def record(self, rec: AnyRecord) -> None:
         """Enqueue without waiting; never raises into the request."""
@@ -148,33 +135,28 @@ class AuditWriter:
                 self._pending -= len(batch)
 
     async def _write(self, batch: list[AnyRecord]) -> None:
-        if self._script is not None:
-            keys: list[str] = [self.stream]
-            index: dict[str, int] = {}
-            pairs: list[str | int] = []
-            for rec in batch:
-                k = 0
-                if rec.customer_key:
-                    stream = self.customer_stream(rec.customer_key)
-                    k = index.get(stream, 0)
-                    if not k:
-                        keys.append(stream)
-                        k = index[stream] = len(keys)
-                pairs += (_enc.encode(rec).decode(), k)  # msgpack str: Redis's cmsgpack reads no bin type
-            await self._script(keys, (self.maxlen, self.per_customer, _pack.encode(pairs)))
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for rec in batch:
-            fields = {"r": _enc.encode(rec)}
-            pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-            if rec.customer_key:
-                pipe.xadd(self.customer_stream(rec.customer_key), fields, maxlen=self.per_customer, approximate=True)  # type: ignore[arg-type]
-        await pipe.execute()
+        entries = [(_enc.encode(rec).decode(), rec.customer_key) for rec in batch]  # str: cmsgpack has no bin
+        await self.store.append_audit(
+            entries, maxlen=self.maxlen, per_customer=self.per_customer, ttl_s=self.retention_s
+        )
 
     async def for_customer(self, customer_key: str, count: int = 50) -> list[AnyRecord]:
         """Most recent records of one customer, newest first."""
-        rows: Any = await self.client.xrevrange(self.customer_stream(customer_key), count=count)
-        return [_dec.decode(fields[b"r"]) for _, fields in rows]
+        return [_dec.decode(raw) for raw in await self.store.customer_audit(customer_key, count)]
+
+    async def find_decision(self, customer_key: str, decision_id: str) -> AuditRecord | None:
+        """The decision ``decision_id`` if it is in this customer's stream (so it was about them).
+
+        The stream is short (capped near ``per_customer``, gone with the customer), so reading it
+        whole is cheap; records that do not even contain the id are not decoded.
+        """
+        needle = decision_id.encode()
+        for raw in await self.store.customer_audit(customer_key, _FIND_MAX):
+            if needle in raw:
+                rec = _dec.decode(raw)
+                if isinstance(rec, AuditRecord) and rec.decision_id == decision_id:
+                    return rec
+        return None
 
     async def flush(self, timeout_s: float = 2.0) -> None:
         """Wait until everything queued so far was written (or dropped); for tests and shutdown.

@@ -4,9 +4,12 @@
 e-mail for the index), ``T`` the first two hex digits of a hash: the Redis Cluster hash tag::
 
     P:{T}:c:H        hash    s = snapshot (msgpack, zlib when long), m = applied offsets per
-                             partition, k = derived scores (msgpack)
+                             partition, k = derived scores (msgpack), l = 1 while the customer
+                             is live, 0 once erased (a tombstone; absent in hashes written
+                             before it existed, which count as live)
     P:{T}:o:H        string  the customer's tier override (msgpack), Redis TTL = its expiry
-    P:{T}:a:H        stream  the customer's recent decisions and admin actions (audit)
+    P:{T}:a:H        stream  the customer's recent decisions and admin actions (audit); exists
+                             only while the customer is live, capped in length, expires
     P:{T}:p:Hphone   string  customer id of a phone number (E.164, keyed hash)
     P:{T}:e:Hemail   string  customer id of an e-mail address
     P:{T}:clvh       hash    CLV histogram shard: bin -> customers (counts may be negative)
@@ -16,6 +19,8 @@ e-mail for the index), ``T`` the first two hex digits of a hash: the Redis Clust
     P:{wh}:r:D       string  a signed webhook already processed (D = digest of its signature)
     P:{shadow}:report    string  the shadow model's comparison with the live one (JSON)
     P:{off}:G:topic  hash    partition -> next offset to read (consumer group G)
+    P:{pub}:dl:O:p:n string  a dead letter for record n of partition p of topic O was published
+    P:{pub}:al:A     string  churn alert A was published (both expire after a week)
 
 A customer's snapshot, override, audit stream and the histogram and counter shards its write
 lands in share one hash tag, so one Lua script updates or reads them atomically even on Redis
@@ -102,3 +107,9 @@ class Keys:
 
     def offsets(self, group: str, topic: str) -> str:
         return f"{self.prefix}:{{off}}:{group}:{topic}"
+
+    def dead_letter_sent(self, topic: str, partition: int, offset: int) -> str:
+        return f"{self.prefix}:{{pub}}:dl:{topic}:{partition}:{offset}"
+
+    def alert_sent(self, alert_id: str) -> str:
+        return f"{self.prefix}:{{pub}}:al:{alert_id}"

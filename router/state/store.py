@@ -65,17 +65,22 @@ def connect_redis(settings: RedisSettings, *, timeout_s: float | None) -> RedisC
 
 
 # Many customers in one call. KEYS: the customers' hashes, then one CLV histogram shard and
-# one KPI shard (on Redis Cluster all with one hash tag; on a single Redis always shard 00).
+# one KPI shard (on Redis Cluster all with one hash tag; on a single Redis always shard 00), then
+# the other keys the entries name by their KEYS index (phone/e-mail index entries, and an erased
+# customer's override and audit stream).
 # ARGV[1]: one msgpack array with an entry per customer: {expected offsets ('' = none), new
-# offsets, snapshot, scores, old bin|false, new bin|false, {kpi field, delta, ...}}. Byte
-# strings travel as msgpack str (Redis's cmsgpack knows no bin type; Lua strings are bytes).
-# One argument instead of eight per customer: redis-py packs every argument in Python, which
-# was 17 % of the consumer's CPU.
-# Returns 1/0 per customer: 0 when the stored offsets changed since the read (nothing of that
-# customer is written then). Increments are summed per field first and land in the one shard
-# pair of the call: readers only ever use the sum over all shards, so which shard counts a
-# customer does not matter, and a batch costs one HINCRBY(FLOAT) per distinct field, not one
-# per field and shard (HINCRBYFLOAT is ~4 us inside a script; a batch touched ~1,800 of them).
+# offsets, snapshot, scores, old bin|false, new bin|false, {kpi field, delta, ...}, live '1'|'0',
+# customer id, {index keys to delete if they still name it}, {index keys to set to it}, {keys to
+# delete}}. Byte strings travel as msgpack str (Redis's cmsgpack knows no bin type; Lua strings
+# are bytes). One argument instead of eight per customer: redis-py packs every argument in
+# Python, which was 17 % of the consumer's CPU.
+# Returns 1/0 per customer: 0 when the stored offsets changed since the read; nothing of that
+# customer is written then, index entries included, so a zombie writer that lost its partition
+# cannot re-add a number a newer profile removed. Increments are summed per field first and land
+# in the one shard pair of the call: readers only ever use the sum over all shards, so which
+# shard counts a customer does not matter, and a batch costs one HINCRBY(FLOAT) per distinct
+# field, not one per field and shard (HINCRBYFLOAT is ~4 us inside a script; a batch touched
+# ~1,800 of them).
 _APPLY_LUA = r"""
 local ops = cmsgpack.unpack(ARGV[1])
 local n = #ops
@@ -84,7 +89,7 @@ for i = 1, n do
   local op = ops[i]
   local c = KEYS[i]
   if (redis.call('HGET', c, 'm') or '') == op[1] then
-    redis.call('HSET', c, 'm', op[2], 's', op[3], 'k', op[4])
+    redis.call('HSET', c, 'm', op[2], 's', op[3], 'k', op[4], 'l', op[8])
     local old, new = op[5], op[6]
     if old ~= new then
       if old then hist[old] = (hist[old] or 0) - 1 end
@@ -95,6 +100,13 @@ for i = 1, n do
       local f = incs[j]
       kpi[f] = (kpi[f] or 0) + incs[j + 1]
     end
+    local cid, unindex, index, drop = op[9], op[10], op[11], op[12]
+    for j = 1, #unindex do
+      local k = KEYS[unindex[j]]
+      if redis.call('GET', k) == cid then redis.call('DEL', k) end
+    end
+    for j = 1, #index do redis.call('SET', KEYS[index[j]], cid) end
+    for j = 1, #drop do redis.call('DEL', KEYS[drop[j]]) end
     ok[i] = 1
   else
     ok[i] = 0
@@ -121,10 +133,50 @@ return out
 # round trip on a cluster too (a pipeline of two costs ~100 us more).
 _READ_DECISION_LUA = "return {redis.call('HMGET', KEYS[1], 's', 'k'), redis.call('GET', KEYS[2]) or false}"
 
+# A tier override, only for a live customer (KEYS: customer hash, override; ARGV: value, TTL ms),
+# in one step: an erasure applied between a check and the write would leave an override behind.
+_SET_OVERRIDE_LUA = """
+if redis.call('HEXISTS', KEYS[1], 's') == 0 or redis.call('HGET', KEYS[1], 'l') == '0' then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 # Delete an index entry only if it still names this customer (numbers can be shared).
 _UNINDEX_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# Audit records, one call per batch (on a cluster: one for the global stream, one per hash tag).
+# KEYS: the global stream when ARGV[4] is '1', then (customer hash, customer stream) pairs.
+# ARGV[1..3]: length caps of the global and the customer streams, the customer streams' TTL;
+# ARGV[5]: msgpack array of (record JSON, KEYS index of its customer's hash or 0) pairs.
+# A customer's stream is written only while its hash says the customer is live (a snapshot, and
+# 'l' not '0'; hashes written before 'l' existed count as live):
+# never for an unknown id (random ids would each leave a key behind) nor after an erasure, even
+# from a record that another API worker had queued before it. Every write renews the TTL.
+_AUDIT_LUA = """
+local cap, per, ttl = ARGV[1], ARGV[2], ARGV[3]
+local global = ARGV[4] == '1'
+local batch = cmsgpack.unpack(ARGV[5])
+local live, touched = {}, {}
+for i = 1, #batch, 2 do
+  local rec, k = batch[i], batch[i + 1]
+  if global then redis.call('XADD', KEYS[1], 'MAXLEN', '~', cap, '*', 'r', rec) end
+  if k > 0 then
+    local known = live[k]
+    if known == nil then
+      known = redis.call('HEXISTS', KEYS[k], 's') == 1 and redis.call('HGET', KEYS[k], 'l') ~= '0'
+      live[k] = known
+    end
+    if known then
+      redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', per, '*', 'r', rec)
+      touched[k + 1] = true
+    end
+  end
+end
+for k in pairs(touched) do redis.call('EXPIRE', KEYS[k], ttl) end
+return #batch / 2
 """
 
 _enc = msgspec.msgpack.Encoder()
@@ -136,8 +188,18 @@ def _lua_bytes(data: bytes) -> msgspec.Raw:
     return msgspec.Raw(b"\xdb" + len(data).to_bytes(4, "big") + data)
 
 
-def _packed_op(op: WriteOp) -> tuple[Any, ...]:
-    """One customer's entry of the apply script's argument (see ``_APPLY_LUA``)."""
+def _packed_op(op: WriteOp, keys: list[bytes], store_keys: Keys, *, index: bool) -> tuple[Any, ...]:
+    """One customer's entry of the apply script's argument (see ``_APPLY_LUA``).
+
+    Keys the entry names are appended to ``keys`` (the call's KEYS). ``index``: the phone and
+    e-mail index entries go into the script (a single Redis); on a cluster their hash tags differ
+    from the customer's, so :meth:`StateStore.apply` writes them after the compare-and-set.
+    """
+
+    def slot(key: str) -> int:
+        keys.append(key.encode())
+        return len(keys)
+
     incs: list[str | float] = []
     for field, delta in op.kpi.items():
         incs += (field, delta)
@@ -147,6 +209,9 @@ def _packed_op(op: WriteOp) -> tuple[Any, ...]:
         encode_snapshot(op.snapshot),
         encode_scores(op.scores),
     )
+    live = bool(op.snapshot.customer_id)
+    pairs = op.index_remove or op.index_add
+    h = op.customer_key
     return (
         _lua_bytes(op.expected_marks) if op.expected_marks else "",  # a new customer's: nothing to wrap
         _lua_bytes(marks),
@@ -155,6 +220,13 @@ def _packed_op(op: WriteOp) -> tuple[Any, ...]:
         False if op.old_bin is None else op.old_bin,
         False if new_bin is None else new_bin,
         incs,
+        "1" if live else "0",
+        pairs[0][1] if pairs else "",
+        [slot(k) for k, _ in op.index_remove] if index else [],
+        [slot(k) for k, _ in op.index_add] if index else [],
+        # An erased customer's override and audit stream share its hash tag: they go with the
+        # tombstone, whatever an API worker wrote since the erasure request deleted them.
+        [] if live else [slot(store_keys.override(h)), slot(store_keys.customer_audit(h))],
     )
 
 
@@ -169,6 +241,11 @@ class StateStore:
         self._read_many = client.register_script(_READ_MANY_LUA)
         self._read_decision = client.register_script(_READ_DECISION_LUA)
         self._unindex = client.register_script(_UNINDEX_LUA)
+        self._audit = client.register_script(_AUDIT_LUA)
+        self._set_override = client.register_script(_SET_OVERRIDE_LUA)
+        self._scripts = (
+            self._apply, self._read_many, self._read_decision, self._unindex, self._audit, self._set_override
+        )
         # Standalone Redis: any customers share a script call; a cluster: one call per hash tag.
         self._cluster = isinstance(client, RedisCluster)
 
@@ -191,7 +268,7 @@ class StateStore:
             except NoScriptError:
                 if attempt:
                     raise
-                for script in (self._apply, self._read_many, self._read_decision, self._unindex):
+                for script in self._scripts:
                     script.sha = str(await self.client.script_load(script.script))
         raise AssertionError("unreachable")
 
@@ -233,24 +310,19 @@ class StateStore:
     async def apply(self, ops: Sequence[WriteOp]) -> list[bool]:
         """Write ``ops`` in one pipeline; returns per op whether its compare-and-set succeeded.
 
-        Index entries are written before the snapshots: they are idempotent, so a crash
-        between the two leaves nothing that a replay of the same events would not fix.
+        Everything an op writes is conditional on its compare-and-set: snapshot, scores, offsets,
+        histogram and counter increments and, on a single Redis, the phone and e-mail index
+        entries, all in one script call. On Redis Cluster the index keys live in other slots, so
+        they are written right after, only for the ops whose compare-and-set succeeded; readers
+        check every index entry against the snapshot it names (:meth:`DecisionService.resolve`),
+        so an entry a zombie or a crash left behind yields "unknown", never the wrong customer.
         Partition offsets are stored afterwards by :meth:`store_offsets`, once all the state
         they cover is written.
         """
         groups = self._calls([op.customer_key for op in ops], _WRITES_PER_CALL)
-        n_index = 0
+        in_script = not self._cluster
 
         async def queue(pipe: Any) -> None:
-            nonlocal n_index
-            n_index = 0
-            for op in ops:
-                for key, cid in op.index_remove:
-                    await self._unindex([key], [cid], client=pipe)
-                    n_index += 1
-                for key, cid in op.index_add:
-                    pipe.set(key, cid)
-                    n_index += 1
             for members in groups:
                 keys = [self.keys.customer(ops[i].customer_key).encode() for i in members]
                 # On a cluster the group's own tag; on a single Redis always shard 00, so the CLV histogram
@@ -258,15 +330,32 @@ class StateStore:
                 # (at 1M customers that read held the worker's event loop for milliseconds per chunk).
                 shard = ops[members[0]].customer_key[:2] if self._cluster else "00"
                 keys += (self.keys.histogram(shard).encode(), self.keys.kpi(shard).encode())
-                packed = _enc.encode([_packed_op(ops[i]) for i in members])
-                await self._apply(keys, [packed], client=pipe)
+                entries = [_packed_op(ops[i], keys, self.keys, index=in_script) for i in members]
+                await self._apply(keys, [_enc.encode(entries)], client=pipe)
 
         results = await self._execute(queue)
         ok = [False] * len(ops)
-        for members, flags in zip(groups, results[n_index : n_index + len(groups)], strict=True):
+        for members, flags in zip(groups, results, strict=True):
             for i, flag in zip(members, flags, strict=True):
                 ok[i] = bool(flag)
+        if not in_script:
+            await self._index_after_cas([op for op, good in zip(ops, ok, strict=True) if good])
         return ok
+
+    async def _index_after_cas(self, ops: Sequence[WriteOp]) -> None:
+        """Redis Cluster: the index entries of ops whose compare-and-set succeeded (other slots)."""
+        changed = [op for op in ops if op.index_add or op.index_remove]
+        if not changed:
+            return
+
+        async def queue(pipe: Any) -> None:
+            for op in changed:
+                for key, cid in op.index_remove:
+                    await self._unindex([key], [cid], client=pipe)
+                for key, cid in op.index_add:
+                    pipe.set(key, cid)
+
+        await self._execute(queue)
 
     async def store_offsets(self, offsets: dict[str, dict[int, int]]) -> None:
         """Store partition -> next offset under each offsets key (after the state they cover)."""
@@ -281,9 +370,73 @@ class StateStore:
         raw: dict[Any, Any] = await self.client.hgetall(self.keys.offsets(group, topic))
         return {int(k): int(v) for k, v in raw.items()}
 
-    async def offsets_exist(self, group: str, topic: str) -> bool:
-        """Whether any partition offset of ``group`` is stored (Redis has not lost the state)."""
-        return bool(await self.client.exists(self.keys.offsets(group, topic)))
+    async def stored_offsets_of(self, group: str, topic: str, partitions: Sequence[int]) -> dict[int, int | None]:
+        """The stored next offset of each of ``partitions`` (None where none is stored): one HMGET."""
+        raw: list[Any] = await self.client.hmget(self.keys.offsets(group, topic), [str(p) for p in partitions])
+        return {p: None if v is None else int(v) for p, v in zip(partitions, raw, strict=True)}
+
+    # -- what the consumer published (dead letters, alerts): once per origin -----------------
+
+    async def already_published(self, keys: Sequence[str]) -> list[bool]:
+        """Whether each marker key exists (all share the ``{pub}`` hash tag: one MGET)."""
+        if not keys:
+            return []
+        raw: list[Any] = await self.client.mget(list(keys))
+        return [v is not None for v in raw]
+
+    async def mark_published(self, keys: Sequence[str], ttl_s: int) -> None:
+        """Remember that these were published (acknowledged by the broker) for ``ttl_s``."""
+        if not keys:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(key, b"1", ex=ttl_s)
+        await pipe.execute()
+
+    # -- the audit trail -----------------------------------------------------------------------
+
+    async def append_audit(
+        self, entries: Sequence[tuple[str, str | None]], *, maxlen: int, per_customer: int, ttl_s: int
+    ) -> None:
+        """Append (record JSON, customer keyed hash or None) entries to the audit streams.
+
+        Every record goes to the global stream; a customer's own stream gets it only while the
+        customer is live (see ``_AUDIT_LUA``). One script call on a single Redis; on a cluster one
+        for the global stream and one per hash tag, in one pipeline.
+        """
+        calls: list[tuple[bool, Sequence[tuple[str, str | None]]]]
+        if not self._cluster:
+            calls = [(True, entries)]
+        else:
+            by_tag: dict[str, list[tuple[str, str | None]]] = {}
+            for rec, h in entries:
+                if h:
+                    by_tag.setdefault(h[:2], []).append((rec, h))
+            calls = [(True, [(rec, None) for rec, _ in entries]), *((False, part) for part in by_tag.values())]
+        stream = self.keys.audit()
+
+        async def queue(pipe: Any) -> None:
+            for with_global, part in calls:
+                keys = [stream] if with_global else []
+                index: dict[str, int] = {}
+                pairs: list[str | int] = []
+                for rec, h in part:
+                    k = 0
+                    if h:
+                        k = index.get(h, 0)
+                        if not k:
+                            keys += (self.keys.customer(h), self.keys.customer_audit(h))
+                            k = index[h] = len(keys) - 1
+                    pairs += (rec, k)
+                args = (maxlen, per_customer, max(1, ttl_s), "1" if with_global else "0", _enc.encode(pairs))
+                await self._audit(keys, args, client=pipe)
+
+        await self._execute(queue)
+
+    async def customer_audit(self, h: str, count: int) -> list[bytes]:
+        """The customer's most recent audit records (JSON), newest first."""
+        rows: Any = await self.client.xrevrange(self.keys.customer_audit(h), count=count)
+        return [fields[b"r"] for _, fields in rows]
 
     # -- the request path --------------------------------------------------------------------
 
@@ -309,10 +462,12 @@ class StateStore:
 
     # -- people's actions --------------------------------------------------------------------
 
-    async def set_override(self, h: str, override: Override, ttl_ms: int) -> None:
-        """Store a tier override; its Redis TTL is its expiry, so an expired override is simply
-        gone and the decision path never compares clocks."""
-        await self.client.set(self.keys.override(h), encode_override(override), px=max(1, ttl_ms))
+    async def set_override(self, h: str, override: Override, ttl_ms: int) -> bool:
+        """Store a tier override if the customer is live (False otherwise); its Redis TTL is its
+        expiry, so an expired override is simply gone and the decision path never compares clocks."""
+        keys = [self.keys.customer(h), self.keys.override(h)]
+        done: Any = await self._set_override(keys, [encode_override(override), max(1, ttl_ms)])
+        return bool(done)
 
     async def delete_override(self, h: str) -> bool:
         """Remove the override; False when there was none."""
@@ -320,10 +475,12 @@ class StateStore:
         return bool(deleted)
 
     async def forget_customer(self, h: str) -> None:
-        """Delete what the request side keeps of a customer (override, audit stream).
+        """Delete what the request side keeps of a customer (override, audit stream), at once.
 
         The snapshot and the phone/e-mail index entries (the rest of :meth:`Keys.of_customer`)
-        are the consumer's: it erases them when it applies the erasure event, exactly once.
+        are the consumer's: it erases them when it applies the erasure event, exactly once, and
+        deletes override and audit stream again with the tombstone, in case a request wrote them
+        in between.
         """
         snapshot_key = self.keys.customer(h)
         await self.client.delete(*(k for k in self.keys.of_customer(h) if k != snapshot_key))

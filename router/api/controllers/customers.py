@@ -90,9 +90,10 @@ class CustomerController(Controller):
         operation_id="record_outcome",
         status_code=HTTP_202_ACCEPTED,
         summary="Feed back what happened after a decision",
-        responses=errors(KEYED, BODY, 503),
+        responses=errors(KEYED, BODY, 404, 503),
         opt={"scopes": frozenset({"helpdesk", "ops", "admin"})},
-        description="Scopes: helpdesk, ops, admin. Produces an `outcome` event keyed by customer: a training label.",
+        description="Scopes: helpdesk, ops, admin. Produces an `outcome` event keyed by customer: a training label. "
+        "404 unless the decision is one of this customer's recent decisions (the customer's audit trail).",
     )
     async def outcome(
         self,

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 
 from router.api.app import create_app
 from router.settings import Settings
 from tests.conftest import SettingsFactory
-from tests.support.api_support import VIP_EMAIL, VIP_ID, VIP_PHONE, api_settings, auth, populate, population
+from tests.support.api_support import (
+    VIP_EMAIL,
+    VIP_ID,
+    VIP_PHONE,
+    api_settings,
+    auth,
+    live_server,
+    populate,
+    population,
+)
 from tests.support.helpers import hasher_of, read_snapshot, running_consumer, state_store, wait_until_caught_up
 
 Client = AsyncTestClient  # type: ignore[type-arg]
@@ -155,6 +167,111 @@ async def test_erasure_leaves_no_personal_key_behind(api: tuple[Settings, Client
                 assert b"901820" not in value and b"example.com" not in value.lower()
     d = await _classify(client, VIP_ID)
     assert d["customer_known"] is False
+
+
+async def test_erasure_stays_erased_whatever_is_classified_or_queued_after_it(api: tuple[Settings, Client]) -> None:
+    """Decisions about the customer keep coming after the erasure request: before the consumer
+    applies it, after, and from another API worker whose audit queue still holds one. None of
+    them may bring back a per-customer key."""
+    s, client = api
+    h = hasher_of(s).customer_key(VIP_ID)
+    await _classify(client, VIP_ID)
+    async with AsyncTestClient(app=create_app(s)) as other:  # a second worker process, in effect
+        other.app.state.services.audit.linger_s = 3.0  # its decision waits in its queue a while
+        await _classify(other, VIP_ID)
+        r = await client.post(f"/v1/customers/{VIP_ID}/erasure", headers=auth("admin"))
+        assert r.status_code == 202, r.text
+        await _classify(client, VIP_ID)  # the consumer has not applied the erasure yet
+        await client.app.state.services.audit.flush()
+        async with running_consumer(s) as worker:
+            await wait_until_caught_up(worker, s, N_EVENTS + 1)
+        assert (await _classify(client, VIP_ID))["customer_known"] is False
+        await client.app.state.services.audit.flush()
+        await other.app.state.services.audit.flush(10.0)
+    async with state_store(s) as store:
+        left = [k for k in store.keys.of_customer(h) if await store.client.exists(k)]
+        assert left == [store.keys.customer(h)], f"keys about the erased customer came back: {left}"
+
+
+def test_unknown_customer_ids_leave_no_key_behind(settings: SettingsFactory, tmp_path: Path) -> None:
+    """Random ids (a scan, a buggy client, an attacker) must not each leave a key: with
+    ``noeviction`` that ends in a full Redis and a stalled consumer."""
+    s = api_settings(settings, auth={"rate_per_s": 1_000_000_000.0, "burst": 1_000_000_000})
+    asyncio.run(populate(s, population()))
+    h = hasher_of(s).customer_key(VIP_ID)
+
+    async def keys_and_decisions() -> tuple[int, int]:
+        async with state_store(s) as store:
+            n = len([k async for k in store.client.scan_iter(match=f"{s.redis.prefix}:*", count=1000)])
+            return n, int(await store.client.xlen(store.keys.audit()))
+
+    async def classify_unknown(base_url: str, n: int) -> None:
+        async with httpx.AsyncClient(base_url=base_url, headers=auth("helpdesk"), timeout=10) as http:
+            for _ in range(n // 100):
+                bodies = [{"customer": {"customer_id": uuid.uuid4().hex}} for _ in range(100)]
+                answers = await asyncio.gather(*(http.post("/v1/classify", json=b) for b in bodies))
+                assert all(r.status_code == 200 and not r.json()["customer_known"] for r in answers)
+
+    with live_server(s, tmp_path / "api.log") as client:
+        assert client.post("/v1/classify", json={"customer": {"customer_id": VIP_ID}}, headers=auth("helpdesk")).json()[
+            "customer_known"
+        ]
+        deadline = time.monotonic() + 10
+        while (before := asyncio.run(keys_and_decisions()))[1] < 1:  # the global and the VIP's streams exist
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        asyncio.run(classify_unknown(str(client.base_url), 10_000))
+        took = time.monotonic() - t0
+        deadline = time.monotonic() + 60
+        while (after := asyncio.run(keys_and_decisions()))[1] < before[1] + 10_000:  # every decision is audited
+            dropped = _metric(client.get("/metrics").text, "router_audit_dropped_total")
+            assert time.monotonic() < deadline, f"audit trail stuck at {after[1]} decisions ({dropped} dropped)"
+            time.sleep(0.2)
+    print(f"\n[unknown-ids] 10000 classify in {took:.1f} s, keys {before[0]} -> {after[0]}")
+    assert after[0] == before[0], f"10,000 unknown ids added {after[0] - before[0]} keys"
+
+    async def ttl() -> int:
+        async with state_store(s) as store:  # a known customer's stream is bounded in time too
+            return int(await store.client.ttl(store.keys.customer_audit(h)))
+
+    assert 0 < asyncio.run(ttl()) <= s.redis.audit_retention_days * 86_400
+
+
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_an_outcome_needs_a_decision_made_about_that_customer(api: tuple[Settings, Client]) -> None:
+    s, client = api
+    d = await _classify(client, "S005")
+    stranger = await _classify(client, "ghost-customer-1")
+    for decision_id, customer_id in [
+        ("d-19ab0000000-abcdef-1", "S005"),  # no such decision
+        (d["decision_id"], "S006"),  # someone else's decision
+        (stranger["decision_id"], "ghost-customer-1"),  # a real decision, about nobody we know
+        (d["decision_id"], "ghost-customer-2"),  # and a customer nobody knows
+    ]:
+        r = await client.post(
+            f"/v1/decisions/{decision_id}/outcome", json={"customer_id": customer_id, "outcome": "churned"},
+            headers=auth("helpdesk"),
+        )  # fmt: skip
+        assert r.status_code == 404, (decision_id, customer_id, r.status_code, r.text)
+        assert r.json()["error"] == "not_found" and customer_id not in r.text
+    r = await client.post(
+        f"/v1/decisions/{d['decision_id']}/outcome", json={"customer_id": "S005", "outcome": "renewed"},
+        headers=auth("helpdesk"),
+    )  # fmt: skip
+    assert r.status_code == 202, r.text
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, N_EVENTS + 1)
+        assert (await read_snapshot(worker.store, "S005")).outcome == "renewed"  # type: ignore[union-attr]
+        assert (await read_snapshot(worker.store, "S006")).outcome is None  # type: ignore[union-attr]
+        assert await read_snapshot(worker.store, "ghost-customer-2") is None
+        assert (await worker.store.portfolio()).totals["customers"] == 41
 
 
 async def test_portfolio_figures(api: tuple[Settings, Client]) -> None:

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
+import msgspec
 from litestar.testing import AsyncTestClient
 
 from router.api.app import create_app
 from router.churn.model import ChurnModel
 from router.settings import ModelSettings
 from tests.conftest import SettingsFactory
-from tests.support.api_support import VIP_ID, api_settings, auth, big_spender, populate, population, zendesk_request
+from tests.support.api_support import (
+    VIP_ID,
+    api_settings,
+    auth,
+    big_spender,
+    live_server,
+    populate,
+    population,
+    zendesk_request,
+)
 from tests.support.helpers import produce, running_consumer
+from tests.support.tcp_proxy import TcpProxy
 
 
 async def test_redis_down_gives_fast_degraded_answers_and_recovers(
@@ -46,7 +59,7 @@ async def test_redis_down_gives_fast_degraded_answers_and_recovers(
         body, headers = zendesk_request({"ticket": {"id": 7, "requester": {"external_id": VIP_ID}}})
         r = await client.post("/v1/webhooks/zendesk", content=body, headers=headers)
         assert r.status_code == 200 and r.json()["degraded"] is True and "router_degraded" in r.json()["tags"]
-        assert (await client.get("/health/ready")).status_code == 503
+        assert (await client.get("/health/ready")).status_code == 200  # degraded, not unready
         r = await client.get(f"/v1/customers/{VIP_ID}", headers=auth("ops"))
         assert r.status_code == 503 and r.json()["error"] == "unavailable"
 
@@ -102,3 +115,67 @@ async def test_model_missing_or_failing_degrades_and_reload_recovers(settings: S
         live.model = _FailingModel(real._session, real.card, real.path)
         d = (await client.post("/v1/classify", json=body, headers=auth("helpdesk"))).json()
         assert d["degraded"] is True and d["degraded_cause"] == "model_failed" and d["tier"] in {"VIP", "Premium"}
+
+
+def _kubelet_probe(client: httpx.Client, path: str) -> bool:
+    """One HTTP probe as the kubelet runs it: success is a status from 200 to 399 within timeoutSeconds (2)."""
+    try:
+        return 200 <= client.get(path, timeout=2.0).status_code < 400
+    except httpx.HTTPError:
+        return False
+
+
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_a_redis_outage_keeps_the_pod_ready_and_serving_degraded_answers(
+    settings: SettingsFactory, redis_server: Any, tmp_path: Path
+) -> None:
+    """Kubernetes removes a pod from its Service after ``failureThreshold`` (2) failed readiness
+    probes (``periodSeconds`` 5, ``timeoutSeconds`` 2 in deploy/k8s/api.yaml). Were readiness tied
+    to Redis, every pod would leave the Service about 10 s into an outage and clients would get no
+    answer at all instead of the promised degraded 200. Redis is black-holed (nothing answers,
+    nothing is reset), then refused, each for longer than those 10 s."""
+    s = api_settings(settings, auth={"rate_per_s": 1_000_000.0, "burst": 1_000_000})
+    asyncio.run(populate(s, population()))
+    vip = {"customer": {"customer_id": VIP_ID}, "channel": "phone", "category": "technical"}
+    with TcpProxy("127.0.0.1", redis_server.port) as proxy:
+        s_api = msgspec.structs.replace(s, redis=msgspec.structs.replace(s.redis, url=f"redis://{proxy.address}/0"))
+        with live_server(s_api, tmp_path / "api.log") as client:
+            assert client.post("/v1/classify", json=vip, headers=auth("helpdesk")).json()["degraded"] is False
+            for fault in ("black hole", "refused"):
+                if fault == "black hole":
+                    proxy.pause()
+                else:
+                    proxy.resume()
+                    proxy.refuse = True
+                    proxy.cut()
+                probes: list[bool] = []
+                answers: list[dict[str, Any]] = []
+                end = time.monotonic() + 11.0
+                while time.monotonic() < end:
+                    probes.append(_kubelet_probe(client, "/health/ready"))
+                    r = client.post("/v1/classify", json=vip, headers=auth("helpdesk"))
+                    assert r.status_code == 200, (fault, r.status_code, r.text)
+                    answers.append(r.json())
+                    time.sleep(0.5)
+                assert all(probes), f"{fault}: readiness failed {probes.count(False)} of {len(probes)} probes"
+                assert all(a["degraded"] and a["degraded_cause"] == "redis_unavailable" for a in answers[2:]), fault
+                detail = client.get("/health/detail").json()
+                assert detail["ready"] is True and detail["status"] == "degraded", detail
+                assert detail["checks"]["redis"].startswith("unavailable"), detail
+                assert _metric(client.get("/metrics").text, "router_redis_up") == 0, fault
+            proxy.refuse = False
+            deadline = time.monotonic() + 10
+            while client.post("/v1/classify", json=vip, headers=auth("helpdesk")).json()["degraded"]:
+                assert time.monotonic() < deadline, "decisions did not recover after Redis came back"
+                time.sleep(0.1)
+            assert client.get("/health/detail").json()["status"] == "ok"
+            deadline = time.monotonic() + 5
+            while _metric(client.get("/metrics").text, "router_redis_up") != 1:  # the next background ping
+                assert time.monotonic() < deadline, "router_redis_up stayed 0 after Redis came back"
+                time.sleep(0.2)

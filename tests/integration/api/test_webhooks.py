@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from litestar.testing import AsyncTestClient
 
+from router.api.app import create_app
+from router.serving.webhooks import sign_generic
 from router.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.support.api_support import (
+    GENERIC_SECRET,
     SMALL_PHONE,
     VIP_ID,
     api_settings,
@@ -129,3 +134,23 @@ def test_cors_is_off_by_default(server: tuple[Settings, httpx.Client, Path]) -> 
     assert "access-control-allow-origin" not in r.headers
     r = client.get("/v1/screenpop", params={"phone": SMALL_PHONE}, headers={**auth("telephony"), **preflight})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+async def test_a_replay_is_refused_for_as_long_as_its_timestamp_is_accepted(settings: SettingsFactory) -> None:
+    """A timestamp ahead of our clock is accepted (clocks drift), so the request stays acceptable until
+    timestamp + max_age: the replay cache must remember it that long, not max_age from receipt."""
+    s = api_settings(settings, webhooks={"max_age_s": 3})
+    body = b'{"customer": {"customer_id": "W1"}, "channel": "email"}'
+    timestamp = str(int(time.time()) + 2)  # two seconds ahead: within the window
+    headers = {
+        "content-type": "application/json",
+        "X-Router-Signature": sign_generic(GENERIC_SECRET, timestamp, body),
+        "X-Router-Timestamp": timestamp,
+    }
+    async with AsyncTestClient(app=create_app(s)) as client:
+        r = await client.post("/v1/webhooks/generic", content=body, headers=headers)
+        assert r.status_code == 200, r.text
+        await asyncio.sleep(3.5)  # past max_age after receipt, still within max_age of the timestamp
+        assert abs(time.time() - int(timestamp)) <= 3, "the test itself was too slow"
+        r = await client.post("/v1/webhooks/generic", content=body, headers=headers)
+        assert r.status_code == 409, f"a signed request was accepted twice ({r.status_code})"

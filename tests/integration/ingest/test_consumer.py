@@ -21,6 +21,7 @@ from schemas.events import (
     CustomerProfile,
     ErasureRequested,
     OrderPlaced,
+    Outcome,
     SubscriptionChanged,
     TicketOpened,
     TicketResolved,
@@ -352,3 +353,21 @@ async def test_stored_scores_name_the_model_and_when_they_stop_being_exact(setti
                     assert model.predict_one(features(rec.snapshot, t)) == sc.churn
             reusable += sc.valid_until > sc.as_of
     assert reusable >= 10
+
+
+async def test_an_outcome_for_an_unknown_customer_creates_nothing(settings: SettingsFactory) -> None:
+    """Outcome events reach the topic from the API and from other producers; one about a customer
+    the state does not know must not create it (a phantom in the portfolio and the CLV histogram)."""
+    s = settings()
+    known = _history("OK1", 3, random.Random(1))
+    ghosts = [
+        Outcome(event_id=f"ghost-{i}", customer_id=f"GHOST{i}", occurred_at=NOW - timedelta(hours=1), outcome="renewed")
+        for i in range(5)
+    ]
+    await produce(s, [*known, *ghosts])
+    async with running_consumer(s) as worker:
+        await wait_until_caught_up(worker, s, len(known) + len(ghosts))
+        counters = await worker.store.portfolio()
+        keys = [k async for k in worker.store.client.scan_iter(match=f"{s.redis.prefix}:*:c:*")]
+    assert len(keys) == 1, f"{len(keys) - 1} customers created by outcome events alone"
+    assert counters.totals["customers"] == 1 and sum(counters.clv_hist.values()) == 1

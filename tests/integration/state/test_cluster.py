@@ -8,9 +8,11 @@ from collections.abc import Iterator
 import pytest
 
 from router.core.reducer import fold_all
+from router.state.audit import AdminRecord, AuditWriter
 from router.state.store import StateStore, connect
 from tests.conftest import SettingsFactory
 from tests.integration.ingest.test_consumer import _history
+from tests.integration.state.test_index import zombie_loses_and_writes_no_index
 from tests.support.helpers import hasher_of, produce, running_consumer, wait_until_caught_up
 from tests.support.redis_cluster import redis_cluster
 
@@ -46,5 +48,30 @@ async def test_consumer_and_lookups_on_redis_cluster(settings: SettingsFactory, 
         # the phone index resolves on the cluster too
         phone_key = store.keys.phone(hasher.phone_key("+49 30 5550100") or "")
         assert await store.resolve_index(phone_key) in per_customer
+        # audit: every record in the global stream, a customer stream only for a known customer
+        audit = AuditWriter(store, linger_s=0)
+        await audit.start()
+        for who in ("Q000", "Q001", "nobody-known"):
+            audit.record(AdminRecord(action="override_set", at=0.0, actor="test", customer_key=store.customer_key(who)))
+        await audit.flush(5.0)
+        await audit.stop()
+        assert await client.xlen(store.keys.audit()) == 3
+        for who, expected in (("Q000", 1), ("Q001", 1), ("nobody-known", 0)):
+            key = store.keys.customer_audit(store.customer_key(who))
+            assert await client.exists(key) == expected, who
+            assert expected == 0 or await client.ttl(key) > 0, who
+    finally:
+        await client.aclose()
+
+
+async def test_a_zombie_writer_leaves_the_index_alone_on_redis_cluster(
+    settings: SettingsFactory, cluster_url: str
+) -> None:
+    """On a cluster the index keys live in other slots than the snapshot: they are written only
+    after a successful compare-and-set, so a zombie that loses it writes none either."""
+    s = settings(redis={"url": cluster_url, "cluster": True})
+    client = connect(s.redis.url, cluster=True)
+    try:
+        await zombie_loses_and_writes_no_index(s, StateStore(client, s.redis.prefix, hasher_of(s)))
     finally:
         await client.aclose()

@@ -151,7 +151,7 @@ def _service(model: ChurnModel) -> DecisionService:
     store = StateStore(connect(settings.redis.url, cluster=False), settings.redis.prefix, hasher)  # never connected
     policy = load_policy(settings.policy.path)
     live = Live(model, policy, store, model_path=settings.model.path, policy_path=settings.policy.path)
-    return DecisionService(live, store, AuditWriter(store.client, store.keys), settings.redis, settings.model)
+    return DecisionService(live, store, AuditWriter(store), settings.redis, settings.model)
 
 
 def _counts() -> tuple[float, float]:

@@ -17,6 +17,7 @@ from schemas.events import (
     ErasureRequested,
     NpsResponse,
     OrderPlaced,
+    Outcome,
     Payment,
     SubscriptionChanged,
     TicketOpened,
@@ -151,3 +152,20 @@ def test_latest_plan_wins_by_event_time_whatever_the_order() -> None:
     for order in ([a, b], [b, a]):
         snap = fold_all(order, lateness_s=LATE, hasher=HASHER)
         assert snap is not None and plan_of(snap) == "pro" and snap.mrr_cents == 5000
+
+
+def test_an_outcome_alone_creates_no_customer() -> None:
+    """Feedback on a decision must not invent a customer (or bring back an erased one)."""
+    outcome = Outcome(event_id="f1", customer_id="GHOST", occurred_at=T0, outcome="churned", decision_id="d-1")
+    snap, result = fold(None, outcome, lateness_s=LATE, hasher=HASHER)
+    assert snap.customer_id == "" and snap.outcome is None, "an outcome alone created a customer"
+    assert result is Applied.IGNORED
+    known, _ = fold(None, Usage(event_id="u", customer_id="C1", occurred_at=T0, logins=1), lateness_s=LATE, hasher=HASHER)
+    later = Outcome(event_id="f2", customer_id="C1", occurred_at=T0 + timedelta(hours=1), outcome="renewed")
+    known, result = fold(known, later, lateness_s=LATE, hasher=HASHER)
+    assert result is Applied.APPLIED and known.outcome == "renewed"
+    erased, _ = fold(known, ErasureRequested(event_id="x", customer_id="C1", occurred_at=T0 + timedelta(hours=2)),
+                     lateness_s=LATE, hasher=HASHER)  # fmt: skip
+    after = Outcome(event_id="f3", customer_id="C1", occurred_at=T0 + timedelta(days=3), outcome="churned")
+    erased, result = fold(erased, after, lateness_s=LATE, hasher=HASHER)
+    assert result is Applied.IGNORED and erased.customer_id == ""

@@ -18,7 +18,7 @@ from router.ingest.planning import BatchPlanner, Pending
 from router.settings import Settings
 from router.state.keys import Keys
 from router.state.records import CustomerRecord, Scores, encode_marks
-from schemas.events import CustomerProfile, ErasureRequested, OrderPlaced, SubscriptionChanged, Usage
+from schemas.events import CustomerProfile, ErasureRequested, OrderPlaced, Outcome, SubscriptionChanged, Usage
 
 HASHER = IdentityHasher(b"test-key-0123456789abcdef")
 KEYS = Keys("t")
@@ -149,3 +149,13 @@ def test_the_real_model_scores_what_the_request_path_would() -> None:
 
     row = features(op.snapshot, op.scores.as_of)
     assert op.scores.churn == model.predict_one(row)
+
+
+def test_outcomes_of_an_unknown_customer_write_nothing_and_are_counted_as_ignored() -> None:
+    from prometheus_client import REGISTRY
+
+    labels = {"type": "outcome", "result": "ignored"}
+    before = REGISTRY.get_sample_value("router_consumer_events_total", labels) or 0.0
+    ghost = [Outcome(event_id=f"f{i}", customer_id="GHOST", occurred_at=NOW, outcome="churned") for i in range(2)]
+    assert _plan(_planner(), ghost).ops == []
+    assert REGISTRY.get_sample_value("router_consumer_events_total", labels) == before + 2
