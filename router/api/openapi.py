@@ -20,7 +20,7 @@ import msgspec
 from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIType, Reference, RequestBody, Schema
 
 import schemas.api
-from schemas.api import ZendeskWebhook
+from schemas.api import FreshdeskWebhook, ZendeskWebhook
 
 __all__ = ["refine"]
 
@@ -36,13 +36,18 @@ _PAST = Schema(
     description="RFC 3339 with an offset; between 2000-01-01 and one day from now",
 )
 _NULL = Schema(type=OpenAPIType.NULL)
-_SIGNED_BODIES = {"/v1/webhooks/zendesk": "ZendeskWebhook", "/v1/webhooks/generic": "ClassifyRequest"}
+_SIGNED_BODIES = {
+    "/v1/webhooks/zendesk": "ZendeskWebhook",
+    "/v1/webhooks/generic": "ClassifyRequest",
+    "/v1/webhooks/freshdesk": "FreshdeskWebhook",
+}
 
 
 def refine(openapi: OpenAPI) -> None:
     """Add the contracts' own rules to the generated document (in place, before it is served)."""
     components = openapi.components.schemas
     components.update(_from_msgspec(ZendeskWebhook))
+    components.update(_from_msgspec(FreshdeskWebhook))
     for name, schema in components.items():
         struct = getattr(schemas.api, name, None)
         if (
