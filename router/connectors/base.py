@@ -10,9 +10,12 @@ tier and next-best-action (custom fields or tags) and an internal note with the 
 Write-backs are idempotent per (ticket, decision): the note carries :func:`marker`, a connector
 looks for it among the ticket's notes first and does nothing when it is there, and it writes the
 note last, so a marker on the ticket means everything landed. A failure raises :class:`Retry`
-(transport, 5xx, 408, 409, 429: the outbox tries again later, after ``Retry-After`` when the
-helpdesk sent one) or :class:`Permanent` (the helpdesk refused the request; trying again
-cannot help, so it is dead-lettered at once with the cause).
+(the outbox tries again later, after ``Retry-After`` when the helpdesk sent one) or
+:class:`Permanent` (the helpdesk refused the request: 4xx; trying again cannot help, so it is
+dead-lettered at once with the cause). A :class:`Retry` is ``helpdesk_wide`` when the helpdesk as
+a whole cannot take requests now (unreachable, timed out, 502/503/504, 429 rate limit): such an
+attempt does not count against the write-back, and the worker pauses the whole connector instead
+of trying every queued write-back against a helpdesk that is down.
 """
 
 from __future__ import annotations
@@ -109,11 +112,15 @@ class WriteBackError(Exception):
 
 
 class Retry(WriteBackError):
-    """Transient: try again later (``after_s`` from the helpdesk's Retry-After, if it sent one)."""
+    """Transient: try again later (``after_s`` from the helpdesk's Retry-After, if it sent one).
 
-    def __init__(self, cause: str, after_s: float | None = None) -> None:
+    ``helpdesk_wide``: the helpdesk cannot take any request now (down, overloaded, rate-limited).
+    """
+
+    def __init__(self, cause: str, after_s: float | None = None, *, helpdesk_wide: bool = False) -> None:
         super().__init__(cause)
         self.after_s = after_s
+        self.helpdesk_wide = helpdesk_wide
 
 
 class Permanent(WriteBackError):
@@ -145,18 +152,23 @@ class Connector(abc.ABC):
         try:
             response = await self.client.request(method, path, **kwargs)
         except httpx.TimeoutException:
-            raise Retry(f"{what}: timed out") from None
+            raise Retry(f"{what}: timed out", helpdesk_wide=True) from None
         except httpx.TransportError as exc:
-            raise Retry(f"{what}: {type(exc).__name__} (helpdesk unreachable)") from None
+            raise Retry(f"{what}: {type(exc).__name__} (helpdesk unreachable)", helpdesk_wide=True) from None
         status = response.status_code
         if status in ok:
             return response
         cause = f"{what}: HTTP {status}"
-        if status in (408, 409, 425, 429) or status >= 500:
-            raise Retry(cause, retry_after_s(response.headers.get("retry-after")))
+        after = retry_after_s(response.headers.get("retry-after"))
+        if status in _HELPDESK_WIDE:
+            raise Retry(cause, after, helpdesk_wide=True)
+        if status in (408, 409, 425) or status >= 500:
+            raise Retry(cause, after)
         raise Permanent(cause)
 
 
+_HELPDESK_WIDE = frozenset({429, 502, 503, 504})
+"""Rate limited, or the helpdesk behind its proxy is down: nothing this write-back did."""
 _NUMBERS = re.compile(r"/\d+")
 
 

@@ -10,10 +10,15 @@ goes to one of them; one that dies leaves its write-backs to the others after
 the watermark moves by compare-and-set.
 
 A write-back that fails is tried again later: after the helpdesk's ``Retry-After`` when it sent
-one (429, 503), else after an exponentially growing delay with jitter
-(``ROUTER_CONNECTORS_BACKOFF_BASE_S`` doubling up to ``..._BACKOFF_MAX_S``). After
-``ROUTER_CONNECTORS_MAX_ATTEMPTS`` failures, or at once when the helpdesk refused it (4xx), it
-is dead-lettered with the cause; ``router connect --requeue-dead`` puts dead letters back.
+one, else after an exponentially growing delay with jitter (``ROUTER_CONNECTORS_BACKOFF_BASE_S``
+doubling up to ``..._BACKOFF_MAX_S``). After ``ROUTER_CONNECTORS_MAX_ATTEMPTS`` failures, or at
+once when the helpdesk refused it (4xx), it is dead-lettered with the cause; ``router connect
+--requeue-dead`` puts dead letters back. When the helpdesk as a whole cannot take requests
+(unreachable, timing out, 502/503/504, 429), the connector pauses: nothing of it is read or
+tried until the pause ends (its ``Retry-After``, else the same growing delay), the one write-back
+that found out waits in the outbox without losing an attempt, and the first one tried after the
+pause is the probe. An outage of any length therefore dead-letters nothing; it shows as a
+growing outbox and a ``failing`` connector in ``GET /v1/connectors``.
 """
 
 from __future__ import annotations
@@ -118,6 +123,8 @@ class ConnectWorker:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
         self.ready = False
         self._redis_failing = False
+        self._paused_until: dict[str, float] = {}
+        self._outage: dict[str, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write back and follow until ``stop``; every loop ends at its next turn and is awaited."""
@@ -153,16 +160,20 @@ class ConnectWorker:
         while not stop.is_set():
             try:
                 now = time.time()
-                for name in names:
+                active = [n for n in names if self._paused_until.get(n, 0.0) <= now]
+                if not active:  # every helpdesk is down: wait for the first pause to end
+                    await _sleep(stop, min(0.2, min(self._paused_until.values()) - now))
+                    continue
+                for name in active:
                     await self.outbox.promote(name, now)
                 deliveries: list[Delivery] = []
                 if now >= next_reclaim:
                     next_reclaim = now + max(1.0, self.settings.reclaim_after_s / 4)
                     idle_ms = int(self.settings.reclaim_after_s * 1000)
-                    for name in names:
+                    for name in active:
                         deliveries += await self.outbox.reclaim(self.consumer, name, idle_ms, self.settings.concurrency)
                 if not deliveries:
-                    counts = dict.fromkeys(names, max(1, self.settings.concurrency))
+                    counts = dict.fromkeys(active, max(1, self.settings.concurrency))
                     deliveries = await self.outbox.read(self.consumer, counts, _READ_BLOCK_MS)
                 if deliveries:
                     await asyncio.gather(*(self._handle(d) for d in deliveries))
@@ -196,7 +207,10 @@ class ConnectWorker:
         except Permanent as exc:
             await self._dead(d, job, exc.cause)
         except Retry as exc:
-            await self._failed(d, job, exc.cause, exc.after_s)
+            if exc.helpdesk_wide:
+                await self._paused(d, job, exc.cause, exc.after_s)
+            else:
+                await self._failed(d, job, exc.cause, exc.after_s)
         except Exception as exc:  # a bug or an answer we did not expect: retried, never a crash of the loop
             log.warning("%s write-back of ticket %s failed unexpectedly: %s", d.connector, job.ticket, type(exc).__name__)
             await self._failed(d, job, f"unexpected {type(exc).__name__}", None)
@@ -205,6 +219,8 @@ class ConnectWorker:
             record = Landed(job.ticket, job.decision_id, job.decided_at, now, job.attempts + 1, written)
             await self.outbox.landed(d, _enc.encode(record), now)
             metrics.WRITEBACKS.labels(d.connector, "landed" if written else "duplicate").inc()
+            if self._outage.pop(d.connector, 0):
+                log.info("%s: helpdesk available again, write-backs resumed", d.connector)
             if written:
                 metrics.WRITEBACK_LAG.labels(d.connector).observe(now - job.decided_at)
         finally:
@@ -221,6 +237,19 @@ class ConnectWorker:
         await self.outbox.later(d, encode_job(job), now + delay, now, cause)
         metrics.WRITEBACKS.labels(d.connector, "retried").inc()
         log.info("%s write-back of ticket %s: %s; attempt %d in %.1f s", d.connector, job.ticket, cause, attempts + 1, delay)
+
+    async def _paused(self, d: Delivery, job: WriteBack, cause: str, after_s: float | None) -> None:
+        """The helpdesk cannot take requests: pause the connector; this write-back keeps its attempts."""
+        now = time.time()
+        if now >= self._paused_until.get(d.connector, 0.0):  # the first to find out since the last pause
+            self._outage[d.connector] = self._outage.get(d.connector, 0) + 1
+        outage = self._outage.get(d.connector, 1)
+        pause = after_s if after_s is not None else self.backoff_s(outage)
+        self._paused_until[d.connector] = max(self._paused_until.get(d.connector, 0.0), now + pause)
+        await self.outbox.later(d, encode_job(msgspec.structs.replace(job, last_error=cause)), now + pause, now, cause)
+        metrics.WRITEBACKS.labels(d.connector, "retried").inc()
+        if outage == 1:
+            log.warning("%s: helpdesk unavailable (%s); write-backs paused, next try in %.1f s", d.connector, cause, pause)
 
     async def _dead(self, d: Delivery, job: WriteBack, cause: str) -> None:
         job = msgspec.structs.replace(job, last_error=cause)

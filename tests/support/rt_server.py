@@ -116,6 +116,7 @@ class RTServer:
                 if "[error]" in out or "[critical]" in out:
                     raise RTError(f"initialdata {path} reported errors:\n{out}")
             server.start_server(timeout)
+            server.warm_up()
         except BaseException:
             server.close()
             raise
@@ -186,6 +187,29 @@ class RTServer:
                 self.stop()
                 raise RTError(f"RT REST2 did not come up; log:\n{tail}")
             time.sleep(0.1)
+
+    def warm_up(self, rounds: int = 2) -> None:
+        """Take every REST2 path the connector uses once per Starlet worker: a production RT has served
+        requests before, a fresh one compiles its Mason components on first use (hundreds of ms)."""
+        for _ in range(rounds):
+            created = self._call("POST", "/ticket", {"Queue": "Support", "Subject": "warm-up", "Content": "x"})
+            number = created["id"]
+            self._call("GET", "/tickets?query=id%20%3E%200&orderby=id&per_page=1&fields=Queue,Requestor")
+            self._call("GET", f"/ticket/{number}/history?fields=Type,Data")
+            self._call("PUT", f"/ticket/{number}", {"Priority": 1, "Due": "2030-01-01 00:00:00"})
+            self._call("POST", f"/ticket/{number}/comment", {"Content": "warm-up", "ContentType": "text/plain"})
+            self._call("PUT", f"/ticket/{number}", {"Status": "deleted"})
+
+    def _call(self, method: str, path: str, body: object = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.rest2_url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": self.basic_auth, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return json.loads(r.read() or b"null")
 
     def ping(self) -> bool:
         """REST2 answers an authenticated ``GET /REST/2.0/rt``."""

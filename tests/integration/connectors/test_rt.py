@@ -18,10 +18,16 @@ from typing import Any
 import httpx
 import pytest
 
+from router.connectors.base import WriteBack
+from router.connectors.config import RtConfig
+from router.connectors.rt import RtConnector
+from router.connectors.service import encode_job
+from router.devstack.infra import free_port
 from router.settings import Settings
+from schemas.api import Action
 from tests.conftest import SettingsFactory
 from tests.support.api_support import VIP_EMAIL, api_settings, populate, population
-from tests.support.connectors import ConnectProcess, landed, outbox_status, wait_for
+from tests.support.connectors import ConnectProcess, enqueue, landed, outbox_status, wait_for
 from tests.support.rt_server import RTServer
 
 CONFIG = """
@@ -134,3 +140,102 @@ def test_vip_and_unknown_requesters_are_routed_in_rt_within_two_seconds(
     # Internal: the requesters were mailed RT's autoreply, never router's note (tiers are internal).
     mail = "".join(p.read_text(errors="replace") for p in (rt_server.workdir / "var").glob("*.mbox"))
     assert "router-decision" not in mail and "Router tier" not in mail
+
+
+def _reroute(ticket: int, n: int) -> WriteBack:
+    """A later decision for an existing ticket (the customer moved up a tier), as the inbound side queues it."""
+    return WriteBack(
+        connector="rt", ticket=str(ticket), decision_id=f"d-outage-{n}", tier="Premium", queue="priority",
+        role="experienced_agent", priority="normal", due_at=datetime.now(UTC) + timedelta(hours=8),
+        clock="business_hours, de_office", actions=(Action("upsell_opportunity", "Mention the plan that fits"),),
+        reasons=("Customer moved up to Premium",), customer_known=True, degraded=False, decided_at=time.time(),
+    )  # fmt: skip
+
+
+def _metric(port: int, name: str, labels: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    line = next(x for x in text.splitlines() if x.startswith(f"{name}{{{labels}}}"))
+    return float(line.split()[-1])
+
+
+@pytest.mark.timeout(240)
+def test_rt_down_for_30_seconds_loses_no_writeback_and_lands_each_once(
+    settings: SettingsFactory, rt_server: RTServer, rt_token: str, rt: httpx.Client, tmp_path: Path
+) -> None:
+    port = free_port()
+    s = connect_settings(
+        settings, rt_server, rt_token, tmp_path,
+        backoff_base_s=0.5, backoff_max_s=4.0, reclaim_after_s=3.0, health_port=port,
+    )  # fmt: skip
+    log = tmp_path / "connect.log"
+    proc = ConnectProcess(s, log).start()
+    try:
+        started(s, proc)
+        before = [create_ticket(rt, f"before{i}@nowhere.example") for i in range(2)]
+        wait_for("the first write-backs", lambda: {x.ticket for x in landed(s, "rt")} >= {str(t) for t in before}, 15)
+
+        # Tickets created right before RT goes down: their write-backs may be anywhere when it stops.
+        late = [create_ticket(rt, f"late{i}@nowhere.example") for i in range(3)]
+        rt_server.stop()
+        down_at = time.monotonic()
+        # While RT is down, new decisions for the first tickets wait in the outbox.
+        reroutes = [_reroute(t, i) for i, t in enumerate(before)]
+        for job in reroutes:
+            assert enqueue(s, "rt", job.ticket, encode_job(job))
+        failing = wait_for("a failed attempt", lambda: (st := outbox_status(s, "rt")).failure and st, 20)
+        assert "unreachable" in (failing.failure or ""), failing
+        assert _metric(port, "router_connector_writebacks_total", 'connector="rt",result="retried"') >= 1
+
+        # router connect crashes meanwhile; its replacement takes the outbox over.
+        time.sleep(5)
+        proc.kill()
+        proc = ConnectProcess(s, log).start()
+        time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
+        landed_while_down = {x.decision_id for x in landed(s, "rt")}
+        assert not landed_while_down & {j.decision_id for j in reroutes}
+        status = outbox_status(s, "rt")
+        assert status.queued + status.delayed >= len(reroutes) and status.dead_letters == 0, status
+
+        rt_server.start_server()
+        expected = {str(t) for t in late} | {j.decision_id for j in reroutes}
+
+        def all_landed() -> bool:
+            seen = landed(s, "rt")
+            return expected <= {x.ticket for x in seen} | {x.decision_id for x in seen}
+
+        wait_for("every write-back after RT is back", all_landed, 60, every=0.2)
+        wait_for("an empty outbox", lambda: (st := outbox_status(s, "rt")).queued + st.delayed == 0, 10)
+        assert outbox_status(s, "rt").dead_letters == 0
+    finally:
+        if not rt_server.ping():
+            rt_server.start_server()
+        proc.stop()
+
+    # Exactly once: one note per (ticket, decision), none lost, none doubled.
+    for t in late:
+        assert len(router_comments(rt, t)) == 1, (t, router_comments(rt, t))
+    for t, job in zip(before, reroutes, strict=True):
+        notes = router_comments(rt, t)
+        assert len(notes) == 2 == len(set(notes)) and any(job.decision_id in n for n in notes), notes
+        after = ticket(rt, t)
+        assert after["Queue"]["Name"] == "Premium" and after["cf"]["Router tier"] == ["Premium"]
+
+
+def test_write_back_twice_writes_once_and_probe_names_what_rt_lacks(
+    rt_server: RTServer, rt_token: str, rt: httpx.Client
+) -> None:
+    number = create_ticket(rt, "twice@nowhere.example")
+    job = _reroute(number, 99)
+    config = RtConfig(url=rt_server.base_url, queues={"priority": "Premium", "vip": "NoSuchQueue"})
+
+    async def twice() -> tuple[bool, bool, list[str]]:
+        connector = RtConnector(config, rt_token, 10.0)
+        try:
+            return await connector.write_back(job), await connector.write_back(job), await connector.probe()
+        finally:
+            await connector.aclose()
+
+    first, second, problems = asyncio.run(twice())
+    assert (first, second) == (True, False)  # a repeated delivery finds its marker and writes nothing
+    assert len(router_comments(rt, number)) == 1
+    assert problems == ["RT queue 'NoSuchQueue' does not exist"]
