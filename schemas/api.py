@@ -269,7 +269,7 @@ class ZendeskRequester(msgspec.Struct, frozen=True):
 
 class ZendeskTicket(msgspec.Struct, frozen=True):
     id: int | str
-    """The ticket number (``{{ticket.id}}``): the write-back goes to this ticket."""
+    """The ticket number (``{{ticket.id}}``): the write-back goes to this ticket (anything else: routed, not written back)."""
     requester: ZendeskRequester = msgspec.field(default_factory=ZendeskRequester)
     priority: Annotated[str, msgspec.Meta(max_length=32)] | None = None
     """low, normal, high, urgent in any case, or Zendesk's display text ("Normal"); blank: normal."""
@@ -295,7 +295,7 @@ class FreshdeskRequester(msgspec.Struct, frozen=True):
 
 class FreshdeskTicket(msgspec.Struct, frozen=True):
     id: int | str
-    """The ticket number (``{{ticket.id}}``): the write-back goes to this ticket."""
+    """The ticket number (``{{ticket.id}}``): the write-back goes to this ticket (anything else: routed, not written back)."""
     requester: FreshdeskRequester = msgspec.field(default_factory=FreshdeskRequester)
     priority: int | Annotated[str, msgspec.Meta(max_length=32)] | None = None
     """Low, Medium, High, Urgent (any case) or 1-4; blank: medium."""

@@ -68,7 +68,7 @@ class Inbound(msgspec.Struct, frozen=True, kw_only=True):
     """A ticket to route, as decoded from a helpdesk."""
 
     ticket: str
-    """The helpdesk's ticket number."""
+    """The helpdesk's ticket number; empty when the body named none (routed, but nothing to write back to)."""
     customers: tuple[CustomerRef, ...] = ()
     """References to try in order (external id, e-mail, phone); none usable: the default routing."""
     channel: Channel = "ticket"

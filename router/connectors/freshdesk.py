@@ -88,11 +88,8 @@ def decode_webhook(body: bytes) -> Inbound:
         raise BadInput(f"freshdesk webhook body: {without_values(str(exc))}") from None
     except (UnicodeDecodeError, RecursionError):
         raise BadInput("freshdesk webhook body: not valid UTF-8 JSON") from None
-    number = ticket_number(ticket.id)
-    if number is None:
-        raise BadInput("freshdesk webhook body: ticket.id must be the ticket number ({{ticket.id}})")
     return Inbound(
-        ticket=number,
+        ticket=ticket_number(ticket.id) or "",
         customers=customer_refs(ticket.requester),
         channel=channel_of(ticket.source) if text_or_none(ticket.source) else "ticket",
         category=category_of(ticket.category),

@@ -101,6 +101,10 @@ class ConnectorService:
         if connector not in self.config.names:
             metrics.CONNECTOR_INBOUND.labels(connector, "answered").inc()
             return helpdesk_routing(job)
+        if not inbound.ticket:
+            metrics.CONNECTOR_INBOUND.labels(connector, "no_ticket").inc()
+            log.warning("%s webhook without a ticket number (check the template's ticket.id): not written back", connector)
+            return helpdesk_routing(job)
         try:
             async with asyncio.timeout(ENQUEUE_TIMEOUT_S):
                 fresh = await self.outbox.enqueue(connector, job.ticket, encode_job(job), self.settings.dedupe_s)

@@ -4,8 +4,8 @@ In: ``POST /v1/webhooks/zendesk``, signed as Zendesk signs webhooks (verified in
 :mod:`router.serving.webhooks`); the body is the trigger's JSON template
 (``deploy/integrations/zendesk-trigger.json``). Zendesk renders an empty placeholder as ``""``
 and many values as display text ("Normal", "Web Form"); :func:`decode_webhook` reads those as
-absent or maps them, and answers 400 only when the body is not the template at all (no JSON, no
-ticket number): a 400 per blank field would trip Zendesk's webhook circuit breaker.
+absent or maps them, and answers 400 only when the body is not the template at all (no JSON, a
+value of the wrong JSON type): a 400 per blank field would trip Zendesk's webhook circuit breaker.
 
 Out, per write-back (https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/):
 
@@ -58,18 +58,18 @@ _dec = msgspec.json.Decoder(ZendeskWebhook)
 
 
 def decode_webhook(body: bytes) -> Inbound:
-    """The trigger's body as a ticket to route (400 only for a body that is not the template at all)."""
+    """The trigger's body as a ticket to route (400 only for a body that is not the template at all).
+
+    A ``ticket.id`` that is not a ticket number still gets its routing, but nothing can be written back.
+    """
     try:
         ticket = _dec.decode(body).ticket
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise BadInput(f"zendesk webhook body: {without_values(str(exc))}") from None
     except (UnicodeDecodeError, RecursionError):
         raise BadInput("zendesk webhook body: not valid UTF-8 JSON") from None
-    number = ticket_number(ticket.id)
-    if number is None:
-        raise BadInput("zendesk webhook body: ticket.id must be the ticket number ({{ticket.id}})")
     return Inbound(
-        ticket=number,
+        ticket=ticket_number(ticket.id) or "",
         customers=customer_refs(ticket.requester),
         channel=channel_of(ticket.channel) if text_or_none(ticket.channel) else "email",
         category=category_of(ticket.category),

@@ -176,7 +176,7 @@ ALERTS = Counter("router_churn_alerts_total", "Churn alerts emitted")
 CONNECTORS = ("rt", "zendesk", "freshdesk")
 """Values of the ``connector`` label."""
 _WRITEBACK_RESULTS = ("landed", "duplicate", "retried", "dead_lettered")
-_INBOUND_RESULTS = ("queued", "duplicate", "answered", "not_queued")
+_INBOUND_RESULTS = ("queued", "duplicate", "answered", "not_queued", "no_ticket")
 _HELPDESK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
