@@ -50,6 +50,7 @@ __all__ = [
     "note_text",
     "retry_after_s",
     "router_tags",
+    "routing_of",
     "severity_of",
     "text_or_none",
     "ticket_number",
@@ -337,13 +338,30 @@ def effective_priority(asked: Severity | None, tier: str, floors: Mapping[Any, S
 
 def router_tags(job: WriteBack) -> list[str]:
     """``router_tier_vip``, ``router_role_senior_advisor``, ``router_action_retention_offer``, ..."""
-    tags = [f"router_tier_{job.tier.lower()}", f"router_role_{job.role}"]
-    tags += [f"router_action_{a.code}" for a in job.actions]
-    if job.degraded:
+    return _tags(job.tier, job.role, [a.code for a in job.actions], job.degraded, job.overridden)
+
+
+def _tags(tier: str, role: str, actions: list[str], degraded: bool, overridden: bool) -> list[str]:
+    tags = [f"router_tier_{tier.lower()}", f"router_role_{role}", *(f"router_action_{a}" for a in actions)]
+    if degraded:
         tags.append("router_degraded")
-    if job.overridden:
+    if overridden:
         tags.append("router_override")
     return tags
+
+
+def routing_of(
+    d: Decision, asked: Severity | None, *, degraded: bool = False, floors: Mapping[Any, Severity] = DEFAULT_TIER_PRIORITY
+) -> HelpdeskRouting:
+    """What a helpdesk trigger can apply as it is, for a decision made outside a connector."""
+    return HelpdeskRouting(
+        group=d.escalation.queue,
+        priority=effective_priority(asked, d.tier, floors),
+        tags=_tags(d.tier, d.escalation.role, [a.code for a in d.next_best_actions], d.degraded or degraded, d.overridden),
+        due_at=d.sla.due_at,
+        decision_id=d.decision_id,
+        degraded=d.degraded or degraded,
+    )
 
 
 def writeback_of(

@@ -3,7 +3,7 @@
 TOML, read once at start (``ROUTER_CONNECTORS_CONFIG_PATH``); a helpdesk is connected when its
 section is present. Secrets are not in this file: API tokens come from ``ROUTER_CONNECTORS_*``
 variables (:class:`router.settings.ConnectorSettings`). A mistake is reported with its path, e.g.
-``Expected `int`, got `str` - at `$.zendesk.groups.vip```. Example: ``deploy/integrations/connectors.toml``.
+``Expected `int | null`, got `str` - at `$.zendesk.default_group```. Example: ``deploy/integrations/connectors.toml``.
 """
 
 from __future__ import annotations
