@@ -219,7 +219,7 @@ class ConnectorSettings(msgspec.Struct, kw_only=True):
     dedupe_s: int = 600
     """A ticket is routed at most once per connector within this window (duplicate deliveries, trigger loops)."""
     health_port: int = 9102
-    """`router connect`'s /metrics and /health/* port (0 disables it)."""
+    """`router connect`'s /metrics and /health/* port, on ROUTER_STREAM_HEALTH_HOST (0 disables it)."""
 
 
 class Settings(msgspec.Struct, kw_only=True):

@@ -122,6 +122,7 @@ class ConnectWorker:
         self.settings = settings
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(2).hex()}"
         self.ready = False
+        """Set once the outbox groups exist and the connectors were checked."""
         self._redis_failing = False
         self._paused_until: dict[str, float] = {}
         self._outage: dict[str, int] = {}
@@ -173,8 +174,9 @@ class ConnectWorker:
                     for name in active:
                         deliveries += await self.outbox.reclaim(self.consumer, name, idle_ms, self.settings.concurrency)
                 if not deliveries:
-                    counts = dict.fromkeys(active, max(1, self.settings.concurrency))
-                    deliveries = await self.outbox.read(self.consumer, counts, _READ_BLOCK_MS)
+                    deliveries = await self.outbox.read(
+                        self.consumer, active, max(1, self.settings.concurrency), _READ_BLOCK_MS
+                    )
                 if deliveries:
                     await asyncio.gather(*(self._handle(d) for d in deliveries))
                 if now >= next_status:
@@ -191,15 +193,12 @@ class ConnectWorker:
                 await _sleep(stop, 1.0)
 
     async def _handle(self, d: Delivery) -> None:
-        connector = self.connectors.get(d.connector)
+        connector = self.connectors[d.connector]  # only connected helpdesks' outboxes are read
         try:
             job = _job_dec.decode(d.job)
         except (msgspec.DecodeError, msgspec.ValidationError):
             metrics.WRITEBACKS.labels(d.connector, "dead_lettered").inc()
             await self.outbox.dead(d, d.job, time.time(), "undecodable write-back")
-            return
-        if connector is None:  # a connector removed from the file: keep its write-backs for later
-            await self.outbox.later(d, d.job, time.time() + 60, time.time(), "connector not configured")
             return
         t0 = time.perf_counter()
         try:
@@ -268,6 +267,13 @@ class ConnectWorker:
             status = await self.outbox.status(name)
             metrics.OUTBOX_DEPTH.labels(name).set(status.queued + status.delayed)
             metrics.OUTBOX_DEAD_LETTERS.labels(name).set(status.dead_letters)
+
+    @property
+    def healthy(self) -> tuple[bool, str]:
+        """Readiness of ``router connect``: started, and the outbox (Redis) answering."""
+        if not self.ready:
+            return False, "starting"
+        return (False, "outbox unavailable (Redis)") if self._redis_failing else (True, "ready")
 
     def _redis_down(self, exc: BaseException) -> None:
         if not self._redis_failing:
@@ -366,11 +372,7 @@ async def connect_stack(settings: Settings) -> AsyncIterator[ConnectWorker]:
         outbox = Outbox(client, store.keys)
         service = ConnectorService(decisions, outbox, config, settings.connectors)
         worker = ConnectWorker(outbox, connectors, service, settings.connectors)
-        health = HealthServer(
-            settings.stream.health_host,
-            settings.connectors.health_port,
-            lambda: (worker.ready and not worker._redis_failing, "ready" if worker.ready else "starting"),
-        )
+        health = HealthServer(settings.stream.health_host, settings.connectors.health_port, lambda: worker.healthy)
         await health.start()
         stack.push_async_callback(health.stop)
         yield worker

@@ -176,20 +176,17 @@ class Outbox:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def read(self, consumer: str, counts: dict[str, int], block_ms: int) -> list[Delivery]:
-        """New write-backs for ``consumer``: up to ``counts[connector]`` per connector, waiting ``block_ms`` for any."""
-        wanted = {self.keys.outbox(c): ">" for c, n in counts.items() if n > 0}
-        if not wanted:
+    async def read(self, consumer: str, connectors: Sequence[str], count: int, block_ms: int) -> list[Delivery]:
+        """New write-backs for ``consumer``: up to ``count`` per connector, waiting ``block_ms`` for any."""
+        if not connectors:
             return []
-        names = {self.keys.outbox(c): c for c in counts}
-        count = max(counts.values())
-        reply: Any = await self.client.xreadgroup(GROUP, consumer, wanted, count=count, block=block_ms)  # type: ignore[arg-type]
-        out: list[Delivery] = []
-        for stream, entries in _streams(reply):
-            connector = names[_text(stream) or ""]
-            for entry_id, fields in entries[: counts[connector]]:
-                out.append(_delivery(connector, entry_id, fields))
-        return out
+        names = {self.keys.outbox(c): c for c in connectors}
+        reply: Any = await self.client.xreadgroup(GROUP, consumer, dict.fromkeys(names, ">"), count=count, block=block_ms)
+        return [
+            _delivery(names[_text(stream) or ""], entry_id, fields)
+            for stream, entries in _streams(reply)
+            for entry_id, fields in entries
+        ]
 
     async def reclaim(self, consumer: str, connector: str, idle_ms: int, count: int) -> list[Delivery]:
         """Write-backs delivered to a process that has held them longer than ``idle_ms`` (it died)."""

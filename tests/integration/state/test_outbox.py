@@ -23,10 +23,10 @@ async def test_a_write_back_held_by_a_crashed_process_is_taken_over_once(setting
         assert not await outbox.enqueue("zendesk", "1", b"job-1-again", dedupe_s=60)  # same ticket in the window
         assert await outbox.enqueue("zendesk", "2", b"job-2", dedupe_s=0)
 
-        (first, second) = await outbox.read("crashed", {"zendesk": 10}, block_ms=10)
+        (first, second) = await outbox.read("crashed", ["zendesk"], 10, block_ms=10)
         assert (first.job, second.job) == (b"job-1", b"job-2")
         # "crashed" dies holding both. Another process sees nothing new ...
-        assert await outbox.read("survivor", {"zendesk": 10}, block_ms=10) == []
+        assert await outbox.read("survivor", ["zendesk"], 10, block_ms=10) == []
         assert await outbox.reclaim("survivor", "zendesk", idle_ms=60_000, count=10) == []  # not idle long enough
         await asyncio.sleep(0.05)
         taken = await outbox.reclaim("survivor", "zendesk", idle_ms=20, count=10)
@@ -43,14 +43,14 @@ async def test_a_write_back_held_by_a_crashed_process_is_taken_over_once(setting
         assert status.failure == "PUT /x: HTTP 500" and status.landed_at == now
         assert await outbox.promote("zendesk", now) == 0
         assert await outbox.promote("zendesk", now + 0.3) == 1
-        (again,) = await outbox.read("survivor", {"zendesk": 10}, block_ms=10)
+        (again,) = await outbox.read("survivor", ["zendesk"], 10, block_ms=10)
         assert again.job == b"job-2-attempt-2"
         await outbox.dead(again, b"job-2-final", time.time(), "PUT /x: HTTP 404")
         assert [(j, c) for _, j, c in await outbox.dead_letters("zendesk")] == [(b"job-2-final", "PUT /x: HTTP 404")]
         (entry_id, _, _) = (await outbox.dead_letters("zendesk"))[0]
         assert await outbox.requeue("zendesk", entry_id, b"job-2-requeued")
         assert not await outbox.requeue("zendesk", entry_id, b"job-2-requeued")  # moved once only
-        (back,) = await outbox.read("survivor", {"zendesk": 10}, block_ms=10)
+        (back,) = await outbox.read("survivor", ["zendesk"], 10, block_ms=10)
         assert back.job == b"job-2-requeued" and await outbox.recent_landed("zendesk") == [b"record"]
     finally:
         await client.aclose()

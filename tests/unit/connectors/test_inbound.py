@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -18,6 +20,8 @@ from router.connectors.base import (
 )
 from router.errors import BadInput, Forbidden, Unauthorized
 from schemas.api import CustomerRef
+
+INTEGRATIONS = Path(__file__).resolve().parents[3] / "deploy" / "integrations"
 
 
 @pytest.mark.parametrize(
@@ -106,3 +110,28 @@ def test_freshdesk_token_from_header_or_basic_password() -> None:
         with pytest.raises(Unauthorized) as err:
             freshdesk.verify_token(token, header, authorization)
         assert token not in err.value.message
+
+
+def _render(template: str, values: dict[str, str]) -> bytes:
+    for placeholder, value in values.items():
+        template = template.replace("{{" + placeholder + "}}", value)
+    assert "{{" not in template, template
+    return template.encode()
+
+
+def test_the_documented_templates_read_as_the_helpdesks_render_them() -> None:
+    trigger = json.loads((INTEGRATIONS / "zendesk-trigger.json").read_text())["trigger"]
+    (action,) = trigger["actions"]
+    assert action["field"] == "notification_webhook" and trigger["conditions"]["all"][0]["value"] == "Create"
+    body = _render(action["value"][1], {"ticket.id": "4711", "ticket.priority": "Normal", "ticket.via": "Web Form",
+                                        "ticket.requester.external_id": "", "ticket.requester.email": "a@b.example",
+                                        "ticket.requester.phone": ""})  # fmt: skip
+    inbound = zendesk.decode_webhook(body)
+    assert (inbound.ticket, inbound.priority, inbound.channel) == ("4711", "normal", "web")
+    assert inbound.customers == (CustomerRef(email="a@b.example"),)
+    body = _render((INTEGRATIONS / "freshdesk-webhook.json").read_text(),
+                   {"ticket.id": "77", "ticket.priority": "Urgent", "ticket.source": "Phone",
+                    "ticket.requester.email": "", "ticket.requester.phone": "+49 30 901820"})  # fmt: skip
+    inbound = freshdesk.decode_webhook(body)
+    assert (inbound.ticket, inbound.priority, inbound.channel) == ("77", "urgent", "phone")
+    assert inbound.customers == (CustomerRef(phone="+49 30 901820"),)
