@@ -140,6 +140,8 @@ def test_vip_and_unknown_requesters_are_routed_in_rt_within_two_seconds(
     # Internal: the requesters were mailed RT's autoreply, never router's note (tiers are internal).
     mail = "".join(p.read_text(errors="replace") for p in (rt_server.workdir / "var").glob("*.mbox"))
     assert "router-decision" not in mail and "Router tier" not in mail
+    log = (tmp_path / "connect.log").read_text()
+    assert "boss@example.com" not in log.lower() and "stranger@" not in log and rt_token not in log
 
 
 def _reroute(ticket: int, n: int) -> WriteBack:

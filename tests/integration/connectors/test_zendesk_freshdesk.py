@@ -169,7 +169,7 @@ def test_zendesk_template_values_are_routed_and_written_back_once(stack: Stack) 
     assert zd.problems == []
 
 
-def test_freshdesk_token_lenient_body_write_back_dead_letter_and_health(stack: Stack) -> None:
+def test_freshdesk_token_lenient_body_write_back_dead_letter_and_health(stack: Stack, tmp_path: Path) -> None:
     s, client, _, fd, _ = stack
     soon = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     fd.add_ticket(501, tags=["portal"], due_by=soon)  # resolution due before a VIP's 2 h first response
@@ -231,3 +231,6 @@ def test_freshdesk_token_lenient_body_write_back_dead_letter_and_health(stack: S
     _notes(fd, 999)
     assert outbox_status(s, "freshdesk").dead_letters == 0
     assert fd.problems == []
+    logs = (tmp_path / "api.log").read_text() + (tmp_path / "connect.log").read_text()
+    for secret in (FD_KEY, FD_TOKEN, ZD_TOKEN, VIP_EMAIL.lower()):
+        assert secret not in logs.lower(), secret
