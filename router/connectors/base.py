@@ -9,7 +9,8 @@ tier and next-best-action (custom fields or tags) and an internal note with the 
 
 Write-backs are idempotent per (ticket, decision): the note carries :func:`marker`, a connector
 looks for it among the ticket's notes first and does nothing when it is there, and it writes the
-note last, so a marker on the ticket means everything landed. A failure raises :class:`Retry`
+note last, so a marker on the ticket means everything landed. (The look is skipped on a
+write-back's very first delivery, which nobody can have written yet: one request less.) A failure raises :class:`Retry`
 (the outbox tries again later, after ``Retry-After`` when the helpdesk sent one) or
 :class:`Permanent` (the helpdesk refused the request: 4xx; trying again cannot help, so it is
 dead-lettered at once with the cause). A :class:`Retry` is ``helpdesk_wide`` when the helpdesk as
@@ -137,8 +138,12 @@ class Connector(abc.ABC):
         self.client = client
 
     @abc.abstractmethod
-    async def write_back(self, job: WriteBack) -> bool:
-        """Apply ``job`` to its ticket; False when its marker was already there (nothing written)."""
+    async def write_back(self, job: WriteBack, *, check: bool = True) -> bool:
+        """Apply ``job`` to its ticket; False when its marker was already there (nothing written).
+
+        ``check=False`` skips the look for the marker: only for a write-back on its very first
+        delivery, which nobody can have written yet (a retried, taken-over or requeued one is checked).
+        """
 
     async def probe(self) -> list[str]:
         """Problems with the configuration that the helpdesk can tell (unknown queue, field...); [] when fine."""

@@ -134,8 +134,8 @@ class FreshdeskConnector(Connector):
         )
         self.config = config
 
-    async def write_back(self, job: WriteBack) -> bool:
-        if await self._has_note(job.ticket, marker(job)):
+    async def write_back(self, job: WriteBack, *, check: bool = True) -> bool:
+        if check and await self._has_note(job.ticket, marker(job)):
             return False
         current = _json(await self.request("GET", f"/tickets/{job.ticket}"))
         await self.request("PUT", f"/tickets/{job.ticket}", json=self.update_of(job, current))

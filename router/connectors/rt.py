@@ -86,8 +86,8 @@ class RtConnector(Connector):
 
     # -- write-back ------------------------------------------------------------------------------
 
-    async def write_back(self, job: WriteBack) -> bool:
-        if await self._has_comment(job.ticket, marker(job)):
+    async def write_back(self, job: WriteBack, *, check: bool = True) -> bool:
+        if check and await self._has_comment(job.ticket, marker(job)):
             return False
         response = await self.request("PUT", f"/ticket/{job.ticket}", json=self.update_of(job))
         messages = _json(response)

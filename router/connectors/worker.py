@@ -200,9 +200,11 @@ class ConnectWorker:
             metrics.WRITEBACKS.labels(d.connector, "dead_lettered").inc()
             await self.outbox.dead(d, d.job, time.time(), "undecodable write-back")
             return
+        # Nobody can have written a write-back on its first delivery: no need to look for its note.
+        first = not d.taken_over and job.attempts == 0 and job.last_error is None
         t0 = time.perf_counter()
         try:
-            written = await connector.write_back(job)
+            written = await connector.write_back(job, check=not first)
         except Permanent as exc:
             await self._dead(d, job, exc.cause)
         except Retry as exc:
@@ -402,7 +404,7 @@ async def requeue_dead(settings: Settings) -> dict[str, int]:
             while letters := await outbox.dead_letters(name, start):
                 for entry_id, raw, _cause in letters:
                     try:
-                        job = msgspec.structs.replace(_job_dec.decode(raw), attempts=0, last_error=None)
+                        job = msgspec.structs.replace(_job_dec.decode(raw), attempts=0)  # last_error kept: it is checked
                     except (msgspec.DecodeError, msgspec.ValidationError):
                         continue  # not a write-back: left for a person to look at
                     moved[name] += await outbox.requeue(name, entry_id, encode_job(job))

@@ -119,13 +119,14 @@ class ZendeskConnector(Connector):
         )
         self.config = config
 
-    async def write_back(self, job: WriteBack) -> bool:
-        mark = marker(job)
-        comments = _json(
-            await self.request("GET", f"/tickets/{job.ticket}/comments", params={"sort_order": "desc"})
-        ).get("comments") or []
-        if any(mark in (c.get("body") or c.get("plain_body") or "") for c in comments):
-            return False
+    async def write_back(self, job: WriteBack, *, check: bool = True) -> bool:
+        if check:
+            mark = marker(job)
+            comments = _json(
+                await self.request("GET", f"/tickets/{job.ticket}/comments", params={"sort_order": "desc"})
+            ).get("comments") or []
+            if any(mark in (c.get("body") or c.get("plain_body") or "") for c in comments):
+                return False
         current = _json(await self.request("GET", f"/tickets/{job.ticket}")).get("ticket") or {}
         await self.request("PUT", f"/tickets/{job.ticket}", json={"ticket": self.update_of(job, current)})
         return True

@@ -108,6 +108,8 @@ class Delivery(msgspec.Struct, frozen=True):
     connector: str
     entry_id: str
     job: bytes
+    taken_over: bool = False
+    """Delivered before to a process that did not settle it (it may have written part of it)."""
 
 
 class OutboxStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -194,7 +196,7 @@ class Outbox:
             self.keys.outbox(connector), GROUP, consumer, min_idle_time=idle_ms, start_id="0-0", count=count
         )
         entries = reply[1] if reply else []
-        return [_delivery(connector, entry_id, fields) for entry_id, fields in entries if fields]
+        return [_delivery(connector, entry_id, fields, taken_over=True) for entry_id, fields in entries if fields]
 
     async def landed(self, d: Delivery, record: bytes, now: float) -> None:
         keys = [self.keys.outbox(d.connector), self.keys.outbox_landed(d.connector), self.keys.connector_health(d.connector)]
@@ -272,5 +274,5 @@ def _streams(reply: Any) -> list[tuple[Any, list[Any]]]:
     return [(stream, entries) for stream, entries in (reply.items() if isinstance(reply, dict) else reply)]
 
 
-def _delivery(connector: str, entry_id: Any, fields: Any) -> Delivery:
-    return Delivery(connector, _text(entry_id) or "", (fields or {}).get(b"j", b""))
+def _delivery(connector: str, entry_id: Any, fields: Any, *, taken_over: bool = False) -> Delivery:
+    return Delivery(connector, _text(entry_id) or "", (fields or {}).get(b"j", b""), taken_over)

@@ -102,22 +102,19 @@ def test_vip_and_unknown_requesters_are_routed_in_rt_within_two_seconds(
     s = connect_settings(settings, rt_server, rt_token, tmp_path)
     asyncio.run(populate(s, population()))
     proc = ConnectProcess(s, tmp_path / "connect.log").start()
+    tickets: list[int] = []
     try:
         started(s, proc)
-        vip = create_ticket(rt, VIP_EMAIL.lower())
-        vip_created = time.time()
-        stranger = create_ticket(rt, "stranger@nowhere.example", "Where is my parcel?")
-        stranger_created = time.time()
-
-        def both_landed() -> dict[str, Any]:
-            return {x.ticket: x for x in landed(s, "rt") if x.ticket in (str(vip), str(stranger))}
-
-        found = wait_for("both write-backs", lambda: len(both_landed()) == 2 and both_landed(), 15)
-        # within 2 s of the ticket's creation (the 201 from RT), as the issue asks
-        assert found[str(vip)].landed_at - vip_created < 2.0, found[str(vip)]
-        assert found[str(stranger)].landed_at - stranger_created < 2.0, found[str(stranger)]
+        for requestor in (VIP_EMAIL.lower(), "stranger@nowhere.example"):
+            number = create_ticket(rt, requestor)
+            created = time.time()  # RT answered 201: the ticket exists
+            done = wait_for(f"ticket {number}'s write-back", lambda: [x for x in landed(s, "rt") if x.ticket == str(number)], 15)  # noqa: B023
+            # within 2 s of the ticket's creation, as the issue asks
+            assert done[0].landed_at - created < 2.0, (done[0], created)
+            tickets.append(number)
     finally:
         proc.stop()
+    vip, stranger = tickets
 
     t = ticket(rt, vip)
     assert t["Queue"]["Name"] == "VIP"

@@ -220,7 +220,7 @@ def test_freshdesk_token_lenient_body_write_back_dead_letter_and_health(stack: S
     assert set(status) == {"zendesk", "freshdesk"}
     f = status["freshdesk"]
     assert f["dead_letters"] == 1 and f["state"] == "failing" and f["queued"] == 0
-    assert f["last_failure"].startswith("GET /tickets/{id}/conversations: HTTP 404"), f
+    assert f["last_failure"] == "GET /tickets/{id}: HTTP 404", f
     assert f["last_landed_at"] and FD_KEY not in r.text and FD_TOKEN not in r.text
 
     # The ticket exists after all: the operator puts the dead letter back.
