@@ -22,6 +22,7 @@ class FreshdeskWebhookController(Controller):
 
     @post(
         "/freshdesk",
+        operation_id="freshdesk_webhook",
         status_code=HTTP_200_OK,
         summary="Freshdesk automation webhook",
         responses=errors(SIGNED, 503),
@@ -48,6 +49,7 @@ class ConnectorController(Controller):
 
     @get(
         "",
+        operation_id="connector_status",
         summary="Connected helpdesks and their write-backs",
         responses=errors(KEYED, 503),
         opt={"scopes": frozenset({"ops", "admin"})},
