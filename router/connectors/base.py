@@ -47,6 +47,7 @@ __all__ = [
     "channel_of",
     "effective_priority",
     "helpdesk_routing",
+    "json_of",
     "marker",
     "note_text",
     "retry_after_s",
@@ -171,6 +172,14 @@ class Connector(abc.ABC):
         if status in (408, 409, 425) or status >= 500:
             raise Retry(cause, after)
         raise Permanent(cause)
+
+
+def json_of(response: httpx.Response) -> Any:
+    """The JSON of a helpdesk's answer; an unreadable one is retried (a proxy's error page, a cut answer)."""
+    try:
+        return response.json()
+    except ValueError:
+        raise Retry(f"{response.request.method} {_template(response.request.url.path)}: unreadable answer") from None
 
 
 _HELPDESK_WIDE = frozenset({429, 502, 503, 504})

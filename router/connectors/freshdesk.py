@@ -41,6 +41,7 @@ from router.connectors.base import (
     WriteBack,
     category_of,
     channel_of,
+    json_of,
     marker,
     note_text,
     router_tags,
@@ -97,13 +98,6 @@ def decode_webhook(body: bytes) -> Inbound:
     )
 
 
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        raise Retry(f"{response.request.method} {response.request.url.path}: unreadable answer") from None
-
-
 def _when(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -137,7 +131,7 @@ class FreshdeskConnector(Connector):
     async def write_back(self, job: WriteBack, *, check: bool = True) -> bool:
         if check and await self._has_note(job.ticket, marker(job)):
             return False
-        current = _json(await self.request("GET", f"/tickets/{job.ticket}"))
+        current = json_of(await self.request("GET", f"/tickets/{job.ticket}"))
         await self.request("PUT", f"/tickets/{job.ticket}", json=self.update_of(job, current))
         body = html.escape(note_text(job)).replace("\n", "<br>")
         await self.request("POST", f"/tickets/{job.ticket}/notes", ok=(201,), json={"body": body, "private": True})
@@ -172,7 +166,7 @@ class FreshdeskConnector(Connector):
             response = await self.request(
                 "GET", f"/tickets/{ticket}/conversations", params={"per_page": _PAGE, "page": page}
             )
-            items = _json(response)
+            items = json_of(response)
             if not isinstance(items, list):
                 raise Retry("GET /tickets/{id}/conversations: unexpected answer")
             if any(mark in (i.get("body_text") or i.get("body") or "") for i in items if isinstance(i, dict)):

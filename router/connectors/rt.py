@@ -39,8 +39,8 @@ from router.connectors.base import (
     Connector,
     Inbound,
     Permanent,
-    Retry,
     WriteBack,
+    json_of,
     marker,
     note_text,
 )
@@ -60,13 +60,6 @@ _PAGE = 100
 def rt_due(when: datetime) -> str:
     """A deadline as RT's REST2 parses it on update: ``YYYY-MM-DD HH:MM:SS``, UTC."""
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        raise Retry(f"{response.request.method} {response.request.url.path}: unreadable answer") from None
 
 
 class RtConnector(Connector):
@@ -90,7 +83,7 @@ class RtConnector(Connector):
         if check and await self._has_comment(job.ticket, marker(job)):
             return False
         response = await self.request("PUT", f"/ticket/{job.ticket}", json=self.update_of(job))
-        messages = _json(response)
+        messages = json_of(response)
         refused = [m for m in messages if isinstance(m, str) and _REFUSED.search(m)] if isinstance(messages, list) else []
         if refused:
             # RT's messages name our own values (queue, field), never the requester.
@@ -125,7 +118,7 @@ class RtConnector(Connector):
             response = await self.request(
                 "GET", f"/ticket/{ticket}/history", params={"fields": "Type,Data", "per_page": _PAGE, "page": page}
             )
-            doc = _json(response)
+            doc = json_of(response)
             for item in doc.get("items") or []:
                 if item.get("Type") == "Comment" and mark in (item.get("Data") or ""):
                     return True
@@ -140,7 +133,7 @@ class RtConnector(Connector):
         response = await self.request(
             "GET", "/tickets", params={"query": "id > 0", "orderby": "id", "order": "DESC", "per_page": 1}
         )
-        items = _json(response).get("items") or []
+        items = json_of(response).get("items") or []
         return int(items[0]["id"]) if items else 0
 
     async def tickets_after(self, after: int) -> tuple[list[Inbound], int, bool]:
@@ -158,7 +151,7 @@ class RtConnector(Connector):
                 "fields[Requestor]": "EmailAddress",
             },
         )
-        items = _json(response).get("items") or []
+        items = json_of(response).get("items") or []
         watch = set(self.config.watch_queues)
         found: list[Inbound] = []
         mark = after
@@ -211,9 +204,9 @@ class RtConnector(Connector):
             except Permanent:
                 problems.append(f"RT queue {queue!r} does not exist")
                 continue
-            queue_id = _json(response).get("id")
+            queue_id = json_of(response).get("id")
             applied = await self.request("GET", f"/queue/{queue_id}/customfields", params={"fields": "Name", "per_page": 100})
-            names = {item.get("Name") for item in _json(applied).get("items") or []}
+            names = {item.get("Name") for item in json_of(applied).get("items") or []}
             problems += [f"custom field {f!r} is not applied to RT queue {queue!r}" for f in wanted_fields if f not in names]
         return problems
 

@@ -37,10 +37,10 @@ from router.connectors.base import (
     ROUTER_TAG_PREFIXES,
     Connector,
     Inbound,
-    Retry,
     WriteBack,
     category_of,
     channel_of,
+    json_of,
     marker,
     note_text,
     router_tags,
@@ -92,13 +92,6 @@ def customer_refs(requester: ZendeskRequester | FreshdeskRequester) -> tuple[Cus
     return tuple(refs)
 
 
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        raise Retry(f"{response.request.method} {response.request.url.path}: unreadable answer") from None
-
-
 class ZendeskConnector(Connector):
     """Zendesk's Tickets API at ``<url>/api/v2``."""
 
@@ -122,12 +115,12 @@ class ZendeskConnector(Connector):
     async def write_back(self, job: WriteBack, *, check: bool = True) -> bool:
         if check:
             mark = marker(job)
-            comments = _json(
+            comments = json_of(
                 await self.request("GET", f"/tickets/{job.ticket}/comments", params={"sort_order": "desc"})
             ).get("comments") or []
             if any(mark in (c.get("body") or c.get("plain_body") or "") for c in comments):
                 return False
-        current = _json(await self.request("GET", f"/tickets/{job.ticket}")).get("ticket") or {}
+        current = json_of(await self.request("GET", f"/tickets/{job.ticket}")).get("ticket") or {}
         await self.request("PUT", f"/tickets/{job.ticket}", json={"ticket": self.update_of(job, current)})
         return True
 
