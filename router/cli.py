@@ -26,6 +26,17 @@ def _consume(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _connect(args: argparse.Namespace, settings: Settings) -> int:
+    from router.connectors.worker import requeue_dead, run_connect
+
+    if args.requeue_dead:
+        for name, n in asyncio.run(requeue_dead(settings)).items():
+            print(f"{name}: {n} dead letters back in the outbox")
+        return 0
+    asyncio.run(run_connect(settings))
+    return 0
+
+
 def _dev(args: argparse.Namespace, settings: Settings) -> int:
     from router.devstack.dev import run_dev
 
@@ -107,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the decision API (uvicorn)").set_defaults(func=_serve)
     sub.add_parser("consume", help="run a state consumer (Kafka -> Redis)").set_defaults(func=_consume)
     sub.add_parser("topics", help="create the Kafka topics if missing").set_defaults(func=_topics)
+    connect = sub.add_parser("connect", help="follow helpdesks and write decisions back (connector file)")
+    connect.add_argument(
+        "--requeue-dead", action="store_true", help="put dead-lettered write-backs back into the outbox and exit"
+    )
+    connect.set_defaults(func=_connect)
 
     dev = sub.add_parser("dev", help="whole stack locally: broker, Redis, consumer, API, demo traffic")
     dev.add_argument("--customers", type=int, default=3000, help="demo population size")

@@ -28,6 +28,7 @@ import msgspec
 __all__ = [
     "ApiSettings",
     "AuthSettings",
+    "ConnectorSettings",
     "HandoffSettings",
     "IdentitySettings",
     "KafkaSettings",
@@ -247,6 +248,38 @@ class HandoffSettings(_Section, kw_only=True):
     """Role of a handover when the policy's target for the contact is the bot itself."""
 
 
+class ConnectorSettings(_Section, kw_only=True):
+    secrets = ("rt_token", "zendesk_token", "freshdesk_api_key", "freshdesk_inbound_token")
+    config_path: str = ""
+    """Connector file (TOML): the helpdesks decisions are written back to and their mapping tables (empty: none)."""
+    rt_token: str = ""
+    """Request Tracker auth token (`Authorization: token ...`) of the RT user the connector acts as."""
+    zendesk_email: str = ""
+    """Zendesk agent e-mail for API-token auth (`{email}/token:{token}`); empty when zendesk_token is an OAuth token."""
+    zendesk_token: str = ""
+    """Zendesk API token (with zendesk_email) or OAuth access token (without)."""
+    freshdesk_api_key: str = ""
+    """Freshdesk API key of the agent the connector acts as."""
+    freshdesk_inbound_token: str = ""
+    """Token the Freshdesk webhook sends (`X-Router-Token` header or Basic password); empty: that endpoint answers 403."""
+    max_attempts: int = 10
+    """Attempts of one write-back before it is dead-lettered with its last cause."""
+    backoff_base_s: float = 1.0
+    """First retry delay of a failed write-back; doubles per attempt (with jitter) unless the helpdesk sent Retry-After."""
+    backoff_max_s: float = 60.0
+    """Longest delay between two attempts of one write-back (a helpdesk's Retry-After is honoured up to an hour)."""
+    http_timeout_s: float = 10.0
+    """Timeout of one request to a helpdesk API."""
+    concurrency: int = 4
+    """Write-backs in flight per connector in one `router connect` process."""
+    reclaim_after_s: float = 120.0
+    """A write-back a crashed `router connect` took and never finished is taken over after this long."""
+    dedupe_s: int = 600
+    """A ticket is routed at most once per connector within this window (duplicate deliveries, trigger loops)."""
+    health_port: int = 9102
+    """`router connect`'s /metrics and /health/* port, on ROUTER_STREAM_HEALTH_HOST (0 disables it)."""
+
+
 class Settings(msgspec.Struct, kw_only=True):
     """Every subsystem's settings; ``repr`` masks the secrets."""
 
@@ -260,6 +293,7 @@ class Settings(msgspec.Struct, kw_only=True):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     handoff: HandoffSettings = msgspec.field(default_factory=HandoffSettings)
+    connectors: ConnectorSettings = msgspec.field(default_factory=ConnectorSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -354,6 +388,10 @@ def unsafe_reasons(settings: Settings, *, binds_api: bool) -> list[str]:
         reason = placeholder_reason(value) if value else None
         if reason:
             problems.append(f"ROUTER_WEBHOOKS_{field.upper()} {reason}: set the real signing secret or leave it empty")
+    inbound = settings.connectors.freshdesk_inbound_token
+    reason = placeholder_reason(inbound) if inbound else None
+    if reason:
+        problems.append(f"ROUTER_CONNECTORS_FRESHDESK_INBOUND_TOKEN {reason}: set a random token or leave it empty")
     return problems
 
 
@@ -390,6 +428,7 @@ def _section_type(section: str) -> type[_Section]:
         "auth": AuthSettings,
         "webhooks": WebhookSettings,
         "handoff": HandoffSettings,
+        "connectors": ConnectorSettings,
     }
     return types[section]
 

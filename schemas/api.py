@@ -29,6 +29,7 @@ __all__ = [
     "ChurnBand",
     "ClassifyRequest",
     "ClvBreakdown",
+    "ConnectorStatus",
     "Conversation",
     "CustomerRef",
     "CustomerView",
@@ -41,6 +42,9 @@ __all__ = [
     "EventsAccepted",
     "EventsRejected",
     "ExplainedFactor",
+    "FreshdeskRequester",
+    "FreshdeskTicket",
+    "FreshdeskWebhook",
     "HandoffDecision",
     "HandoffRequest",
     "HelpdeskRouting",
@@ -254,25 +258,57 @@ class HandoffDecision(msgspec.Struct, frozen=True):
 
 
 class ZendeskRequester(msgspec.Struct, frozen=True):
-    external_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    """Who asked. Blank values (Zendesk renders an empty placeholder as ``""``) count as absent; the first
+    usable of external_id, email, phone names the customer, and none at all gets the default routing."""
+
+    external_id: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     """Your customer id as Zendesk knows it (preferred)."""
-    email: Annotated[str, msgspec.Meta(min_length=3, max_length=254)] | None = None
-    phone: Annotated[str, msgspec.Meta(min_length=3, max_length=32)] | None = None
+    email: Annotated[str, msgspec.Meta(max_length=254)] | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=32)] | None = None
 
 
 class ZendeskTicket(msgspec.Struct, frozen=True):
     id: int | str
-    requester: ZendeskRequester
-    priority: Severity | None = None
-    channel: Annotated[str, msgspec.Meta(max_length=32)] = "email"
-    """Zendesk's ``via`` channel (email, web, voice, chat, api, ...)."""
-    category: Category = "general"
+    """The ticket number (``{{ticket.id}}``): the write-back goes to this ticket (anything else: routed, not written back)."""
+    requester: ZendeskRequester = msgspec.field(default_factory=ZendeskRequester)
+    priority: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    """low, normal, high, urgent in any case, or Zendesk's display text ("Normal"); blank: normal."""
+    channel: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """Zendesk's ``via`` channel as code or display text (email, "Web Form", voice, chat, api, ...); blank: email."""
+    category: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """technical, billing, account, cancellation, sales, general in any case (or a common synonym); other: general."""
 
 
 class ZendeskWebhook(msgspec.Struct, frozen=True):
     """Body of the Zendesk trigger's JSON template; fields not listed here are ignored."""
 
     ticket: ZendeskTicket
+
+
+class FreshdeskRequester(msgspec.Struct, frozen=True):
+    """The requester (``{{ticket.requester.email}}``, ...). Blank values count as absent."""
+
+    external_id: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    email: Annotated[str, msgspec.Meta(max_length=254)] | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+
+
+class FreshdeskTicket(msgspec.Struct, frozen=True):
+    id: int | str
+    """The ticket number (``{{ticket.id}}``): the write-back goes to this ticket (anything else: routed, not written back)."""
+    requester: FreshdeskRequester = msgspec.field(default_factory=FreshdeskRequester)
+    priority: int | Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    """Low, Medium, High, Urgent (any case) or 1-4; blank: medium."""
+    source: int | Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """Email, Portal, Phone, Chat, ... or Freshdesk's source number."""
+    category: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """A category (technical, billing, ...) if a ticket field carries one; other or blank: general."""
+
+
+class FreshdeskWebhook(msgspec.Struct, frozen=True):
+    """Body of the Freshdesk automation's webhook (advanced JSON content); fields not listed are ignored."""
+
+    ticket: FreshdeskTicket
 
 
 class HelpdeskRouting(msgspec.Struct, frozen=True):
@@ -356,6 +392,32 @@ class EventsRejected(msgspec.Struct, frozen=True):
     error: str
     detail: str
     items: list[EventProblem] = []
+
+
+class ConnectorStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One connected helpdesk: its write-back outbox and how the last attempts went."""
+
+    name: str
+    """``rt``, ``zendesk`` or ``freshdesk``."""
+    state: Literal["ok", "failing", "idle"]
+    """``failing``: the newest attempt failed (see ``last_failure``) or, for a followed helpdesk, the newest poll did."""
+    queued: int
+    """Write-backs waiting or being written."""
+    in_flight: int
+    """Of those, the ones a ``router connect`` process is writing now."""
+    delayed: int
+    """Write-backs waiting for their next attempt after a failure."""
+    dead_letters: int
+    """Write-backs given up on (``router connect --requeue-dead`` puts them back)."""
+    last_landed_at: AwareDatetime | None = None
+    last_failure_at: AwareDatetime | None = None
+    last_failure: str | None = None
+    """What failed last: the request (method, path template) and the helpdesk's status or the transport error."""
+    last_poll_at: AwareDatetime | None = None
+    """Followed helpdesks (RT): the last successful search for new tickets."""
+    poll_failure: str | None = None
+    watermark: str | None = None
+    """Followed helpdesks: the highest ticket number routed."""
 
 
 # -------------------------------------------------------------------- customer and admin

@@ -15,8 +15,10 @@ import itertools
 import os
 import re
 import secrets
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -34,12 +36,14 @@ from router.devstack.infra import (
 )
 from router.ops.kafka import ensure_topics
 from router.settings import IdentitySettings, Settings
+from tests.support.rt_server import RTServer, rt_installed
 
 T = TypeVar("T")
 
 _SESSION = uuid.uuid4().hex[:6]
 TEST_IDENTITY = IdentitySettings(hash_key=secrets.token_urlsafe(32))
 """The identity hash key of every test's settings: a real (random) one, as outside dev mode."""
+_ROOT = Path(__file__).resolve().parent.parent
 _redis_servers: list[RedisServer] = []
 
 
@@ -116,6 +120,28 @@ def _redis_back_up() -> Iterator[None]:
     for server in _redis_servers:
         if not server.running:
             server.start()
+
+
+@pytest.fixture(scope="session")
+def rt_server() -> Iterator[RTServer]:
+    """A private Request Tracker 5 with router's queues and custom fields (deploy/integrations/rt-initialdata.pl).
+
+    Debian's packages are installed by the project's own ``deploy/install-rt.sh`` when missing
+    (about a minute the first time); the instance has its own SQLite database and port.
+    """
+    if not rt_installed():
+        subprocess.run(["bash", str(_ROOT / "deploy" / "install-rt.sh")], check=True, timeout=900)
+    server = RTServer.start(initialdata=[_ROOT / "deploy" / "integrations" / "rt-initialdata.pl"])
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def rt_token(rt_server: RTServer) -> str:
+    """An RT auth token of root, as an RT administrator creates one for router."""
+    return rt_server.create_token()
 
 
 # --- Settings and clients ----------------------------------------------------------------

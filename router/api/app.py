@@ -23,6 +23,7 @@ from router.api.auth import SCOPES, ApiKey, Authenticator, ConfigError, require_
 from router.api.bodies import document_raw_bodies
 from router.api.controllers import health
 from router.api.controllers.admin import AdminController
+from router.api.controllers.connectors import ConnectorController, FreshdeskWebhookController
 from router.api.controllers.customers import CustomerController
 from router.api.controllers.decisions import DecisionController
 from router.api.controllers.events import EventController
@@ -69,6 +70,8 @@ def create_app(settings: Settings) -> Litestar:
         DecisionController,
         EventController,
         WebhookController,
+        FreshdeskWebhookController,
+        ConnectorController,
         CustomerController,
         AdminController,
         health.live,
@@ -99,6 +102,7 @@ def create_app(settings: Settings) -> Litestar:
         "customers",
         "portfolio",
         "reloads",
+        "connectors",
     )
     dependencies = {name: Provide(_service(name), sync_to_thread=False) for name in names}
     dependencies["caller"] = Provide(provide_caller, sync_to_thread=False)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from litestar import Litestar
 
+from router.connectors.config import ConnectorConfigError, load_connectors
+from router.connectors.service import ConnectorService
 from router.core.identity import IdentityHasher
 from router.ops.heap import settle_heap
 from router.serving.customers import CustomerService
@@ -33,6 +35,7 @@ from router.serving.stripe import StripeService
 from router.serving.webhooks import REPLAY_TIMEOUT_S, WebhookService
 from router.settings import Settings
 from router.state.audit import AuditWriter
+from router.state.outbox import Outbox
 from router.state.probe import RedisProbe
 from router.state.store import StateStore, connect_redis
 
@@ -76,6 +79,7 @@ class Services:
     customers: CustomerService
     portfolio: PortfolioService
     reloads: ReloadService
+    connectors: ConnectorService
 
 
 class Readiness:
@@ -204,6 +208,13 @@ def services(settings: Settings) -> Callable[[Litestar], contextlib.AbstractAsyn
             publisher = await stack.enter_async_context(event_publisher(settings))
             decisions = DecisionService(live, stores.reader, audit, settings.redis, settings.model)
             reloads = ReloadService(live, audit)
+            try:
+                connected = load_connectors(settings.connectors.config_path)
+            except ConnectorConfigError as exc:
+                raise SystemExit(f"invalid configuration: {exc}") from None
+            # The replay cache's client: a webhook's write-back is queued with the same budget.
+            outbox = Outbox(stores.replays.client, stores.replays.keys)
+            connectors = ConnectorService(decisions, outbox, connected, settings.connectors)
             await stack.enter_async_context(sighup_reloads(reloads))
             app.state.services = Services(
                 settings=settings,
@@ -215,13 +226,14 @@ def services(settings: Settings) -> Callable[[Litestar], contextlib.AbstractAsyn
                 decisions=decisions,
                 screenpop=ScreenPopService(decisions),
                 handoff=HandoffService(decisions, settings.handoff),
-                webhooks=WebhookService(decisions, stores.replays, settings.webhooks),
+                webhooks=WebhookService(decisions, stores.replays, settings.webhooks, connectors),
                 inbound=InboundWebhooks(decisions, stores.replays, settings.webhooks),
                 stripe=StripeService(publisher, settings.webhooks),
                 intake=EventIntake(publisher, settings.api, settings.stream),
                 customers=CustomerService(stores.store, live, audit, publisher, settings.model),
                 portfolio=PortfolioService(stores.background, live),
                 reloads=reloads,
+                connectors=connectors,
             )
             if settings.api.settle_heap:
                 settle_heap()  # everything a worker keeps is loaded by now

@@ -44,6 +44,7 @@ from schemas.api import (
     Decision,
     ErrorBody,
     Escalation,
+    FreshdeskWebhook,
     HandoffDecision,
     HandoffRequest,
     OverrideRequest,
@@ -76,7 +77,11 @@ _PHONE = Schema(
 )
 _WHEN = "RFC 3339 date-time with an offset, between 2000-01-01 and one day from now (else 400)"
 _NULL = Schema(type=OpenAPIType.NULL)
-_SIGNED_BODIES = {"/v1/webhooks/zendesk": "ZendeskWebhook", "/v1/webhooks/generic": "ClassifyRequest"}
+_SIGNED_BODIES = {
+    "/v1/webhooks/zendesk": "ZendeskWebhook",
+    "/v1/webhooks/generic": "ClassifyRequest",
+    "/v1/webhooks/freshdesk": "FreshdeskWebhook",
+}
 _RETRY_AFTER = OpenAPIHeader(
     schema=Schema(type=OpenAPIType.INTEGER, minimum=1),
     required=True,
@@ -89,6 +94,7 @@ def refine(openapi: OpenAPI) -> None:
     assert openapi.components is not None
     components = openapi.components.schemas
     components.update(_from_msgspec(ZendeskWebhook))
+    components.update(_from_msgspec(FreshdeskWebhook))
     for name, schema in components.items():
         struct = getattr(schemas.api, name, None)
         if (

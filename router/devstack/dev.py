@@ -2,7 +2,8 @@
 
 Starts an embedded broker (unless ``ROUTER_KAFKA_BOOTSTRAP`` is set), uses Redis at
 ``ROUTER_REDIS_URL`` if it answers or else a private redis-server, creates the topics,
-then runs the state consumer, the API and the demo producer as child processes and
+then runs the state consumer, the API and the demo producer (and ``router connect`` when a
+connector file is configured) as child processes and
 supervises them. Every child runs in its own process group with its output in
 ``.run/<name>.log``; on Ctrl-C, SIGTERM, the end of ``--duration`` or a crashed child,
 all of them are stopped (SIGTERM, then SIGKILL), so nothing outlives the command.
@@ -365,6 +366,11 @@ def _start_infrastructure(settings: Settings, stack: _Stack) -> Settings:
         port = free_port()
         _say(f"consumer health port {stream.health_port} is in use; using {port}")
         settings = msgspec.structs.replace(settings, stream=msgspec.structs.replace(stream, health_port=port))
+    connectors = settings.connectors
+    if connectors.config_path and connectors.health_port and not _port_free(stream.health_host, connectors.health_port):
+        port = free_port()
+        _say(f"connector health port {connectors.health_port} is in use; using {port}")
+        settings = msgspec.structs.replace(settings, connectors=msgspec.structs.replace(connectors, health_port=port))
     return settings
 
 
@@ -379,6 +385,8 @@ def _start_children(
         "api": ["serve"],
         "demo": ["produce-demo", "--customers", str(customers), "--rate", f"{rate:g}"],
     }
+    if settings.connectors.config_path:  # helpdesks are connected: follow them and write decisions back
+        commands["connect"] = ["connect"]
     for name, args in commands.items():
         with stack.gate.hold():
             child = ManagedProcess(

@@ -182,6 +182,8 @@ def logging_config(level: str = "info", *, access_log: bool = False) -> dict[str
             "uvicorn.error": {"handlers": [], "level": lvl, "propagate": True},
             "uvicorn.access": {"handlers": [], "level": lvl if access_log else "WARNING", "propagate": True},
             "aiokafka": {"handlers": [], "level": "WARNING" if lvl in {"DEBUG", "INFO"} else lvl, "propagate": True},
+            # httpx logs every helpdesk call (method, URL, status) at INFO; the connectors log what failed.
+            "httpx": {"handlers": [], "level": "WARNING" if lvl in {"DEBUG", "INFO"} else lvl, "propagate": True},
         },
     }
 

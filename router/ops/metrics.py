@@ -30,6 +30,9 @@ __all__ = [
     "AUDIT_DROPPED",
     "BATCH_SIZE",
     "CALENDAR_LAST_HOLIDAY",
+    "CONNECTORS",
+    "CONNECTOR_INBOUND",
+    "CONNECTOR_POLLS",
     "CONSUMER_LAG",
     "DEAD_LETTERED",
     "DECISIONS",
@@ -46,6 +49,8 @@ __all__ = [
     "MODEL_LOADED",
     "MODEL_SECONDS",
     "MULTIPROC_ENV",
+    "OUTBOX_DEAD_LETTERS",
+    "OUTBOX_DEPTH",
     "POLICY_INFO",
     "RECORD_CACHE",
     "REDIS_ERRORS",
@@ -58,6 +63,9 @@ __all__ = [
     "STATUS_CLASSES",
     "WEBHOOK_LEGACY_SIGNATURES",
     "WEBHOOK_SIGNATURE_FAILURES",
+    "WRITEBACKS",
+    "WRITEBACK_LAG",
+    "WRITEBACK_SECONDS",
     "InfoGauge",
     "metrics_payload",
     "prepare_multiprocess",
@@ -176,6 +184,50 @@ LAST_POLL = Gauge(
 )
 ALERTS = Counter("router_churn_alerts_total", "Churn alerts emitted")
 
+# --- connectors (the inbound side in the API, the write-back side in `router connect`) -----------
+
+CONNECTORS = ("rt", "zendesk", "freshdesk")
+"""Values of the ``connector`` label."""
+_WRITEBACK_RESULTS = ("landed", "duplicate", "retried", "dead_lettered")
+_INBOUND_RESULTS = ("queued", "duplicate", "answered", "not_queued", "no_ticket")
+_HELPDESK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_LAG_BUCKETS = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+CONNECTOR_INBOUND = Counter(
+    "router_connector_inbound_total",
+    "Tickets a connector received (webhook or followed) by what happened to their write-back",
+    ["connector", "result"],
+)
+WRITEBACKS = Counter(
+    "router_connector_writebacks_total",
+    "Write-back attempts by result: landed, duplicate (the decision's note was already there), retried, dead_lettered",
+    ["connector", "result"],
+)
+WRITEBACK_SECONDS = Histogram(
+    "router_connector_writeback_seconds",
+    "Time of one write-back attempt against the helpdesk's API",
+    ["connector"],
+    buckets=_HELPDESK_BUCKETS,
+)
+WRITEBACK_LAG = Histogram(
+    "router_connector_writeback_lag_seconds",
+    "From the decision to its write-back landing in the helpdesk",
+    ["connector"],
+    buckets=_LAG_BUCKETS,
+)
+OUTBOX_DEPTH = Gauge(
+    "router_connector_outbox_depth",
+    "Write-backs not landed yet: queued, in flight or waiting for a retry",
+    ["connector"],
+    multiprocess_mode="max",
+)
+OUTBOX_DEAD_LETTERS = Gauge(
+    "router_connector_dead_letters", "Write-backs given up on, waiting for an operator", ["connector"], multiprocess_mode="max"
+)
+CONNECTOR_POLLS = Counter(
+    "router_connector_polls_total", "Searches of a followed helpdesk (RT) for new tickets", ["connector", "result"]
+)
+
 # --- shared -----------------------------------------------------------------------------------
 
 REDIS_SECONDS = Histogram("router_redis_duration_seconds", "Redis round trip", ["op"], buckets=LATENCY_BUCKETS)
@@ -201,6 +253,13 @@ for _reason in _SIGNATURE_FAILURES:
     WEBHOOK_SIGNATURE_FAILURES.labels(_reason)
 for _source, _result in (("api", "produced"), ("api", "rejected"), ("stripe", "produced"), ("stripe", "ignored")):
     INBOUND_EVENTS.labels(_source, _result)
+for _connector in CONNECTORS:
+    for _result in _WRITEBACK_RESULTS:
+        WRITEBACKS.labels(_connector, _result)
+    for _result in _INBOUND_RESULTS:
+        CONNECTOR_INBOUND.labels(_connector, _result)
+CONNECTOR_POLLS.labels("rt", "ok")
+CONNECTOR_POLLS.labels("rt", "failed")
 for _error in _REDIS_ERROR_CLASSES:
     REDIS_ERRORS.labels("read_customer", _error)
 

@@ -1,5 +1,8 @@
 """Signed helpdesk webhooks: verify, reject stale and replayed requests, then route the ticket.
 
+Zendesk's body is then read and routed by its connector (:mod:`router.connectors.zendesk`), which
+also queues the write-back through Zendesk's API when Zendesk is connected.
+
 Zendesk signs ``base64(HMAC-SHA256(secret, timestamp + raw body))`` into
 ``X-Zendesk-Webhook-Signature``, with the timestamp in ``X-Zendesk-Webhook-Signature-Timestamp``.
 The generic variant for other helpdesks signed ``timestamp + "." + raw body`` as
@@ -33,20 +36,15 @@ from datetime import datetime
 
 import msgspec
 
+from router.connectors import zendesk
+from router.connectors.base import routing_of
+from router.connectors.service import ConnectorService
 from router.errors import REDIS_FAULTS, BadInput, Conflict, Forbidden, Unauthorized, without_values
 from router.ops import metrics
 from router.serving.decisions import DecisionService
 from router.settings import WebhookSettings
 from router.state.store import StateStore
-from schemas.api import (
-    Channel,
-    ClassifyRequest,
-    CustomerRef,
-    Decision,
-    HelpdeskRouting,
-    ZendeskTicket,
-    ZendeskWebhook,
-)
+from schemas.api import ClassifyRequest, Decision, HelpdeskRouting
 from schemas.events import Severity
 
 __all__ = ["REPLAY_TIMEOUT_S", "WebhookService", "decide_signed", "helpdesk_routing", "sign_generic", "sign_zendesk"]
@@ -59,28 +57,7 @@ ROUTER_TIMESTAMP = "x-router-timestamp"
 REPLAY_TIMEOUT_S = 1.0
 """Budget of the replay check's Redis client (socket and call)."""
 
-_zendesk_dec = msgspec.json.Decoder(ZendeskWebhook)
 _classify_dec = msgspec.json.Decoder(ClassifyRequest)
-_PRIORITY_RANK: dict[Severity, int] = {"low": 0, "normal": 1, "high": 2, "urgent": 3}
-_BY_RANK: tuple[Severity, ...] = ("low", "normal", "high", "urgent")
-_MIN_PRIORITY: dict[str, Severity] = {"VIP": "high", "Premium": "normal"}
-_CHANNELS: dict[str, Channel] = {
-    "email": "email",
-    "mail": "email",
-    "web": "web",
-    "web_form": "web",
-    "web_widget": "web",
-    "voice": "phone",
-    "phone": "phone",
-    "chat": "chat",
-    "chat_transcript": "chat",
-    "messaging": "chat",
-    "native_messaging": "chat",
-    "twitter": "social",
-    "facebook": "social",
-    "instagram": "social",
-    "whatsapp": "social",
-}
 
 
 def sign_zendesk(secret: str, timestamp: str, body: bytes) -> str:
@@ -111,11 +88,14 @@ def _reject(reason: str, message: str) -> Unauthorized:
 
 
 class WebhookService:
-    def __init__(self, decisions: DecisionService, replays: StateStore, settings: WebhookSettings) -> None:
+    def __init__(
+        self, decisions: DecisionService, replays: StateStore, settings: WebhookSettings, connectors: ConnectorService
+    ) -> None:
         """``replays`` is the replay cache's own store, with a :data:`REPLAY_TIMEOUT_S` socket timeout."""
         self.decisions = decisions
         self.replays = replays
         self.settings = settings
+        self.connectors = connectors
 
     # -- verification ------------------------------------------------------------------------
 
@@ -156,20 +136,9 @@ class WebhookService:
 
     async def zendesk(self, signature: str | None, timestamp: str | None, body: bytes) -> HelpdeskRouting:
         replay_checked = await self.verify(self.settings.zendesk_secret, signature, timestamp, body, scheme="zendesk")
-        try:
-            ticket = _zendesk_dec.decode(body).ticket
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise BadInput(f"zendesk webhook body: {without_values(str(exc))}") from None
-        except (UnicodeDecodeError, RecursionError):
-            raise BadInput("zendesk webhook body: not valid UTF-8 JSON") from None
-        req = ClassifyRequest(
-            customer=_customer(ticket),
-            channel=_CHANNELS.get(ticket.channel.lower(), "ticket"),
-            category=ticket.category,
-            priority=ticket.priority or "normal",
-        )
-        d = self.decisions.decide(req, await self.decisions.resolve(req.customer))
-        return helpdesk_routing(d, req.priority, replay_checked)
+        # Lenient (blank placeholders are absent, display text mapped); the write-back is queued when
+        # Zendesk is connected (router.connectors).
+        return await self.connectors.accept("zendesk", zendesk.decode_webhook(body), degraded=not replay_checked)
 
     async def generic(self, signature: str | None, timestamp: str | None, body: bytes) -> Decision:
         """Deprecated ``X-Router-Signature`` scheme (Standard Webhooks: ``router.serving.inbound``)."""
@@ -191,33 +160,6 @@ async def decide_signed(decisions: DecisionService, body: bytes, replay_checked:
     return d
 
 
-def _customer(ticket: ZendeskTicket) -> CustomerRef:
-    r = ticket.requester
-    if r.external_id:
-        return CustomerRef(customer_id=r.external_id)
-    if r.email:
-        return CustomerRef(email=r.email)
-    if r.phone:
-        return CustomerRef(phone=r.phone)
-    raise BadInput("zendesk webhook body: ticket.requester needs external_id, email or phone")
-
-
 def helpdesk_routing(d: Decision, asked: Severity, replay_checked: bool) -> HelpdeskRouting:
     """What a helpdesk trigger applies: the queue, the priority (at least the tier's floor), tags."""
-    floor = _MIN_PRIORITY.get(d.tier, "low")
-    priority = _BY_RANK[max(_PRIORITY_RANK[asked], _PRIORITY_RANK[floor])]
-    tags = [f"router_tier_{d.tier.lower()}", f"router_role_{d.escalation.role}"]
-    tags += [f"router_action_{a.code}" for a in d.next_best_actions]
-    degraded = d.degraded or not replay_checked
-    if degraded:
-        tags.append("router_degraded")
-    if d.overridden:
-        tags.append("router_override")
-    return HelpdeskRouting(
-        group=d.escalation.queue,
-        priority=priority,
-        tags=tags,
-        due_at=d.sla.due_at,
-        decision_id=d.decision_id,
-        degraded=degraded,
-    )
+    return routing_of(d, asked, degraded=not replay_checked)

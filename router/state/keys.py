@@ -21,10 +21,20 @@ e-mail for the index), ``T`` the first two hex digits of a hash: the Redis Clust
     P:{off}:G:topic  hash    partition -> next offset to read (consumer group G)
     P:{pub}:dl:O:p:n string  a dead letter for record n of partition p of topic O was published
     P:{pub}:al:A     string  churn alert A was published (both expire after a week)
+    P:{cx}:ob:C          stream  connector C's outbox: write-backs waiting or in flight (group "writeback")
+    P:{cx}:ob:C:later    zset    write-backs of C waiting for their next attempt (score = due, ms)
+    P:{cx}:ob:C:dead     stream  write-backs of C given up on, with their last cause
+    P:{cx}:ob:C:landed   stream  recent write-backs of C that landed (ticket, decision, times), capped
+    P:{cx}:ob:C:health   hash    C's last landing, last failure and last poll
+    P:{cx}:ob:C:mark     string  the highest helpdesk ticket id C has routed (followed helpdesks: RT)
+    P:{cx}:dd:C:T        string  ticket T of C was routed within the dedupe window
 
 A customer's snapshot, override, audit stream and the histogram and counter shards its write
 lands in share one hash tag, so one Lua script updates or reads them atomically even on Redis
-Cluster. Nothing is keyed by a clear identifier. Erasure deletes :meth:`Keys.of_customer`.
+Cluster; so do all of a connector's outbox keys (tag ``cx``), which one script moves a
+write-back between. Nothing is keyed by a clear identifier (``T`` is the helpdesk's ticket
+number, and outbox entries name tickets and decisions, never customers). Erasure deletes
+:meth:`Keys.of_customer`.
 """
 
 from __future__ import annotations
@@ -113,3 +123,25 @@ class Keys:
 
     def alert_sent(self, alert_id: str) -> str:
         return f"{self.prefix}:{{pub}}:al:{alert_id}"
+    # -- connectors (one hash tag: a script moves a write-back between these keys) ----------
+
+    def outbox(self, connector: str) -> str:
+        return f"{self.prefix}:{{cx}}:ob:{connector}"
+
+    def outbox_later(self, connector: str) -> str:
+        return f"{self.prefix}:{{cx}}:ob:{connector}:later"
+
+    def outbox_dead(self, connector: str) -> str:
+        return f"{self.prefix}:{{cx}}:ob:{connector}:dead"
+
+    def outbox_landed(self, connector: str) -> str:
+        return f"{self.prefix}:{{cx}}:ob:{connector}:landed"
+
+    def connector_health(self, connector: str) -> str:
+        return f"{self.prefix}:{{cx}}:ob:{connector}:health"
+
+    def connector_mark(self, connector: str) -> str:
+        return f"{self.prefix}:{{cx}}:ob:{connector}:mark"
+
+    def ticket_routed(self, connector: str, ticket: str) -> str:
+        return f"{self.prefix}:{{cx}}:dd:{connector}:{ticket}"
