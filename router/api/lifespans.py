@@ -36,9 +36,9 @@ from router.serving.webhooks import REPLAY_TIMEOUT_S, WebhookService
 from router.settings import Settings
 from router.state.audit import AuditWriter
 from router.state.follow import Follower
-from router.state.records import Announcement
 from router.state.outbox import Outbox
 from router.state.probe import RedisProbe
+from router.state.records import Announcement
 from router.state.store import StateStore, connect_redis
 
 __all__ = ["Readiness", "Services", "services"]
