@@ -58,6 +58,7 @@ from router.ingest.consumer import consumer_stack
 from router.ops.heap import settle_heap
 from router.ops.kafka import ensure_topics
 from router.ops.metrics import RECORD_CACHE as _CACHE
+from router.policy import load_policy
 from router.settings import IdentitySettings, Settings, placeholder_reason, to_env
 from router.state.keys import Keys
 from router.state.records import decode_snapshot, encode_snapshot
@@ -146,6 +147,7 @@ class _InMemoryPipeline:
         self.settings = settings
         self.hasher = IdentityHasher.from_settings(settings.identity)
         self.model = ChurnModel.load(settings.model.path)
+        self.prices = load_policy(settings.policy.path).service_prices
         self.stored: dict[str, bytes] = {}
 
     def __call__(self, records: list[Any]) -> None:
@@ -165,7 +167,7 @@ class _InMemoryPipeline:
         rows = [features(snap, max(now, snap.last_event_at)) for snap in snaps]
         churn = self.model.predict(np.asarray(rows, dtype=np.float32)).tolist()
         for cid, snap, row, p in zip(touched, snaps, rows, churn, strict=True):
-            clv_bin(assess(snap, row, p, self.settings.model).clv.value)
+            clv_bin(assess(snap, row, p, self.settings.model, self.prices).clv.value)
             stored[cid] = encode_snapshot(snap)
 
 

@@ -4,8 +4,9 @@ Each customer gets a few synthetic events (profile with a phone number, subscrip
 usage, sometimes a resolved ticket or an NPS answer), folded with the real reducer
 (:func:`router.core.reducer.fold`), scored like the consumer scores (features, batched ONNX churn,
 CLV and its histogram bin) and written with :meth:`router.state.store.StateStore.apply`: the same
-Lua compare-and-set, key layout, CLV histogram and phone index the consumer writes. Kafka is
-skipped on purpose: this is about the read path at population scale, not about ingest (see
+Lua compare-and-set, key layout, CLV histogram, due index (under the partition Kafka's default
+partitioner gives the customer id) and phone index the consumer writes. Kafka is skipped on
+purpose: this is about the read path at population scale, not about ingest (see
 ``loadtests.bench_ingest`` for that). Portfolio KPI counters are not maintained.
 
 Customer ``i`` has id ``C%07d`` and phone ``phone_of(i)``, so load generators can pick
@@ -26,14 +27,16 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from aiokafka.partitioner import murmur2
 
 from router.churn.model import ChurnModel
 from router.core.features import features
 from router.core.identity import IdentityHasher
 from router.core.reducer import fold
 from router.core.scoring import assess, clv_bin
+from router.policy import load_policy
 from router.settings import Settings
-from router.state.records import Scores, WriteOp
+from router.state.records import Scores, WriteOp, due_time
 from router.state.store import StateStore, connect_redis
 from schemas.events import (
     CustomerEvent,
@@ -121,6 +124,7 @@ def _init(settings: Settings) -> None:
     _state["settings"] = settings
     _state["hasher"] = IdentityHasher.from_settings(settings.identity)
     _state["model"] = ChurnModel.load(settings.model.path)
+    _state["prices"] = load_policy(settings.policy.path).service_prices
 
 
 def _load_chunk(start: int, stop: int, now_ts: float) -> int:
@@ -131,6 +135,7 @@ async def _load_chunk_async(start: int, stop: int, now_ts: float) -> int:
     settings = _state["settings"]
     hasher = _state["hasher"]
     model = _state["model"]
+    prices = _state["prices"]
     assert isinstance(settings, Settings) and isinstance(hasher, IdentityHasher) and isinstance(model, ChurnModel)
     now = datetime.fromtimestamp(now_ts, UTC)
     rnd = random.Random(start)  # deterministic for a given chunking
@@ -149,16 +154,19 @@ async def _load_chunk_async(start: int, stop: int, now_ts: float) -> int:
             assert snap is not None
             snap.phone_keys = [hasher.digest("phone", phone_of(i))]
             cid = snap.customer_id
+            # The partition Kafka's default partitioner gives the customer id: its due index is that one's.
+            partition = (murmur2(cid.encode()) & 0x7FFFFFFF) % settings.kafka.partitions
             ops.append(
                 WriteOp(
                     customer_key=hasher.customer_key(cid),
                     expected_marks=None,
-                    marks={i % 6: i},
+                    marks={partition: i},
                     snapshot=snap,
                     scores=Scores(),
                     old_bin=None,
                     index_add=[],  # written below with one MSET per batch: same keys and values
                     index_remove=[],
+                    partition=partition,
                 )
             )
         check = None
@@ -172,7 +180,8 @@ async def _load_chunk_async(start: int, stop: int, now_ts: float) -> int:
         feats = [features(op.snapshot, t) for op, t in zip(ops, times, strict=True)]
         churn = model.predict(np.asarray(feats, np.float32)).tolist()
         for op, row, t, p in zip(ops, feats, times, churn, strict=True):
-            value = assess(op.snapshot, row, p, settings.model).clv.value
+            clv = assess(op.snapshot, row, p, settings.model, prices).clv
+            value = clv.value
             # As the consumer writes them: the request path reuses the score while it stays exact.
             op.scores = Scores(
                 churn=p,
@@ -182,7 +191,10 @@ async def _load_chunk_async(start: int, stop: int, now_ts: float) -> int:
                 model_id=model.model_id,
                 as_of=t,
                 valid_until=model.stable_until(op.snapshot, row, t),
+                support_cost=clv.support_cost_per_year,
+                partition=op.partition,
             )
+            op.due_at = due_time(op.scores, settings.stream.sweep_max_age_s)
         for k in range(0, len(ops), 1_000):
             batch = ops[k : k + 1_000]
             await client.mset({keys.phone(op.snapshot.phone_keys[0]): op.snapshot.customer_id for op in batch})
@@ -192,10 +204,21 @@ async def _load_chunk_async(start: int, stop: int, now_ts: float) -> int:
     return stop - start
 
 
-def load_population(settings: Settings, customers: int, *, start: int = 0, processes: int | None = None) -> float:
-    """Write customers ``start`` .. ``customers - 1`` into the Redis of ``settings``; seconds taken."""
+def load_population(
+    settings: Settings,
+    customers: int,
+    *,
+    start: int = 0,
+    processes: int | None = None,
+    as_of: float | None = None,
+) -> float:
+    """Write customers ``start`` .. ``customers - 1`` into the Redis of ``settings``; seconds taken.
+
+    ``as_of`` (default now): when the customers' events happened and they were scored; a time in
+    the past leaves them due for the sweep now (``loadtests.bench_sweep``).
+    """
     t0 = time.perf_counter()
-    now_ts = time.time()
+    now_ts = time.time() if as_of is None else as_of
     chunks = [(s, min(customers, s + _CHUNK)) for s in range(start, customers, _CHUNK)]
     if not chunks:
         return 0.0

@@ -1,11 +1,12 @@
 """Regenerate BENCHMARKS.md: run the benchmarks, then render their JSON into the report.
 
-Run: ``python -m loadtests.report`` (about 10 minutes: serve benchmark at 10k and 1M customers,
-step micro-benchmark, ingest benchmark with 200k events). ``--render-only`` re-renders from
-the JSON already in ``artifacts/``; ``--skip-ingest`` keeps the last ingest figures.
+Run: ``python -m loadtests.report`` (about 15 minutes: serve benchmark at 10k and 1M customers,
+step micro-benchmark, ingest benchmark with 200k events, sweep benchmark at 1M customers).
+``--render-only`` re-renders from the JSON already in ``artifacts/``; ``--skip-ingest`` and
+``--skip-sweep`` keep the last ingest and sweep figures.
 
 Only the marked regions of BENCHMARKS.md are rewritten (``<!-- BEGIN name -->`` ..
-``<!-- END name -->``): the serve figures and the ingest figures. Sections others add
+``<!-- END name -->``): the serve, ingest and sweep figures. Sections others add
 (a soak test, say) outside the markers are kept as they are.
 """
 
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["render", "render_ingest", "render_serve", "update_file"]
+__all__ = ["render", "render_ingest", "render_serve", "render_sweep", "update_file"]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -377,6 +378,68 @@ def render_ingest(ingest: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_sweep(sweep: dict[str, Any]) -> str:
+    """Markdown for the sweep benchmark JSON (``python -m loadtests.bench_sweep``)."""
+    pop, m, cfg = sweep["population"], sweep["machine"], sweep["config"]
+    consumer = sweep.get("consumer", {"partitions": 6, "sweep_batch": 250})
+    load = ", ".join(f"{x:.1f}" for x in m["load_average_at_start"])
+    lines = [
+        f"## Sweep: silent customers rescored (`python -m loadtests.bench_sweep --customers {pop['customers']}`)\n",
+        f"Run {sweep['started_at']} (commit {sweep['commit']}) on {m['cpus']} × {m['cpu_model']}; load average at "
+        f"start {load} (the machine is shared). {pop['customers']:,} customers loaded as of {cfg['days_ago']:g} days "
+        f"ago ({pop['due_at_start']:,} due), one `router consume` process owning all {consumer['partitions']} "
+        f"partitions, sweep steps of {consumer['sweep_batch']:,} customers. *Rescored/s* is customers ÷ the sweep's "
+        "own duration (`router_sweep_duration_seconds`); "
+        "*consumer CPU* the CPU time of that process, *Redis CPU* that of redis-server (`INFO cpu`) over the "
+        f"sweep, per customer; *of which the sweep* leaves out what the idle consumer spends "
+        f"({sweep.get('consumer_idle_cpu_share', 0.0):.1%} of a core: polling the broker). Under classify load the "
+        "second pass rescores the same customers again (their due "
+        "index entries set to 0) while the API serves a fixed open-loop load; Redis CPU of the requests alone, "
+        f"measured just before, is subtracted. {m['pinning']}.\n",
+        "| pass | customers rescored | lost to newer writes | seconds | rescored / s | consumer CPU / customer "
+        "| of which the sweep | Redis CPU / customer | alerts |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, key in (("sweep alone", "sweep_alone"), ("under classify load", "sweep_under_classify_load")):
+        r = sweep.get(key)
+        if r:
+            lines.append(
+                f"| {name} | {r['rescored']:,.0f} | {r['conflicts']:,.0f} | {r['seconds']:.1f} | "
+                f"**{r['per_second']:,.0f}** | {r['process_cpu_us_per_customer']:.1f} µs | "
+                f"{r.get('sweep_cpu_us_per_customer', r['process_cpu_us_per_customer']):.1f} µs | "
+                f"{r['redis_cpu_us_per_customer']:.1f} µs | {r.get('alerts', 0):,.0f} |"
+            )
+    c = sweep.get("classify")
+    if c:
+        q, b = c["without_sweep"], c["during_sweep"]
+        lines += [
+            f"\nClassify at {c['rate']:,.0f} requests/s of random known customers ({c['seconds']:g} s each, latency "
+            "from the scheduled send time, `loadtests.openloop`); the window under load lies inside the sweep: "
+            f"{'yes' if c['load_window_inside_sweep'] else 'no'}.\n",
+            "| classify | p50 | p90 | p99 | p99.9 | failed |",
+            "|---|---|---|---|---|---|",
+            f"| without a sweep | {_us(q['p50_us'])} | {_us(q['p90_us'])} | {_us(q['p99_us'])} | {_us(q['p999_us'])} "
+            f"| {q['errors'] + q['non_200']} |",
+            f"| during the sweep | {_us(b['p50_us'])} | {_us(b['p90_us'])} | {_us(b['p99_us'])} | {_us(b['p999_us'])} "
+            f"| {b['errors'] + b['non_200']} |",
+        ]
+    alone = sweep.get("sweep_alone", {})
+    lines += [
+        "\n| target (issue #19, item 4) | measured | met |",
+        "|---|---|---|",
+        f"| ≥ 50,000 customers rescored / s per process at 1M customers | {alone.get('per_second', 0):,.0f}/s alone"
+        f"{', ' + format(sweep['sweep_under_classify_load']['per_second'], ',.0f') + '/s under load' if 'sweep_under_classify_load' in sweep else ''} "
+        f"| {_met(alone.get('per_second', 0) >= 50_000)} |",
+    ]
+    if c and c.get("p99_ratio") is not None:
+        lines.append(f"| classify p99 during the sweep ≤ 1.10 × without | × {c['p99_ratio']:.2f} | {_met(c['p99_ratio'] <= 1.10)} |")
+    lines.append(
+        f"\nRedis memory: {pop['redis_bytes_per_customer']:,.0f} B per customer in all (snapshot hash, phone index, "
+        f"histograms, due index), of which the due index {pop['due_index_bytes_per_customer']:,.0f} B."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def _rate(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}/s"
 
@@ -411,6 +474,9 @@ def render(report: Path = REPORT, artifacts: Path = ARTIFACTS) -> None:
     ingest_path = artifacts / "bench_ingest.json"
     if ingest_path.exists():
         regions["ingest"] = render_ingest(json.loads(ingest_path.read_text()))
+    sweep_path = artifacts / "bench_sweep.json"
+    if sweep_path.exists():
+        regions["sweep"] = render_sweep(json.loads(sweep_path.read_text()))
     update_file(report, regions)
 
 
@@ -423,6 +489,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--render-only", action="store_true", help="only re-render from artifacts/*.json")
     parser.add_argument("--skip-ingest", action="store_true", help="keep artifacts/bench_ingest.json as it is")
+    parser.add_argument("--skip-sweep", action="store_true", help="keep artifacts/bench_sweep.json as it is")
     parser.add_argument("--ingest-events", type=int, default=200_000)
     parser.add_argument("--serve-args", default="", help="extra arguments for loadtests.bench_serve")
     args = parser.parse_args()
@@ -436,6 +503,8 @@ def main() -> None:
         if not args.skip_ingest:
             _run([py, "-m", "loadtests.bench_ingest", "--events", str(args.ingest_events),
                   "--out", str(ARTIFACTS / "bench_ingest.json")])  # fmt: skip
+        if not args.skip_sweep:
+            _run([py, "-m", "loadtests.bench_sweep", "--out", str(ARTIFACTS / "bench_sweep.json")])
     render()
     print(f"BENCHMARKS.md regenerated in {time.monotonic() - t0:.0f} s", flush=True)
 

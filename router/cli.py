@@ -63,8 +63,11 @@ def _produce_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    import hashlib
+    import json
     import time
     from datetime import UTC, datetime
+    from pathlib import Path
 
     from router.devstack.demo import generate_history, history_window, write_jsonl
 
@@ -72,6 +75,13 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     start, stop = history_window(args.months, end)
     began = time.monotonic()
     n = write_jsonl(generate_history(args.customers, start, stop, args.seed), args.out)
+    # Beside the history, what regenerates it: `router train` copies it into the model card, so a test can
+    # recompute the card's holdout figures from the generator instead of trusting them.
+    with open(args.out, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    meta = {"customers": args.customers, "months": args.months, "seed": args.seed, "end": f"{stop:%Y-%m-%d}",
+            "events_sha256": digest}  # fmt: skip
+    Path(f"{args.out}.generator.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(
         f"wrote {n:,} events of {args.customers:,} customers ({start:%Y-%m-%d} .. {stop:%Y-%m-%d}) "
         f"to {args.out} in {time.monotonic() - began:.1f}s",

@@ -142,6 +142,12 @@ class StreamSettings(_Section, kw_only=True):
     """Customer-disjoint parts of a batch folded concurrently, so one part's Redis round trip overlaps another's fold."""
     cache_customers: int = 20_000
     """Customers whose last written record the consumer keeps in memory (no Redis read for their next events; 0 = off)."""
+    sweep_interval_s: float = 30.0
+    """Seconds between sweeps that rescore the customers of this consumer's partitions whose score is due (0 = off)."""
+    sweep_batch: int = 250
+    """Customers a sweep step reads, scores and writes (one model call; a step holds the consumer's event loop ~5-10 ms)."""
+    sweep_max_age_s: int = 86_400
+    """A score is rescored at the latest this long after it was computed, even while the model's answer stays the same."""
 
 
 class ModelSettings(_Section, kw_only=True):
@@ -159,6 +165,8 @@ class ModelSettings(_Section, kw_only=True):
     """Discount rate for CLV's expected future margin."""
     max_lifetime_months: int = 120
     """Cap on expected remaining lifetime used by CLV."""
+    follow_s: float = 2.0
+    """Seconds between checks of the model (and, in consumers, the policy) an admin reload announced to every process (0 = only at start)."""
 
 
 class PolicySettings(_Section, kw_only=True):

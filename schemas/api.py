@@ -65,6 +65,7 @@ __all__ = [
     "StripeReceipt",
     "Tier",
     "TierCount",
+    "TierServiceCost",
     "TrendPoint",
     "ZendeskRequester",
     "ZendeskTicket",
@@ -448,6 +449,14 @@ class ClvBreakdown(msgspec.Struct, frozen=True):
     mrr: float
     churn_used: float
     formula: str
+    support_cost_per_month: float = 0.0
+    """Cost to serve: the customer's support contacts so far, priced by the policy, per month of tenure."""
+    support_cost_per_year: float = 0.0
+    """``support_cost_per_month`` x 12, in ``currency``."""
+    support_contacts: int = 0
+    """Tickets the support cost counts."""
+    currency: str = "EUR"
+    """Currency of the policy's cost-to-serve prices."""
 
 
 class Override(msgspec.Struct, frozen=True):
@@ -546,6 +555,16 @@ class TierCount(msgspec.Struct, frozen=True):
     share: float
 
 
+class TierServiceCost(msgspec.Struct, frozen=True):
+    """What serving a tier's customers costs per year (support contacts priced by the policy)."""
+
+    tier: Tier
+    customers: int
+    cost_per_year: float
+    cost_per_customer: float
+    """``cost_per_year`` / ``customers`` (0 for an empty tier)."""
+
+
 class ChurnBand(msgspec.Struct, frozen=True):
     band: str
     """Churn risk range in points, e.g. ``"70-75"``."""
@@ -588,3 +607,7 @@ class PortfolioReport(msgspec.Struct, frozen=True):
     churn_risk: list[ChurnBand]
     churn_trend: list[TrendPoint]
     """One point per day the report was computed (sampled daily)."""
+    service_cost_per_year: float = 0.0
+    """All customers' support cost per year, as CLV counts it (the policy's prices)."""
+    service_cost: list[TierServiceCost] = []
+    """Support cost per year by tier (tiers as in ``tiers``), so a tier's cost can be compared over time."""

@@ -126,6 +126,9 @@ class TicketResolved(EventBase, frozen=True, tag="ticket_resolved"):
     csat: Annotated[int, msgspec.Meta(ge=1, le=5)] | None = None
     resolved: bool = True
     """False when the ticket was closed without solving the problem."""
+    handling_minutes: Annotated[float, msgspec.Meta(ge=0, le=10080)] | msgspec.UnsetType | None = msgspec.UNSET
+    """Agent time spent on the ticket, when the helpdesk reports it: priced by the policy's hourly rate.
+    Left out (not written as null) when unknown, so events without it encode as they always did."""
 
 
 class Usage(EventBase, frozen=True, tag="usage"):

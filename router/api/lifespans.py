@@ -35,8 +35,10 @@ from router.serving.stripe import StripeService
 from router.serving.webhooks import REPLAY_TIMEOUT_S, WebhookService
 from router.settings import Settings
 from router.state.audit import AuditWriter
+from router.state.follow import Follower
 from router.state.outbox import Outbox
 from router.state.probe import RedisProbe
+from router.state.records import Announcement
 from router.state.store import StateStore, connect_redis
 
 __all__ = ["Readiness", "Services", "services"]
@@ -154,6 +156,23 @@ async def live_models(settings: Settings, background: StateStore) -> AsyncIterat
 
 
 @contextlib.asynccontextmanager
+async def model_follower(settings: Settings, live: Live) -> AsyncIterator[Follower]:
+    """Load the model an admin reload announced to every process (this worker may not have served it)."""
+
+    async def apply(announced: Announcement) -> None:
+        await live.reload_model(announced.path, announced.sha256)
+
+    follower = Follower(
+        live.background, "model", settings.model.follow_s, lambda: live.model.sha256 if live.model else "", apply
+    )
+    await follower.start()
+    try:
+        yield follower
+    finally:
+        await follower.stop()
+
+
+@contextlib.asynccontextmanager
 async def audit_writer(store: StateStore, retention_days: int) -> AsyncIterator[AuditWriter]:
     audit = AuditWriter(store, retention_s=retention_days * 86_400)
     await audit.start()
@@ -205,6 +224,7 @@ def services(settings: Settings) -> Callable[[Litestar], contextlib.AbstractAsyn
                 audit_writer(stores.background, settings.redis.audit_retention_days)
             )
             live = await stack.enter_async_context(live_models(settings, stores.background))
+            await stack.enter_async_context(model_follower(settings, live))
             publisher = await stack.enter_async_context(event_publisher(settings))
             decisions = DecisionService(live, stores.reader, audit, settings.redis, settings.model)
             reloads = ReloadService(live, audit)

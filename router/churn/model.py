@@ -1,7 +1,8 @@
 """The churn model as the service uses it: load once, score single rows fast, explain.
 
 ``ChurnModel.load(path)`` reads ``churn-vN.onnx`` and its model card ``churn-vN.json``,
-refuses files that do not belong together or to this code's feature list, and keeps one
+refuses files that do not belong together (the card must name the ONNX file's SHA-256) or to
+this code's feature list, and keeps one
 ONNX Runtime session (single-threaded, sequential: the service parallelises across
 requests, not inside one). :meth:`ChurnModel.predict_one` is the request hot path; it
 reuses a pre-allocated input buffer per thread, so one instance serves the event loop and
@@ -94,6 +95,7 @@ class ChurnModel:
         "card",
         "model_id",
         "path",
+        "sha256",
         "version",
     )
 
@@ -104,6 +106,8 @@ class ChurnModel:
         self.version: str = str(card["version"])
         self.model_id = ""
         """First 12 hex digits of the ONNX file's SHA-256 ("" when its scores cannot be reused)."""
+        self.sha256 = ""
+        """SHA-256 of the ONNX file (hex), as its card names it: what a reload announces to other processes."""
         self._clock_splits: list[tuple[list[float], list[float]]] = []
         """Per clock feature: its split thresholds, and for each the largest float32 below it (sorted)."""
         self._input: str = session.get_inputs()[0].name
@@ -142,13 +146,19 @@ class ChurnModel:
             raise ModelError(f"model card {card_path} is not a JSON object")
         _check_card(card, card_path)
         digest = hashlib.sha256(blob).hexdigest()
-        expected = card.get("onnx", {}).get("sha256")
-        if expected and expected != digest:
+        onnx_meta = card.get("onnx")
+        expected = onnx_meta.get("sha256") if isinstance(onnx_meta, dict) else None
+        if not isinstance(expected, str) or not expected:
+            # Without it nothing says this card describes this file: its metrics, reference values and
+            # feature list could belong to another model.
+            raise ModelError(f"model card {card_path} lacks onnx.sha256 (the SHA-256 of {onnx_path.name})")
+        if expected != digest:
             raise ModelError(
                 f"{onnx_path} does not match its card {card_path}: sha256 {digest[:12]}.. != {str(expected)[:12]}.."
             )
         session = _session(blob, onnx_path)
         model = cls(session, card, onnx_path)
+        model.sha256 = digest
         model._read_splits(blob, digest)
         probe = model.predict(model._ref.reshape(1, -1))
         if probe.shape != (1,) or not 0.0 <= float(probe[0]) <= 1.0:

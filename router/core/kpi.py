@@ -14,6 +14,8 @@ Definitions (period = the last ``days`` days by event day, today included):
 * net expansion = expansion - contraction (upsells net of downgrades)
 * CLV:CAC = sum of current CLVs / sum of acquisition costs (health line 3:1)
 * tiers: the policy's cut-offs applied to the CLV percentiles of the population histogram
+* service cost per tier: the support cost per year CLV counts, summed per CLV histogram bin
+  and assigned to tiers with the bins (a customer's cost moves with its CLV bin)
 * churn-risk trend: one point per day, sampled when the report is computed
 """
 
@@ -25,7 +27,8 @@ from datetime import UTC, datetime
 import msgspec
 
 from router.core.reducer import DAY, Snapshot
-from schemas.api import ChurnBand, PortfolioReport, Tier, TierCount, TrendPoint
+from router.core.scoring import clv_bin
+from schemas.api import ChurnBand, PortfolioReport, Tier, TierCount, TierServiceCost, TrendPoint
 from schemas.events import CustomerEvent, SubscriptionChanged
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "NO_TOTALS",
     "TOTAL_NAMES",
     "PortfolioCounters",
+    "ScorePoint",
     "churn_bin",
     "churn_summary",
     "daily_kpis",
@@ -62,6 +66,8 @@ class PortfolioCounters(msgspec.Struct):
     """Churn-risk bin (0..19, 5 points each) -> customers."""
     clv_hist: dict[int, int]
     """CLV histogram bin -> customers (see :class:`router.core.scoring.ClvDistribution`)."""
+    service_cost: dict[int, float] = {}
+    """CLV histogram bin -> support cost per year of its customers."""
 
 
 # -- increments (the consumer) ---------------------------------------------------------------
@@ -100,10 +106,13 @@ def churn_bin(churn: float) -> int:
     return min(19, int(churn * 20))
 
 
-def move_score_kpis(
-    kpi: dict[str, float], old: tuple[float, float] | None, new: tuple[float, float] | None
-) -> None:
-    """Keep the CLV sum and the churn-risk histogram in step when (churn, CLV) goes from ``old`` to ``new``."""
+ScorePoint = tuple[float, float, float]
+"""(churn, CLV, support cost per year) of one customer as last scored."""
+
+
+def move_score_kpis(kpi: dict[str, float], old: ScorePoint | None, new: ScorePoint | None) -> None:
+    """Keep the CLV sum, the churn-risk histogram and the service cost per CLV bin in step when a
+    customer's (churn, CLV, support cost) goes from ``old`` to ``new`` (None: not counted)."""
     clv_delta = (new[1] if new else 0.0) - (old[1] if old else 0.0)
     if clv_delta:
         _add(kpi, "clv_sum", clv_delta)
@@ -114,6 +123,10 @@ def move_score_kpis(
             _add(kpi, f"cb:{old_bin}", -1.0)
         if new_bin is not None:
             _add(kpi, f"cb:{new_bin}", 1.0)
+    if old is not None and old[2]:
+        _add(kpi, f"sc:{clv_bin(old[1])}", -old[2])
+    if new is not None and new[2]:
+        _add(kpi, f"sc:{clv_bin(new[1])}", new[2])
 
 
 def _add(kpi: dict[str, float], field: str, delta: float) -> None:
@@ -167,10 +180,13 @@ def report(
 
     # Tier distribution: every histogram bin gets the percentile of its customers (ties count half).
     tier_counts = dict.fromkeys(tiers, 0)
+    tier_costs = dict.fromkeys(tiers, 0.0)
     total = sum(n for n in c.clv_hist.values() if n > 0)
     below = 0
-    for _, n in sorted((b, n) for b, n in c.clv_hist.items() if n > 0):
-        tier_counts[tier_for(100.0 * (below + n / 2.0) / total)] += n
+    for b, n in sorted((b, n) for b, n in c.clv_hist.items() if n > 0):
+        tier = tier_for(100.0 * (below + n / 2.0) / total)
+        tier_counts[tier] += n
+        tier_costs[tier] += c.service_cost.get(b, 0.0)
         below += n
     churn_total = sum(c.churn_hist.values())
     return PortfolioReport(
@@ -204,5 +220,15 @@ def report(
             )
             for d, (m, h) in sorted(trend.items())
             if today - days < d <= today
+        ],
+        service_cost_per_year=round(sum(tier_costs.values()), 2),
+        service_cost=[
+            TierServiceCost(
+                tier=t,
+                customers=tier_counts[t],
+                cost_per_year=round(tier_costs[t], 2),
+                cost_per_customer=round(tier_costs[t] / tier_counts[t], 2) if tier_counts[t] else 0.0,
+            )
+            for t in tiers
         ],
     )

@@ -43,11 +43,14 @@ from schemas.events import (
 )
 
 __all__ = [
+    "CONTACT_CHANNELS",
+    "CONTACT_SEVERITIES",
     "DAY",
     "WINDOW_DAYS",
     "Applied",
     "B",
     "Snapshot",
+    "contact_index",
     "day_of",
     "event_hash",
     "fold",
@@ -148,6 +151,25 @@ class Snapshot(msgspec.Struct, kw_only=True, array_like=True, omit_defaults=Fals
     erased_at: int = 0
     """Erasure time; events up to it plus the lateness bound are ignored. A tombstone keeps only this."""
     events_applied: int = 0
+    contacts: list[int] = []
+    """Tickets opened per channel and severity, at :func:`contact_index` (trailing zeros trimmed):
+    what serving the customer costs is priced from these by the policy."""
+    timed_tickets: int = 0
+    """Resolved tickets that reported their handling time."""
+    handling_s: int = 0
+    """Their handling time summed, in seconds."""
+
+
+CONTACT_CHANNELS: tuple[str, ...] = ("email", "phone", "chat", "web", "social")
+"""``TicketOpened.channel`` values, in the order of :attr:`Snapshot.contacts`."""
+CONTACT_SEVERITIES: tuple[str, ...] = ("low", "normal", "high", "urgent")
+_CHANNEL_AT = {c: i * len(CONTACT_SEVERITIES) for i, c in enumerate(CONTACT_CHANNELS)}
+_SEVERITY_AT = {s: i for i, s in enumerate(CONTACT_SEVERITIES)}
+
+
+def contact_index(channel: str, severity: str) -> int:
+    """Position of a (channel, severity) pair in :attr:`Snapshot.contacts`."""
+    return _CHANNEL_AT[channel] + _SEVERITY_AT[severity]
 
 
 def day_of(ts: int) -> int:
@@ -290,6 +312,11 @@ def _subscription(
 def _ticket_opened(snap: Snapshot, event: TicketOpened, key: tuple[int, int], day: int, hasher: IdentityHasher) -> None:
     snap.tickets_total += 1
     _bump(snap.days, day, B.TICKETS, 1)
+    contacts = snap.contacts
+    i = _CHANNEL_AT[event.channel] + _SEVERITY_AT[event.severity]
+    if len(contacts) <= i:
+        contacts.extend([0] * (i + 1 - len(contacts)))
+    contacts[i] += 1
     if event.severity in _SEVERE:
         snap.severe_tickets_total += 1
         _bump(snap.days, day, B.SEVERE_TICKETS, 1)
@@ -307,6 +334,10 @@ def _ticket_resolved(
     if event.csat is not None:
         snap.csat_sum += event.csat
         snap.csat_n += 1
+    minutes = event.handling_minutes
+    if isinstance(minutes, (int, float)):  # absent (UNSET) or null: not reported
+        snap.timed_tickets += 1
+        snap.handling_s += round(minutes * 60)
 
 
 def _usage(snap: Snapshot, event: Usage, key: tuple[int, int], day: int, hasher: IdentityHasher) -> None:

@@ -1,4 +1,4 @@
-"""Scores derived from a snapshot: CLV, its percentile, upsell, advocacy, sentiment.
+"""Scores derived from a snapshot: CLV, its percentile, upsell, advocacy, sentiment, cost to serve.
 
 Churn comes from the ONNX model (:mod:`router.churn.model`); everything here is transparent
 arithmetic on the same feature vector, so an agent can be told why. :func:`assess` is the one
@@ -14,21 +14,24 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from router.core.features import FEATURE_NAMES
-from router.core.reducer import Snapshot
+from router.core.reducer import CONTACT_CHANNELS, CONTACT_SEVERITIES, Snapshot
 from router.settings import ModelSettings
 
 __all__ = [
     "CLV_FORMULA",
     "DEFAULT_CHURN",
+    "NO_SERVICE_COST",
     "ClvDistribution",
     "ClvParts",
     "ScoreSet",
+    "ServicePrices",
     "advocacy_score",
     "assess",
     "clv_bin",
     "clv_parts",
     "expected_months",
     "sentiment_label",
+    "support_cost",
     "upsell_score",
 ]
 
@@ -53,9 +56,40 @@ DEFAULT_CHURN = 0.1
 """Churn assumed for a value estimate when no model score exists (no model, or it failed)."""
 
 CLV_FORMULA = (
-    "CLV = (order margin per month + MRR x subscription margin rate) x expected remaining months "
-    "(from churn risk, discounted) - acquisition cost"
+    "CLV = (order margin per month + MRR x subscription margin rate - support cost per month) "
+    "x expected remaining months (from churn risk, discounted) - acquisition cost"
 )
+
+
+class ServicePrices(NamedTuple):
+    """What serving a customer costs, from the policy's ``[service_cost]`` table."""
+
+    per_contact: tuple[float, ...]
+    """Price of a ticket by channel and severity, at ``router.core.reducer.contact_index``."""
+    per_hour: float
+    """Price of an hour of handling time, for tickets whose resolution reported it."""
+    currency: str = "EUR"
+
+
+NO_SERVICE_COST = ServicePrices((0.0,) * (len(CONTACT_CHANNELS) * len(CONTACT_SEVERITIES)), 0.0)
+"""Prices of zero: CLV without the cost to serve (tests, tools without a policy)."""
+
+
+def support_cost(snap: Snapshot, prices: ServicePrices) -> float:
+    """What the customer's support contacts have cost so far.
+
+    A ticket whose resolution reported its handling time is priced by the hour; the others by
+    their channel and severity. Which opened ticket a timed resolution belongs to is not kept,
+    so the timed tickets replace that share of the per-contact cost at the customer's average price.
+    """
+    contacts = snap.contacts
+    n = sum(contacts)
+    hours = snap.handling_s / 3600.0 * prices.per_hour
+    if not n:
+        return hours
+    per_contact = sum(c * p for c, p in zip(contacts, prices.per_contact, strict=False))
+    untimed = max(0, n - snap.timed_tickets) / n
+    return per_contact * untimed + hours
 
 
 class ClvParts(NamedTuple):
@@ -69,10 +103,16 @@ class ClvParts(NamedTuple):
     expected_months: float
     acquisition_cost: float
     mrr: float
+    support_cost_per_month: float = 0.0
+    """Cost of the customer's support contacts so far, per month of tenure (priced by the policy)."""
 
     @property
     def monthly_margin(self) -> float:
         return self.order_margin_per_month + self.subscription_margin
+
+    @property
+    def support_cost_per_year(self) -> float:
+        return self.support_cost_per_month * 12.0
 
 
 class ScoreSet(NamedTuple):
@@ -87,24 +127,35 @@ class ScoreSet(NamedTuple):
     """Tone of recent contacts -1..1; None when the customer never had a rated contact."""
 
 
-def clv_parts(snap: Snapshot, feats: Sequence[float], churn: float, settings: ModelSettings) -> ClvParts:
-    """Customer lifetime value: monthly margin x expected remaining months - acquisition cost."""
+def clv_parts(
+    snap: Snapshot, feats: Sequence[float], churn: float, settings: ModelSettings, prices: ServicePrices
+) -> ClvParts:
+    """Customer lifetime value: (monthly margin - monthly support cost) x expected remaining months - acquisition cost.
+
+    Order margin and support cost are both averaged over the tenure in months (at least one).
+    """
     tenure_months = max(1.0, feats[_TENURE] / 30.0)
     order_margin = (snap.margin_cents + snap.unmargined_cents * settings.default_margin_rate) / 100.0 / tenure_months
     mrr = feats[_MRR]
     sub_margin = mrr * settings.subscription_margin_rate if snap.subscription == "active" else 0.0
+    support = support_cost(snap, prices) / tenure_months if snap.contacts or snap.handling_s else 0.0
     months = expected_months(churn, settings)
-    value = (order_margin + sub_margin) * months - snap.acquisition_cost
-    return ClvParts(value, order_margin, sub_margin, months, snap.acquisition_cost, mrr)
+    value = (order_margin + sub_margin - support) * months - snap.acquisition_cost
+    return ClvParts(value, order_margin, sub_margin, months, snap.acquisition_cost, mrr, support)
 
 
-def assess(snap: Snapshot, feats: Sequence[float], churn: float | None, settings: ModelSettings) -> ScoreSet:
-    """The score set of a snapshot whose features are ``feats`` (``churn`` None: :data:`DEFAULT_CHURN`)."""
+def assess(
+    snap: Snapshot, feats: Sequence[float], churn: float | None, settings: ModelSettings, prices: ServicePrices
+) -> ScoreSet:
+    """The score set of a snapshot whose features are ``feats`` (``churn`` None: :data:`DEFAULT_CHURN`).
+
+    ``prices`` come from the policy's cost-to-serve table (``Policy.service_prices``).
+    """
     p = DEFAULT_CHURN if churn is None else churn
     mood = feats[_SENTIMENT]
     return ScoreSet(
         churn=p,
-        clv=clv_parts(snap, feats, p, settings),
+        clv=clv_parts(snap, feats, p, settings, prices),
         upsell=upsell_score(feats, p),
         advocacy=advocacy_score(feats),
         sentiment=mood if mood or snap.tickets_resolved else None,

@@ -760,12 +760,19 @@ _RARE_GATE = 0.1
 # --- public entry points ------------------------------------------------------------------
 
 
-def generate_history(n_customers: int, start: datetime, end: datetime, seed: int) -> Iterator[CustomerEvent]:
+def generate_history(
+    n_customers: int, start: datetime, end: datetime, seed: int, *, every: int = 1
+) -> Iterator[CustomerEvent]:
     """Yield the events of ``n_customers`` customers in ``[start, end)``, sorted by ``occurred_at``.
 
-    Reproducible: the same arguments give the same events (ids included).
+    Reproducible: the same arguments give the same events (ids included). ``every`` keeps only
+    every k-th customer (C000001, C00000(1+k), ...): a customer's events depend only on the seed and
+    its number, so the sample's events are exactly theirs in the whole history.
     """
-    yield from _batches(Population(n_customers, start, end, seed), int(end.timestamp()))
+    pop = Population(n_customers, start, end, seed)
+    if every > 1:
+        pop.customers = pop.customers[::every]
+    yield from _batches(pop, int(end.timestamp()))
 
 
 def _batches(pop: Population, end_ts: int) -> Iterator[CustomerEvent]:

@@ -43,6 +43,10 @@ class RecordCache:
         if len(entries) > self.capacity:
             entries.popitem(last=False)
 
+    def discard(self, customer_key: str) -> None:
+        """Forget a customer someone else (the sweep) may have written since."""
+        self._entries.pop(customer_key, None)
+
     def clear(self) -> None:
         self._entries.clear()
 

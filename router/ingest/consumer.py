@@ -22,6 +22,9 @@ alerts before the state that raised them is written; both are remembered as publ
 Redis with a TTL, and in memory while Redis is down), so a batch retried after a Redis fault,
 or redelivered to a restarted consumer, publishes each at most once. What a batch does to each
 customer is decided without I/O by :class:`~router.ingest.planning.BatchPlanner`.
+Beside the poll loop, two supervised tasks: the sweep (:mod:`router.ingest.sweep`) rescores the
+customers of this consumer's partitions whose score is due, and the follower
+(:mod:`router.state.follow`) swaps in the model and cost-to-serve prices the fleet was told to use.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import logging
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -42,14 +45,18 @@ from aiokafka.structs import ConsumerRecord
 
 from router.churn.model import ChurnModel, Comparison, ModelError, compare
 from router.core.identity import IdentityHasher
+from router.core.scoring import NO_SERVICE_COST, ServicePrices
 from router.ingest.cache import RecordCache
 from router.ingest.health import HealthServer
 from router.ingest.planning import BatchPlanner, Dead, Pending, Plan
+from router.ingest.sweep import Sweeper
 from router.ops import metrics
 from router.ops.heap import settle_heap
 from router.ops.kafka import consumer_config, producer_config
 from router.ops.logs import setup_logging
+from router.policy.spec import PolicyError, read_policy_file
 from router.settings import Settings, require_safe
+from router.state.follow import Follower
 from router.state.probe import RedisProbe
 from router.state.records import CustomerRecord
 from router.state.store import StateStore, connect_redis
@@ -95,13 +102,24 @@ class StateConsumer:
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
         shadow: ChurnModel | None = None,
+        prices: ServicePrices = NO_SERVICE_COST,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
         self.consumer = consumer
         self.producer = producer
         self.hasher = store.hasher
-        self.planner = BatchPlanner(settings.stream, settings.model, store.hasher, store.keys, model)
+        self.clock = clock
+        """Epoch seconds "now" for scoring (tests move it to show what the passing of time does)."""
+        self.planner = BatchPlanner(settings.stream, settings.model, store.hasher, store.keys, model, prices)
+        self.sweeper = Sweeper(self)
+        self.next_model: ChurnModel | None = None
+        """A reloaded model, swapped in between two batches by the poll loop."""
+        self.next_prices: ServicePrices | None = None
+        """Reloaded cost-to-serve prices, swapped in like the model."""
+        self.policy_sha = ""
+        """SHA-256 of the policy file the cost-to-serve prices come from."""
         self.offsets_key = store.keys.offsets(settings.kafka.group_id, settings.kafka.events_topic)
         self.last_poll = 0.0
         self._alive_at = 0.0
@@ -122,10 +140,58 @@ class StateConsumer:
         self._shadow_rows: list[np.ndarray[Any, np.dtype[np.float32]]] = []
         self.cache = RecordCache(settings.stream.cache_customers)
         self._shadow_reported = 0.0
+        self._reloads: set[asyncio.Task[None]] = set()
 
     @property
     def model(self) -> ChurnModel | None:
         return self.planner.model
+
+    # -- reloads (SIGHUP, or what an admin reload announced: router.state.follow) ----------------
+
+    async def load_model(self, path: str, sha256: str | None = None) -> ChurnModel:
+        """Load a model off the event loop; the poll loop swaps it in between two batches."""
+        model = await asyncio.to_thread(ChurnModel.load, path)
+        if sha256 is not None and model.sha256 != sha256:
+            raise ModelError(f"{path} is not the announced file (sha256 {model.sha256[:12]}.. != {sha256[:12]}..)")
+        self.next_model = model
+        return model
+
+    async def load_prices(self, path: str, sha256: str | None = None) -> None:
+        """Take the cost-to-serve prices from a policy file (the rest of the policy is the API's)."""
+        spec, digest = await asyncio.to_thread(read_policy_file, path)
+        if sha256 is not None and digest != sha256:
+            raise PolicyError(f"{path} is not the announced file (sha256 {digest[:12]}.. != {sha256[:12]}..)")
+        self.next_prices = spec.service_cost.prices()
+        self.policy_sha = digest
+        log.info("cost-to-serve prices from policy %s", spec.version)
+
+    def on_sighup(self) -> None:
+        """Reload model and prices from their configured files (like the API's SIGHUP); log, never raise."""
+        task = asyncio.get_running_loop().create_task(self._reload_configured(), name="sighup-reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload_configured(self) -> None:
+        try:
+            await self.load_model(self.settings.model.path)
+        except Exception as exc:  # ModelError, or a card the loader trips over
+            log.error("SIGHUP: model not loaded, %s stays in force: %s", self.model.version if self.model else "none", exc)
+        try:
+            await self.load_prices(self.settings.policy.path)
+        except (PolicyError, UnicodeDecodeError, OSError) as exc:
+            log.error("SIGHUP: policy prices not loaded, the previous ones stay in force: %s", exc)
+
+    def _swap_reloads(self) -> None:
+        prices, self.next_prices = self.next_prices, None
+        if prices is not None:
+            self.planner.prices = prices
+        new, self.next_model = self.next_model, None
+        if new is None:
+            return
+        old, self.planner.model = self.planner.model, new
+        metrics.MODEL_LOADED.set(1)
+        metrics.MODEL_INFO.info({"version": new.version, "path": str(new.path)})
+        log.info("churn model %s replaced by %s", old.version if old else "none", new.version)
 
     @property
     def applied(self) -> int:
@@ -171,10 +237,30 @@ class StateConsumer:
     # -- main loop -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll, fold, write, commit until ``stop`` is set; a failed batch is retried from its start."""
+        """Poll, fold, write, commit until ``stop`` is set; a failed batch is retried from its start.
+
+        The sweep runs beside it as a task of its own, cancelled and awaited on the way out.
+        """
+        stream = self.settings.stream
+        sweep = (
+            asyncio.create_task(self.sweeper.run(stop), name="sweep") if stream.sweep_interval_s > 0 else None
+        )
+        try:
+            await self._poll(stop)
+        finally:
+            if sweep is not None:
+                sweep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweep
+        if self.shadow is not None:
+            with contextlib.suppress(Exception):  # best effort on the way out
+                await self.report_shadow()
+
+    async def _poll(self, stop: asyncio.Event) -> None:
         stream = self.settings.stream
         backoff = 0.2
         while not stop.is_set():
+            self._swap_reloads()  # between two batches: a batch is scored by one model and one price table
             batch = await self.consumer.getmany(timeout_ms=stream.poll_timeout_ms, max_records=stream.batch_max)
             self.last_poll = self._alive_at = time.time()
             metrics.LAST_POLL.set(self.last_poll)
@@ -206,9 +292,6 @@ class StateConsumer:
                 continue
             backoff = 0.2
             await self._report_lag()
-        if self.shadow is not None:
-            with contextlib.suppress(Exception):  # best effort on the way out
-                await self.report_shadow()
 
     async def _report_lag(self) -> None:
         lag = 0
@@ -252,7 +335,7 @@ class StateConsumer:
         if not await self._placed(batch):
             return
         metrics.BATCH_SIZE.observe(sum(len(r) for r in batch.values()))
-        triage = self.planner.triage(batch, time.time())
+        triage = self.planner.triage(batch, self.clock())
         if triage.dead:
             await self._publish(Plan(dead=triage.dead))
         # Lanes hold disjoint customers: while one waits for Redis, another folds. Each lane's
@@ -329,7 +412,7 @@ class StateConsumer:
         for _ in range(_MAX_CAS_RETRIES):
             customer_key = self.hasher.customer_key
             keys = [customer_key(cid) for cid in pending]
-            plan = self.planner.plan(pending, keys, await self._records(keys), int(time.time()))
+            plan = self.planner.plan(pending, keys, await self._records(keys), int(self.clock()))
             if self.shadow is not None and plan.rows is not None:
                 self._shadow_rows.append(plan.rows)
             await self._publish(plan)
@@ -373,6 +456,10 @@ class StateConsumer:
             for i, rec in zip(missing, read, strict=True):
                 records[i] = rec
         return records  # type: ignore[return-value]  # every None was filled
+
+    async def publish(self, plan: Plan) -> None:
+        """Publish a plan's dead letters and alerts, each once (the sweep's alerts come this way too)."""
+        await self._publish(plan)
 
     async def _publish(self, plan: Plan) -> None:
         """Dead letters and alerts, acknowledged by the broker before any state is written; each once.
@@ -451,6 +538,7 @@ async def run_consumer(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with consumer_stack(settings) as worker:
+        loop.add_signal_handler(signal.SIGHUP, worker.on_sighup)
         settle_heap()
         task = asyncio.create_task(worker.run(stop), name="state-consumer")
         stopper = asyncio.create_task(stop.wait())
@@ -468,7 +556,8 @@ async def run_consumer(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
+async def consumer_stack(settings: Settings, *, clock: Callable[[], float] = time.time) -> AsyncIterator[StateConsumer]:
+    """One consumer's resources, opened in order and closed in reverse (``clock``: tests move time)."""
     require_safe(settings, binds_api=False)  # a placeholder identity key: SystemExit before connecting
     hasher = IdentityHasher.from_settings(settings.identity)
     client = connect_redis(settings.redis, timeout_s=5.0)
@@ -489,6 +578,9 @@ async def consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
             log.info("shadow model %s scored beside live %s", shadow.version, model.version if model else "none")
         except ModelError as exc:
             log.error("shadow model not loaded: %s", exc)
+    # The consumer needs only the policy's cost-to-serve prices (CLV subtracts them); the file is the
+    # API's, so a policy the API could not load stops the consumer too, rather than CLVs without cost.
+    spec, policy_sha = read_policy_file(settings.policy.path)
     kafka = settings.kafka
     producer = AIOKafkaProducer(**producer_config(kafka))
     consumer = AIOKafkaConsumer(
@@ -500,17 +592,33 @@ async def consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
         heartbeat_interval_ms=max(100, kafka.session_timeout_ms // 4),
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
-    worker = StateConsumer(settings, store, model, consumer, producer, shadow)
+    worker = StateConsumer(
+        settings, store, model, consumer, producer, shadow, prices=spec.service_cost.prices(), clock=clock
+    )
+    worker.policy_sha = policy_sha
     worker.probe = RedisProbe(client)
     consumer.subscribe([kafka.events_topic], listener=_Rebalance(worker))
     health = HealthServer(settings.stream.health_host, settings.stream.health_port, worker.ready)
+    follow_s = settings.model.follow_s
+    followers = (
+        Follower(store, "model", follow_s, lambda: _sha(worker.next_model or worker.model),
+                 lambda a: worker.load_model(a.path, a.sha256)),
+        Follower(store, "policy", follow_s, lambda: worker.policy_sha, lambda a: worker.load_prices(a.path, a.sha256)),
+    )  # fmt: skip
+    started: list[Follower] = []
     try:
         await producer.start()
         await consumer.start()
         await worker.probe.start()
         await health.start()
+        for follower in followers:
+            await follower.start()
+            started.append(follower)
+        worker._swap_reloads()  # an announced model is in force before the first batch
         yield worker
     finally:
+        for follower in started:
+            await follower.stop()
         await health.stop()
         await worker.probe.stop()
         with contextlib.suppress(Exception):
@@ -518,3 +626,7 @@ async def consumer_stack(settings: Settings) -> AsyncIterator[StateConsumer]:
         await consumer.stop()
         await producer.stop()
         await client.aclose()
+
+
+def _sha(model: ChurnModel | None) -> str:
+    return model.sha256 if model is not None else ""

@@ -10,6 +10,9 @@ module decides everything in between, so unit tests call it with plain records:
    changed customer with the index entries to add and remove and the portfolio increments;
 3. it scores the changed customers in one batched model call (:mod:`router.core.scoring` for
    the rest of the score set), and raises a churn alert on an upward crossing of the threshold.
+
+:meth:`BatchPlanner.rescore` runs step 3 alone for customers whose score is due without an event
+(the sweep, :mod:`router.ingest.sweep`): the same scoring, histogram and counter moves and alerts.
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ from router.churn.model import ChurnModel, ModelError
 from router.core.features import features
 from router.core.identity import IdentityHasher
 from router.core.kpi import NO_TOTALS, TOTAL_NAMES, daily_kpis, move_score_kpis, totals
-from router.core.reducer import Applied, fold
-from router.core.scoring import assess, clv_bin
+from router.core.reducer import Applied, Snapshot, fold
+from router.core.scoring import NO_SERVICE_COST, ServicePrices, assess, clv_bin
 from router.ops import metrics
 from router.settings import ModelSettings, StreamSettings
 from router.state.keys import Keys
-from router.state.records import CustomerRecord, Scores, WriteOp
+from router.state.records import SWEEP_MARK, CustomerRecord, Scores, WriteOp, due_time
 from schemas.alerts import ChurnAlert
 from schemas.events import CustomerEvent, event_decoder
 
@@ -111,13 +114,16 @@ class BatchPlanner:
         hasher: IdentityHasher,
         keys: Keys,
         model: ChurnModel | None,
+        prices: ServicePrices = NO_SERVICE_COST,
     ) -> None:
         self.stream = stream
         self.scoring = scoring
         self.hasher = hasher
         self.keys = keys
         self.model = model
-        """Swapped by a reload: a plan reads it once."""
+        """Swapped by a reload (between batches): a plan reads it once."""
+        self.prices = prices
+        """Cost-to-serve prices from the policy; swapped by a policy reload."""
         self.applied = 0
         """Events applied since start (for the consumer's own reports)."""
 
@@ -238,6 +244,7 @@ class BatchPlanner:
             index_add=[],
             index_remove=[],
             kpi=kpi,
+            partition=events[-1].record.partition,
         )
         self._index_changes(op, cid, old_phones, old_emails)
         return op, was_live, redelivered
@@ -257,17 +264,57 @@ class BatchPlanner:
 
     # -- 3. score ----------------------------------------------------------------------------
 
+    def rescore(self, keys: Sequence[str], records: Sequence[CustomerRecord], partition: int, now: int) -> Plan:
+        """Score customers again without an event: their stored score is due (see :mod:`router.ingest.sweep`).
+
+        Each op writes only the scores, with the offsets the record was read with plus one in
+        :data:`~router.state.records.SWEEP_MARK`: whoever read the record before loses their
+        compare-and-set, and a redelivered sweep derives the same alert id. A record that is gone
+        or erased gets an op that only takes it out of the due index (``due_at`` None, no scores).
+        """
+        out = Plan()
+        scored: list[tuple[WriteOp, Scores | None, bool]] = []
+        for h, rec in zip(keys, records, strict=True):
+            snap = rec.snapshot
+            prev = rec.scores
+            if snap is None or not snap.customer_id or (prev is not None and prev.partition not in (-1, partition)):
+                # Nothing to score, or the customer's events now come from another partition (partitions
+                # were added) whose owner rescores it: only this due index entry goes (if nothing changed).
+                out.ops.append(_unindex_op(h, rec, partition))
+                continue
+            marks = dict(rec.marks)
+            marks[SWEEP_MARK] = marks.get(SWEEP_MARK, 0) + 1
+            op = WriteOp(
+                customer_key=h,
+                expected_marks=rec.raw_marks,
+                marks=marks,
+                snapshot=snap,
+                scores=prev or Scores(),
+                old_bin=prev.clv_bin if prev else None,
+                index_add=[],
+                index_remove=[],
+                kpi={},
+                partition=partition,
+            )
+            scored.append((op, prev, True))
+        self._score(scored, out, now)
+        return out
+
     def _score(self, scored: list[tuple[WriteOp, Scores | None, bool]], out: Plan, now: int) -> None:
+        """Score every live customer of ``scored`` (op, previous scores, was live) in one model call."""
         out.ops.extend(op for op, _, _ in scored)
         for op, prev, was_live in scored:
             if not op.snapshot.customer_id:  # erased: a tombstone has no scores and leaves the histograms
                 op.scores = Scores(scored_at=now)
+                op.due_at = None
                 if was_live and prev is not None:
-                    move_score_kpis(op.kpi, (prev.churn, prev.clv), None)
+                    move_score_kpis(op.kpi, (prev.churn, prev.clv, prev.support_cost), None)
         live = [(op, prev) for op, prev, _ in scored if op.snapshot.customer_id]
         if not live:
             return
         model = self.model
+        prices = self.prices
+        max_age = self.stream.sweep_max_age_s
         as_of = [max(now, op.snapshot.last_event_at) for op, _ in live]
         feats = [features(op.snapshot, t) for (op, _), t in zip(live, as_of, strict=True)]
         rows = np.asarray(feats, dtype=np.float32)
@@ -285,17 +332,30 @@ class BatchPlanner:
         for i, (op, prev) in enumerate(live):
             p = churn[i] if churn is not None else (prev.churn if prev else 0.0)
             row = feats[i]  # CLV from the unrounded features, as the request path computes it
-            value = assess(op.snapshot, row, p, self.scoring).clv.value
+            clv = assess(op.snapshot, row, p, self.scoring, prices).clv
+            value = clv.value
+            cost = clv.support_cost_per_year
             was_alerted = prev.alerted if prev else False
             alerted = p >= threshold or (was_alerted and p > rearm)
             if alerted and not was_alerted and churn is not None and model is not None:
                 out.alerts.append(self._alert(model, op, row, p, threshold))
-            op.scores = Scores(churn=p, clv=value, clv_bin=clv_bin(value), alerted=alerted, scored_at=now)
+            scores = op.scores = Scores(
+                churn=p,
+                clv=value,
+                clv_bin=clv_bin(value),
+                alerted=alerted,
+                scored_at=now,
+                support_cost=cost,
+                partition=op.partition,
+            )
             if churn is not None and model is not None:
-                op.scores.model_id = model.model_id
-                op.scores.as_of = as_of[i]
-                op.scores.valid_until = model.stable_until(op.snapshot, row, as_of[i])
-            move_score_kpis(op.kpi, (prev.churn, prev.clv) if prev else None, (p, value))
+                scores.model_id = model.model_id
+                scores.as_of = as_of[i]
+                scores.valid_until = model.stable_until(op.snapshot, row, as_of[i])
+            op.due_at = due_time(scores, max_age)
+            move_score_kpis(
+                op.kpi, (prev.churn, prev.clv, prev.support_cost) if prev else None, (p, value, cost)
+            )
 
     def _alert(self, model: ChurnModel, op: WriteOp, row: list[float], churn: float, threshold: float) -> ChurnAlert:
         # Derived from the offsets that caused the crossing: a redelivered alert has the same id.
@@ -309,6 +369,25 @@ class BatchPlanner:
             reasons=[f.phrase for f in model.explain(row, top=3)],
             model_version=model.version,
         )
+
+
+def _unindex_op(h: str, rec: CustomerRecord, partition: int) -> WriteOp:
+    """A write that only takes the customer out of ``partition``'s due index (if its offsets did not change)."""
+    return WriteOp(
+        customer_key=h,
+        expected_marks=rec.raw_marks,
+        marks=rec.marks,
+        snapshot=rec.snapshot or _NOBODY,
+        scores=rec.scores or Scores(),
+        old_bin=None,
+        index_add=[],
+        index_remove=[],
+        partition=partition,
+        due_at=None,
+    )
+
+
+_NOBODY = Snapshot()
 
 
 @functools.cache

@@ -61,6 +61,9 @@ __all__ = [
     "REQUEST_SECONDS",
     "STATE_RESETS",
     "STATUS_CLASSES",
+    "SWEEP_CUSTOMERS",
+    "SWEEP_DUE",
+    "SWEEP_SECONDS",
     "WEBHOOK_LEGACY_SIGNATURES",
     "WEBHOOK_SIGNATURE_FAILURES",
     "WRITEBACKS",
@@ -183,6 +186,22 @@ LAST_POLL = Gauge(
     "router_consumer_last_poll_timestamp_seconds", "Unix time of the last successful poll", multiprocess_mode="max"
 )
 ALERTS = Counter("router_churn_alerts_total", "Churn alerts emitted")
+SWEEP_CUSTOMERS = Counter(
+    "router_sweep_customers_total",
+    "Customers the sweep took up because their score was due: rescored, lost to a newer write, or gone "
+    "(erased, or their events now come from another partition)",
+    ["result"],
+)
+SWEEP_SECONDS = Histogram(
+    "router_sweep_duration_seconds",
+    "Time of one sweep over this consumer's partitions",
+    buckets=(0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+SWEEP_DUE = Gauge(
+    "router_sweep_due_customers",
+    "Customers of this consumer's partitions whose score is due, after the last sweep",
+    multiprocess_mode="max",
+)
 
 # --- connectors (the inbound side in the API, the write-back side in `router connect`) -----------
 
@@ -260,6 +279,8 @@ for _connector in CONNECTORS:
         CONNECTOR_INBOUND.labels(_connector, _result)
 CONNECTOR_POLLS.labels("rt", "ok")
 CONNECTOR_POLLS.labels("rt", "failed")
+for _result in ("rescored", "conflict", "gone"):
+    SWEEP_CUSTOMERS.labels(_result)
 for _error in _REDIS_ERROR_CLASSES:
     REDIS_ERRORS.labels("read_customer", _error)
 

@@ -59,6 +59,8 @@ class DecisionInput(msgspec.Struct, frozen=True, kw_only=True):
     subscription_active: bool = False
     mrr: float = 0.0
     days_since_last_interaction: float | None = None
+    support_cost: float | None = None
+    """Support cost per year, as CLV counts it (the policy's ``service_cost.currency``)."""
     override_tier: str | None = None
     """A person's override of the tier; the caller has already dropped expired overrides."""
 
@@ -144,6 +146,7 @@ _FIELD_GETTERS: dict[str, Callable[[DecisionInput, str], object]] = {
     "days_since_last_interaction": lambda i, t: (
         "?" if i.days_since_last_interaction is None else f"{i.days_since_last_interaction:.0f}"
     ),
+    "support_cost": lambda i, t: "?" if i.support_cost is None else f"{i.support_cost:,.0f}",
     "tier": lambda i, t: t,
     "segment": lambda i, t: i.segment,
     "channel": lambda i, t: i.channel,
@@ -240,6 +243,7 @@ class Policy:
         "_sla",
         "_unknown_tier",
         "calendars",
+        "service_prices",
         "spec",
         "version",
     )
@@ -299,6 +303,8 @@ class Policy:
         )
         self._fallback: Action = actions[spec.next_best_action.fallback]
         self._max_actions: int = spec.next_best_action.max_actions
+        self.service_prices = spec.service_cost.prices()
+        """Cost-to-serve prices for CLV (``router.core.scoring.assess``)."""
 
     def __repr__(self) -> str:
         return f"Policy(version={self.version!r})"

@@ -8,6 +8,7 @@ the person who edited the file can fix it without reading code.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 import tomllib
@@ -19,6 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from router.core.reducer import CONTACT_CHANNELS, CONTACT_SEVERITIES
+from router.core.scoring import ServicePrices
 from router.policy.public_holidays import country_problem
 from schemas.api import Category, Channel, Tier
 from schemas.events import Severity
@@ -37,6 +40,7 @@ __all__ = [
     "PolicyError",
     "PolicySpec",
     "RoutingRule",
+    "ServiceCostSpec",
     "SlaSpec",
     "SlaTarget",
     "SlaTiers",
@@ -46,6 +50,7 @@ __all__ = [
     "parse_interval",
     "parse_policy",
     "read_policy",
+    "read_policy_file",
 ]
 
 TIERS: tuple[Tier, ...] = ("VIP", "Premium", "Standard", "Basic")
@@ -65,6 +70,7 @@ REASON_FIELDS: frozenset[str] = frozenset(
         "nps",
         "mrr",
         "days_since_last_interaction",
+        "support_cost",
         "tier",
         "segment",
         "channel",
@@ -80,6 +86,8 @@ Signed = Annotated[float, msgspec.Meta(ge=-1, le=1)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Price = Annotated[float, msgspec.Meta(ge=0, le=1e6)]
+Factor = Annotated[float, msgspec.Meta(ge=0, le=100)]
 
 _VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}\.\d+$")
 _TIME = re.compile(r"^(\d{2}):(\d{2})$")
@@ -243,6 +251,47 @@ class EscalationSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     Basic: Target
 
 
+# ---------------------------------------------------------------------------- cost to serve
+
+
+class ChannelPrices(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Price of one ticket opened on each channel (at the ``normal`` severity)."""
+
+    email: Price = 0.0
+    phone: Price = 0.0
+    chat: Price = 0.0
+    web: Price = 0.0
+    social: Price = 0.0
+
+
+class SeverityFactors(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Multiplier of the channel price per ticket severity."""
+
+    low: Factor = 1.0
+    normal: Factor = 1.0
+    high: Factor = 1.0
+    urgent: Factor = 1.0
+
+
+class ServiceCostSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What serving a customer costs: CLV subtracts it, the portfolio shows it per tier."""
+
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "EUR"
+    per_contact: ChannelPrices = msgspec.field(default_factory=ChannelPrices)
+    severity_factor: SeverityFactors = msgspec.field(default_factory=SeverityFactors)
+    per_hour: Price = 0.0
+    """Price of an hour of handling time; a ticket whose resolution reports it is priced by the hour."""
+
+    def prices(self) -> ServicePrices:
+        """The table as the scoring code reads it (see ``router.core.scoring.support_cost``)."""
+        per_contact = tuple(
+            getattr(self.per_contact, c) * getattr(self.severity_factor, s)
+            for c in CONTACT_CHANNELS
+            for s in CONTACT_SEVERITIES
+        )
+        return ServicePrices(per_contact, self.per_hour, self.currency)
+
+
 # ------------------------------------------------------------------------------ conditions
 
 _RANGES: tuple[str, ...] = (
@@ -256,6 +305,7 @@ _RANGES: tuple[str, ...] = (
     "nps",
     "mrr",
     "days_since_last_interaction",
+    "support_cost",
 )
 
 
@@ -290,6 +340,9 @@ class Condition(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     max_mrr: Annotated[float, msgspec.Meta(ge=0)] | None = None
     min_days_since_last_interaction: Annotated[float, msgspec.Meta(ge=0)] | None = None
     max_days_since_last_interaction: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    min_support_cost: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    """Support cost per year (the policy's currency), as CLV counts it."""
+    max_support_cost: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
     def __post_init__(self) -> None:
         for name in _RANGES:
@@ -380,6 +433,8 @@ class PolicySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Action code -> what the agent should do, in plain words."""
     next_best_action: NbaSpec
     routing: list[RoutingRule] = []
+    service_cost: ServiceCostSpec = msgspec.field(default_factory=ServiceCostSpec)
+    """Prices of support contacts (optional: without it CLV counts no cost to serve)."""
 
     def __post_init__(self) -> None:
         if not _VERSION.match(self.version):
@@ -463,12 +518,18 @@ def parse_policy(raw: dict[str, Any]) -> PolicySpec:
 
 def read_policy(path: str | Path) -> PolicySpec:
     """Read and validate a policy file; raises :class:`PolicyError` naming the file on I/O or TOML errors."""
+    return read_policy_file(path)[0]
+
+
+def read_policy_file(path: str | Path) -> tuple[PolicySpec, str]:
+    """:func:`read_policy`, and the SHA-256 (hex) of the bytes it read."""
     p = Path(path)
     try:
-        with p.open("rb") as fh:
-            raw = tomllib.load(fh)
+        data = p.read_bytes()
     except OSError as exc:
         raise PolicyError(f"{p}: cannot read policy file: {exc.strerror or exc}") from None
+    try:
+        raw = tomllib.loads(data.decode())
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{p}: not valid TOML: {exc}") from None
-    return parse_policy(raw)
+    return parse_policy(raw), hashlib.sha256(data).hexdigest()

@@ -87,7 +87,7 @@ class CustomerService:
             ]
         else:
             churn = record.scores.churn if record.scores else None
-        scores = assess(snap, row, churn, self.scoring)
+        scores = assess(snap, row, churn, self.scoring, policy.service_prices)
         value = scores.clv
         pct = self.live.distribution.percentile(value.value)
         return CustomerView(
@@ -116,6 +116,10 @@ class CustomerService:
                 mrr=value.mrr,
                 churn_used=round(scores.churn, 4),
                 formula=CLV_FORMULA,
+                support_cost_per_month=round(value.support_cost_per_month, 2),
+                support_cost_per_year=round(value.support_cost_per_year, 2),
+                support_contacts=sum(snap.contacts),
+                currency=policy.service_prices.currency,
             ),
             override=override,
             segment=snap.segment,

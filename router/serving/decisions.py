@@ -184,7 +184,7 @@ class DecisionService:
             row = features(snap, int(now))
             churn, model_fault = self._churn(model, resolved.record, row, int(now))
             degraded = degraded or model_fault
-            scores = assess(snap, row, churn, self.scoring)
+            scores = assess(snap, row, churn, self.scoring, policy.service_prices)
             clv_pct = self.live.distribution.percentile(scores.clv.value)
         sentiment = _with_text_sentiment(scores.sentiment if scores else None, req.text_sentiment)
         inp = _policy_input(req, snap, row, scores, churn, clv_pct, sentiment, resolved.override)
@@ -293,6 +293,7 @@ def _policy_input(
         subscription_active=snap.subscription == "active" if snap else False,
         mrr=row[_MRR] if row else 0.0,
         days_since_last_interaction=row[_SINCE_LAST] if row else None,
+        support_cost=scores.clv.support_cost_per_year if scores else None,
         override_tier=override.tier if override is not None else None,
     )
 

@@ -16,7 +16,7 @@ import os
 import time
 from datetime import UTC, date, datetime
 
-from router.churn.model import ChurnModel
+from router.churn.model import ChurnModel, ModelError
 from router.core.scoring import ClvDistribution
 from router.errors import REDIS_FAULTS
 from router.ops import metrics
@@ -110,11 +110,18 @@ class Live:
         log.info("policy %s replaced by %s", old.version, new.version)
         return old, new
 
-    async def reload_model(self, path: str | None = None) -> tuple[ChurnModel | None, ChurnModel]:
-        """Load ``path`` (default: configured) and swap it in; (old, new). ModelError keeps the old."""
+    async def reload_model(
+        self, path: str | None = None, sha256: str | None = None
+    ) -> tuple[ChurnModel | None, ChurnModel]:
+        """Load ``path`` (default: configured) and swap it in; (old, new). ModelError keeps the old.
+
+        ``sha256``: the file must be exactly this one (an announced model, see ``router.state.follow``).
+        """
         target = path or self.model_path
         # Loading takes tens of milliseconds: off the event loop, so requests keep being served.
         new = await asyncio.to_thread(ChurnModel.load, target)
+        if sha256 is not None and new.sha256 != sha256:
+            raise ModelError(f"{target} is not the announced file (sha256 {new.sha256[:12]}.. != {sha256[:12]}..)")
         old, self.model = self.model, new
         metrics.MODEL_INFO.info({"version": new.version, "path": str(target)})
         log.info("churn model %s replaced by %s", old.version if old else "none", new.version)

@@ -13,11 +13,14 @@ e-mail for the index), ``T`` the first two hex digits of a hash: the Redis Clust
     P:{T}:p:Hphone   string  customer id of a phone number (E.164, keyed hash)
     P:{T}:e:Hemail   string  customer id of an e-mail address
     P:{T}:clvh       hash    CLV histogram shard: bin -> customers (counts may be negative)
-    P:{T}:kpi        hash    portfolio counter shard (totals, churn bins, per day)
+    P:{T}:kpi        hash    portfolio counter shard (totals, churn bins, service cost, per day)
+    P:{T}:due:N      zset    customers of partition N by when their score is due for a rescore
+                             (member H, score epoch second; see router.ingest.sweep)
     P:{audit}:decisions  stream  every decision and admin action (keyed hashes only)
     P:{pf}:churn-trend   hash    day -> (mean churn risk, high-risk share)
     P:{wh}:r:D       string  a signed webhook already processed (D = digest of its signature)
     P:{shadow}:report    string  the shadow model's comparison with the live one (JSON)
+    P:{cfg}:active:K     string  the model (K = model) or policy (K = policy) every process follows (JSON)
     P:{off}:G:topic  hash    partition -> next offset to read (consumer group G)
     P:{pub}:dl:O:p:n string  a dead letter for record n of partition p of topic O was published
     P:{pub}:al:A     string  churn alert A was published (both expire after a week)
@@ -101,6 +104,12 @@ class Keys:
     def kpi_shard(self, shard: int) -> str:
         return f"{self.prefix}:{{{shard:02x}}}:kpi"
 
+    def due(self, tag: str, partition: int) -> str:
+        return f"{self.prefix}:{{{tag[:2]}}}:due:{partition}"
+
+    def due_shard(self, shard: int, partition: int) -> str:
+        return f"{self.prefix}:{{{shard:02x}}}:due:{partition}"
+
     # -- process-wide -------------------------------------------------------------------------
 
     def audit(self) -> str:
@@ -123,6 +132,11 @@ class Keys:
 
     def alert_sent(self, alert_id: str) -> str:
         return f"{self.prefix}:{{pub}}:al:{alert_id}"
+
+    def active(self, kind: str) -> str:
+        """What every process should run: ``kind`` is ``model`` or ``policy``."""
+        return f"{self.prefix}:{{cfg}}:active:{kind}"
+
     # -- connectors (one hash tag: a script moves a write-back between these keys) ----------
 
     def outbox(self, connector: str) -> str:

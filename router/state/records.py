@@ -16,6 +16,8 @@ from schemas.api import Override
 
 __all__ = [
     "COMPRESS_SNAPSHOTS_OVER",
+    "SWEEP_MARK",
+    "Announcement",
     "CustomerRecord",
     "Scores",
     "WriteOp",
@@ -23,6 +25,7 @@ __all__ = [
     "decode_record",
     "decode_scores",
     "decode_snapshot",
+    "due_time",
     "encode_marks",
     "encode_override",
     "encode_scores",
@@ -44,6 +47,37 @@ class Scores(msgspec.Struct, array_like=True):
     as_of: int = 0
     valid_until: int = 0
     """``churn`` is exactly what that model returns for this snapshot at any second in [as_of, valid_until)."""
+    support_cost: float = 0.0
+    """Support cost per year the CLV was computed with (the portfolio's service cost per tier)."""
+    partition: int = -1
+    """Partition of the events last written: the customer's due index entry is that partition's."""
+
+
+class Announcement(msgspec.Struct, frozen=True, kw_only=True):
+    """The model or policy file every process should run, as the last admin reload set it."""
+
+    path: str
+    sha256: str
+    """SHA-256 of the file: a process loads the path only if its bytes are these (else it keeps its own)."""
+    version: str
+    at: float
+    """Epoch seconds of the reload."""
+    by: str
+    """Name of the API key that reloaded."""
+
+
+SWEEP_MARK = -1
+"""Key in a record's offsets that counts its rescorings without an event (the sweep, see
+``router.ingest.sweep``): a rescore changes the stored offsets too, so a writer that read the
+record before it loses its compare-and-set instead of moving histogram entries it no longer owns."""
+
+
+def due_time(scores: Scores, max_age_s: int) -> int:
+    """When the sweep should rescore a customer: once the stored churn score stops being exactly the
+    model's (``valid_until``), and at the latest ``max_age_s`` after it was computed (CLV moves with
+    tenure even where no tree does; without a model, ``valid_until`` is 0)."""
+    latest = max(scores.scored_at, scores.as_of) + max_age_s
+    return min(scores.valid_until, latest) if scores.valid_until > scores.as_of else latest
 
 
 class CustomerRecord(msgspec.Struct):
@@ -71,6 +105,10 @@ class WriteOp(msgspec.Struct):
     """(index key, customer id) pairs to delete if they still point at this customer."""
     kpi: dict[str, float] = {}
     """Increments of portfolio counters (see :meth:`StateStore.portfolio`), applied with the snapshot."""
+    partition: int = -1
+    """Partition of the events written (the customer's); -1: none, the customer stays out of the due index."""
+    due_at: int | None = None
+    """When the sweep should rescore the customer (:func:`due_time`); None takes it out of the due index."""
     stored: tuple[bytes, bytes, bytes] | None = None
     """(offsets, snapshot, scores) exactly as :meth:`StateStore.apply` sent them (set by it)."""
 

@@ -27,6 +27,7 @@ from router.core.kpi import KPI_TOTALS, PortfolioCounters
 from router.settings import RedisSettings
 from router.state.keys import HIST_SHARDS, Keys
 from router.state.records import (
+    Announcement,
     CustomerRecord,
     WriteOp,
     decode_override,
@@ -48,6 +49,11 @@ _WRITES_PER_CALL = 250
 """Customers per script call. A script runs alone on Redis: a call covering a whole batch held
 every API read back for ~10 ms; calls of this size take about a millisecond each and share one
 pipeline (one round trip), so the API's reads slip in between them."""
+_SWEEP_WRITES_PER_CALL = 100
+"""Customers per write call of the sweep: it has no hurry, so it holds Redis for shorter stretches
+than the consumer's batches (and one call at a time: a decision's read waits for at most one)."""
+_SWEEP_READS_PER_CALL = 100
+"""Customers per read call of the sweep (a call of 250 doubled the classify p99 it added, BENCHMARKS.md)."""
 
 RedisClient = aioredis.Redis | RedisCluster
 
@@ -74,6 +80,8 @@ def connect_redis(settings: RedisSettings, *, timeout_s: float | None) -> RedisC
 # delete}}. Byte strings travel as msgpack str (Redis's cmsgpack knows no bin type; Lua strings
 # are bytes). One argument instead of eight per customer: redis-py packs every argument in
 # Python, which was 17 % of the consumer's CPU.
+# ARGV[2] (optional): per customer false or {i, due time|false}: the customer's entry in the due
+# index KEYS[i] (its partition's) is set to that time, or removed (see router.ingest.sweep).
 # Returns 1/0 per customer: 0 when the stored offsets changed since the read; nothing of that
 # customer is written then, index entries included, so a zombie writer that lost its partition
 # cannot re-add a number a newer profile removed. Increments are summed per field first and land
@@ -83,6 +91,7 @@ def connect_redis(settings: RedisSettings, *, timeout_s: float | None) -> RedisC
 # ~1,800 of them).
 _APPLY_LUA = r"""
 local ops = cmsgpack.unpack(ARGV[1])
+local dues = ARGV[2] and cmsgpack.unpack(ARGV[2]) or {}
 local n = #ops
 local ok, hist, kpi = {}, {}, {}
 for i = 1, n do
@@ -90,6 +99,14 @@ for i = 1, n do
   local c = KEYS[i]
   if (redis.call('HGET', c, 'm') or '') == op[1] then
     redis.call('HSET', c, 'm', op[2], 's', op[3], 'k', op[4], 'l', op[8])
+    local due = dues[i]
+    if due then
+      if due[2] then
+        redis.call('ZADD', KEYS[due[1]], due[2], string.match(c, '[^:]+$'))
+      else
+        redis.call('ZREM', KEYS[due[1]], string.match(c, '[^:]+$'))
+      end
+    end
     local old, new = op[5], op[6]
     if old ~= new then
       if old then hist[old] = (hist[old] or 0) - 1 end
@@ -107,6 +124,56 @@ for i = 1, n do
     end
     for j = 1, #index do redis.call('SET', KEYS[index[j]], cid) end
     for j = 1, #drop do redis.call('DEL', KEYS[drop[j]]) end
+    ok[i] = 1
+  else
+    ok[i] = 0
+  end
+end
+local hist_key, kpi_key = KEYS[n + 1], KEYS[n + 2]
+for b, d in pairs(hist) do
+  if d ~= 0 then redis.call('HINCRBY', hist_key, b, d) end
+end
+for f, d in pairs(kpi) do
+  if d ~= 0 then redis.call('HINCRBYFLOAT', kpi_key, f, d) end
+end
+return ok
+"""
+
+# The sweep's write (router.ingest.sweep): new scores of customers whose snapshot did not change.
+# KEYS: the customers' hashes, one CLV histogram shard, one KPI shard, the partition's due index
+# (all one hash tag on a cluster). ARGV[1]: one msgpack array with an entry per customer:
+# {expected offsets ('' = none), new offsets|false, scores, old bin|false, new bin|false,
+# {kpi field, delta, ...}, due time}. New offsets false: nothing to score (the record is gone or
+# erased, or its events now come from another partition), only its due entry goes. Written only
+# if the stored offsets are still the expected ones; the new offsets differ from them (SWEEP_MARK),
+# so an event writer that read before loses instead.
+# Returns 1/0 per customer.
+_RESCORE_LUA = r"""
+local ops = cmsgpack.unpack(ARGV[1])
+local n = #ops
+local due_key = KEYS[n + 3]
+local ok, hist, kpi = {}, {}, {}
+for i = 1, n do
+  local op = ops[i]
+  local c = KEYS[i]
+  if (redis.call('HGET', c, 'm') or '') == op[1] then
+    local member = string.match(c, '[^:]+$')
+    if op[2] then
+      redis.call('HSET', c, 'm', op[2], 'k', op[3])
+      local old, new = op[4], op[5]
+      if old ~= new then
+        if old then hist[old] = (hist[old] or 0) - 1 end
+        if new then hist[new] = (hist[new] or 0) + 1 end
+      end
+      local incs = op[6]
+      for j = 1, #incs - 1, 2 do
+        local f = incs[j]
+        kpi[f] = (kpi[f] or 0) + incs[j + 1]
+      end
+      redis.call('ZADD', due_key, op[7], member)
+    else
+      redis.call('ZREM', due_key, member)
+    end
     ok[i] = 1
   else
     ok[i] = 0
@@ -188,6 +255,26 @@ def _lua_bytes(data: bytes) -> msgspec.Raw:
     return msgspec.Raw(b"\xdb" + len(data).to_bytes(4, "big") + data)
 
 
+def _packed_rescore(op: WriteOp) -> tuple[Any, ...]:
+    """One customer's entry of the rescore script's argument (see ``_RESCORE_LUA``)."""
+    expected = _lua_bytes(op.expected_marks) if op.expected_marks else ""
+    if op.due_at is None or not op.snapshot.customer_id:
+        return (expected, False, False, False, False, [], False)
+    incs: list[str | float] = []
+    for field, delta in op.kpi.items():
+        incs += (field, delta)
+    new_bin = op.scores.clv_bin
+    return (
+        expected,
+        _lua_bytes(encode_marks(op.marks)),
+        _lua_bytes(encode_scores(op.scores)),
+        False if op.old_bin is None else op.old_bin,
+        False if new_bin is None else new_bin,
+        incs,
+        op.due_at,
+    )
+
+
 def _packed_op(op: WriteOp, keys: list[bytes], store_keys: Keys, *, index: bool) -> tuple[Any, ...]:
     """One customer's entry of the apply script's argument (see ``_APPLY_LUA``).
 
@@ -243,8 +330,15 @@ class StateStore:
         self._unindex = client.register_script(_UNINDEX_LUA)
         self._audit = client.register_script(_AUDIT_LUA)
         self._set_override = client.register_script(_SET_OVERRIDE_LUA)
+        self._rescore = client.register_script(_RESCORE_LUA)
         self._scripts = (
-            self._apply, self._read_many, self._read_decision, self._unindex, self._audit, self._set_override
+            self._apply,
+            self._read_many,
+            self._read_decision,
+            self._unindex,
+            self._audit,
+            self._set_override,
+            self._rescore,
         )
         # Standalone Redis: any customers share a script call; a cluster: one call per hash tag.
         self._cluster = isinstance(client, RedisCluster)
@@ -331,7 +425,20 @@ class StateStore:
                 shard = ops[members[0]].customer_key[:2] if self._cluster else "00"
                 keys += (self.keys.histogram(shard).encode(), self.keys.kpi(shard).encode())
                 entries = [_packed_op(ops[i], keys, self.keys, index=in_script) for i in members]
-                await self._apply(keys, [_enc.encode(entries)], client=pipe)
+                # Each customer's due index entry (its partition's, in the call's shard), by KEYS index.
+                due_keys: dict[int, int] = {}
+                dues: list[Any] = []
+                for i in members:
+                    op = ops[i]
+                    if op.partition < 0:
+                        dues.append(False)
+                        continue
+                    at = due_keys.get(op.partition)
+                    if at is None:
+                        keys.append(self.keys.due(shard, op.partition).encode())
+                        at = due_keys[op.partition] = len(keys)
+                    dues.append((at, False if op.due_at is None else op.due_at))
+                await self._apply(keys, [_enc.encode(entries), _enc.encode(dues)], client=pipe)
 
         results = await self._execute(queue)
         ok = [False] * len(ops)
@@ -356,6 +463,77 @@ class StateStore:
                     pipe.set(key, cid)
 
         await self._execute(queue)
+
+    # -- the sweep's reads and writes (router.ingest.sweep) -----------------------------------
+
+    async def due_customers(self, partition: int, now: int, limit: int) -> list[str]:
+        """Keyed hashes of up to about ``limit`` customers of ``partition`` whose score is due at ``now``.
+
+        Earliest due first; one ZRANGEBYSCORE per due index (one on a single Redis; on a cluster one
+        per hash tag, ``limit`` spread over them, in one pipeline).
+        """
+        keys = self._due_keys(partition)
+        per_key = max(1, limit // len(keys))
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.zrangebyscore(key, "-inf", now, start=0, num=per_key)
+        due: list[str] = []
+        for members in await pipe.execute():
+            due += (m.decode() if isinstance(m, bytes) else m for m in members)
+        return due
+
+    def _due_keys(self, partition: int) -> list[str]:
+        if self._cluster:
+            return [self.keys.due_shard(shard, partition) for shard in range(HIST_SHARDS)]
+        return [self.keys.due("00", partition)]
+
+    async def read_due(self, customer_keys: Sequence[str]) -> list[CustomerRecord]:
+        """:meth:`read_customers` for the sweep: one script call after the other, not in a pipeline.
+
+        A pipeline's calls run back to back on Redis (a request waits for all of them) and a pipeline
+        holding scripts first asks whether Redis knows them (SCRIPT EXISTS, one more round trip each
+        time); a script called on its own sends EVALSHA and loads it only on NOSCRIPT.
+        """
+        groups = self._calls(customer_keys, _SWEEP_READS_PER_CALL)
+        results = []
+        for members in groups:
+            results.append(await self._read_many([self.keys.customer(customer_keys[i]).encode() for i in members]))
+        rows: list[Any] = [None] * len(customer_keys)
+        for members, result in zip(groups, results, strict=True):
+            for i, row in zip(members, result, strict=True):
+                rows[i] = row
+        return [record_of(row) for row in rows]
+
+    async def rescore(self, ops: Sequence[WriteOp], partition: int) -> list[bool]:
+        """Write the sweep's new scores (see ``_RESCORE_LUA``); per op whether its compare-and-set held.
+
+        One script call per 100 customers (a call runs alone on Redis: API reads slip in between),
+        one after the other like :meth:`read_due`.
+        """
+        groups = self._calls([op.customer_key for op in ops], _SWEEP_WRITES_PER_CALL)
+        calls = []
+        for members in groups:
+            keys = [self.keys.customer(ops[i].customer_key).encode() for i in members]
+            shard = ops[members[0]].customer_key[:2] if self._cluster else "00"
+            keys += (
+                self.keys.histogram(shard).encode(),
+                self.keys.kpi(shard).encode(),
+                self.keys.due(shard, partition).encode(),
+            )
+            calls.append((keys, [_enc.encode([_packed_rescore(ops[i]) for i in members])]))
+        results = [await self._rescore(keys, args) for keys, args in calls]
+        ok = [False] * len(ops)
+        for members, flags in zip(groups, results, strict=True):
+            for i, flag in zip(members, flags, strict=True):
+                ok[i] = bool(flag)
+        return ok
+
+    async def due_count(self, partition: int, now: int) -> int:
+        """Customers of ``partition`` whose score is due at ``now`` (a metric, not on any hot path)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in self._due_keys(partition):
+            pipe.zcount(key, "-inf", now)
+        return sum(int(n) for n in await pipe.execute())
 
     async def store_offsets(self, offsets: dict[str, dict[int, int]]) -> None:
         """Store partition -> next offset under each offsets key (after the state they cover)."""
@@ -511,6 +689,7 @@ class StateStore:
         totals: dict[str, float] = dict.fromkeys(KPI_TOTALS, 0.0)
         daily: dict[int, dict[str, float]] = {}
         churn: dict[int, int] = {}
+        cost: dict[int, float] = {}
         async for shard_map in self._shards(self.keys.kpi_shard):
             for raw_field, raw_value in shard_map.items():
                 field = raw_field.decode() if isinstance(raw_field, bytes) else raw_field
@@ -522,9 +701,13 @@ class StateStore:
                     bucket[name] = bucket.get(name, 0.0) + value
                 elif kind == "cb":
                     churn[int(rest)] = churn.get(int(rest), 0) + round(value)
+                elif kind == "sc":
+                    cost[int(rest)] = cost.get(int(rest), 0.0) + value
                 else:
                     totals[field] = totals.get(field, 0.0) + value
-        return PortfolioCounters(totals=totals, daily=daily, churn_hist=churn, clv_hist=await self.histogram())
+        return PortfolioCounters(
+            totals=totals, daily=daily, churn_hist=churn, clv_hist=await self.histogram(), service_cost=cost
+        )
 
     async def histogram(self) -> dict[int, int]:
         """The whole CLV histogram (bin -> customers), summed over its shards."""
@@ -551,6 +734,22 @@ class StateStore:
             for d in stale:
                 del trend[d]
         return trend
+
+    # -- what every process should run --------------------------------------------------------
+
+    async def announce(self, kind: str, announcement: Announcement) -> None:
+        """Tell every process to run this ``kind`` (``model`` or ``policy``) file (see ``router.state.follow``)."""
+        await self.client.set(self.keys.active(kind), msgspec.json.encode(announcement))
+
+    async def announced(self, kind: str) -> Announcement | None:
+        """The last announcement of ``kind``, or None (never announced, or unreadable)."""
+        raw: Any = await self.client.get(self.keys.active(kind))
+        if raw is None:
+            return None
+        try:
+            return msgspec.json.decode(raw, type=Announcement)
+        except msgspec.DecodeError:
+            return None
 
     # -- the shadow model's report -----------------------------------------------------------
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -44,10 +44,12 @@ async def produce(settings: Settings, events: Sequence[CustomerEvent | tuple[byt
 
 
 @contextlib.asynccontextmanager
-async def running_consumer(settings: Settings) -> AsyncIterator[StateConsumer]:
-    """A state consumer running in this event loop; stopped and awaited on exit."""
+async def running_consumer(
+    settings: Settings, *, clock: Callable[[], float] = time.time
+) -> AsyncIterator[StateConsumer]:
+    """A state consumer running in this event loop; stopped and awaited on exit (``clock``: its "now")."""
     stop = asyncio.Event()
-    async with consumer_stack(settings) as worker:
+    async with consumer_stack(settings, clock=clock) as worker:
         task = asyncio.create_task(worker.run(stop))
         try:
             yield worker

@@ -49,7 +49,8 @@ class AdminController(Controller):
         responses=errors(KEYED, BODY, 422),
         opt={"scopes": _ADMIN},
         description="Scope: admin. An invalid policy gives 422 with the loader's precise message; the old one stays. "
-        "Reloads this worker (SIGHUP does the same).",
+        "Reloads this worker (SIGHUP does the same) and announces the file to the state consumers, which take its "
+        "cost-to-serve prices.",
     )
     async def reload_policy(
         self,
@@ -57,7 +58,7 @@ class AdminController(Controller):
         caller: NamedDependency[ApiKey],
         data: JSONBody[ReloadRequest | None] = None,
     ) -> ReloadResult:
-        return reloads.reload_policy(data.path if data else None, caller.name)
+        return await reloads.reload_policy(data.path if data else None, caller.name)
 
     @post(
         "/admin/model/reload",
@@ -67,7 +68,9 @@ class AdminController(Controller):
         summary="Load a new churn model without restart",
         responses=errors(KEYED, BODY, 422),
         opt={"scopes": _ADMIN},
-        description="Scope: admin. Loaded and probed before the atomic swap; a failure keeps the old model (422).",
+        description="Scope: admin. Loaded and probed before the atomic swap; a failure keeps the old model (422). "
+        "Then announced: every other API worker and state consumer loads the same file (checked by SHA-256) within "
+        "a few seconds.",
     )
     async def reload_model(
         self,

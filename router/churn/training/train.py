@@ -9,6 +9,7 @@ Python in between.
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import statistics
 import time
@@ -271,6 +272,17 @@ def _sha256_file(path: str) -> str | None:
         return None
 
 
+def _generator(events_path: str, events_sha256: str | None) -> dict[str, Any]:
+    """``{"generator": ...}`` when ``router generate`` wrote this very file (its sidecar names its SHA-256)."""
+    try:
+        meta = json.loads(Path(f"{events_path}.generator.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(meta, dict) or meta.get("events_sha256") != events_sha256:
+        return {}
+    return {"generator": meta}
+
+
 def build_card(
     *,
     version: str,
@@ -309,7 +321,8 @@ def build_card(
         },
         "training": {
             "events_file": events_path,
-            "events_sha256": _sha256_file(events_path),
+            "events_sha256": (events_sha256 := _sha256_file(events_path)),
+            **_generator(events_path, events_sha256),
             "events": train.events,
             "window": {
                 "first_event": train.first_event.isoformat() if train.first_event else None,

@@ -7,6 +7,7 @@ import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -14,9 +15,13 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from router.api.app import create_app
+from router.core.scoring import support_cost
+from router.policy import load_policy
 from router.settings import Settings
+from schemas.events import CustomerEvent, CustomerProfile, SubscriptionChanged, TicketOpened, TicketResolved, Usage
 from tests.conftest import SettingsFactory
 from tests.support.api_support import (
+    NOW,
     VIP_EMAIL,
     VIP_ID,
     VIP_PHONE,
@@ -325,3 +330,55 @@ async def test_policy_and_model_reload_without_restart(api: tuple[Settings, Clie
     r = await client.post("/v1/admin/model/reload", headers=auth("admin"))
     assert r.status_code == 200 and r.json()["version"] == version
     assert (await client.post("/v1/admin/model/reload", headers=auth("ops"))).status_code == 403
+
+
+def _needy(cid: str = "NEEDY") -> list[CustomerEvent]:
+    """A large subscriber who calls support every few days; half the calls report their handling time."""
+    start = NOW - timedelta(days=400)
+    events: list[CustomerEvent] = [
+        CustomerProfile(event_id=f"{cid}-p", customer_id=cid, occurred_at=start, segment="enterprise",
+                        plan="enterprise", acquisition_cost=2000.0, company_size=800),
+        SubscriptionChanged(event_id=f"{cid}-s", customer_id=cid, occurred_at=start, change="new",
+                            plan="enterprise", mrr_delta=3000.0),
+    ]  # fmt: skip
+    for i in range(80):
+        t = start + timedelta(days=5 * i)
+        events += [
+            TicketOpened(event_id=f"{cid}-o{i}", customer_id=cid, occurred_at=t, ticket_id=f"t{i}", channel="phone"),
+            TicketResolved(event_id=f"{cid}-r{i}", customer_id=cid, occurred_at=t + timedelta(hours=3),
+                           ticket_id=f"t{i}", sentiment=0.4, csat=4,
+                           **({"handling_minutes": 120.0} if i % 2 else {})),  # type: ignore[arg-type]
+            Usage(event_id=f"{cid}-u{i}", customer_id=cid, occurred_at=t + timedelta(hours=4), logins=30,
+                  features_used=20),
+        ]  # fmt: skip
+    return events
+
+
+async def test_cost_to_serve_lowers_clv_and_shows_in_the_view_the_reasons_and_the_portfolio(
+    settings: SettingsFactory,
+) -> None:
+    s = api_settings(settings)
+    await populate(s, population(20) + _needy())
+    prices = load_policy(s.policy.path).service_prices
+    async with state_store(s) as store:
+        snap = await read_snapshot(store, "NEEDY")
+    assert snap is not None and (snap.contacts, snap.timed_tickets, snap.handling_s) == ([0, 0, 0, 0, 0, 80], 40, 40 * 7200)
+    assert support_cost(snap, prices) == pytest.approx(40 * 9.0 + 80 * 42.0)  # 40 calls priced, 40 by the hour
+    async with AsyncTestClient(app=create_app(s)) as client:
+        v = (await client.get("/v1/customers/NEEDY", headers=auth("ops"))).json()
+        clv = v["clv"]
+        assert clv["support_contacts"] == 80 and clv["currency"] == "EUR"
+        assert clv["support_cost_per_year"] == pytest.approx(12 * clv["support_cost_per_month"], abs=0.07)  # cents x 12
+        assert clv["support_cost_per_year"] > 1000  # about 3,720 over 13 months of tenure
+        net = (clv["monthly_margin"] - clv["support_cost_per_month"]) * clv["expected_months"] - clv["acquisition_cost"]
+        assert clv["clv"] == pytest.approx(net, rel=1e-3) and "support cost per month" in clv["formula"]
+        d = await _classify(client, "NEEDY")
+        shown = f"{clv['support_cost_per_year']:,.0f}"
+        assert f"Costly to serve: support cost {shown} EUR/yr" in d["reasons"], d["reasons"]  # type: ignore[operator]
+        assert "fix_root_cause" in [a["code"] for a in d["next_best_actions"]]  # type: ignore[attr-defined, union-attr]
+        p = (await client.get("/v1/portfolio", headers=auth("ops"))).json()
+    # The portfolio counts each customer's cost once, in the tier of its current CLV: here NEEDY's alone.
+    by_tier = {t["tier"]: t for t in p["service_cost"]}
+    assert p["service_cost_per_year"] == pytest.approx(clv["support_cost_per_year"], rel=1e-3)
+    assert by_tier[d["tier"]]["cost_per_year"] == pytest.approx(clv["support_cost_per_year"], rel=1e-3)  # type: ignore[index]
+    assert sum(t["customers"] for t in p["service_cost"]) == 22  # 20 small, the big spender, NEEDY

@@ -196,6 +196,9 @@ async def test_portfolio_counters_follow_subscriptions_exactly_once(settings: Se
             CustomerProfile(event_id=f"{cid}-p", customer_id=cid, occurred_at=t, acquisition_cost=100.0),
             SubscriptionChanged(event_id=f"{cid}-n", customer_id=cid, occurred_at=t, change="new", mrr_delta=50.0),
         ]
+        if i < 2:  # support contacts: P0's are among the repeated events below
+            events.append(TicketOpened(event_id=f"{cid}-t", customer_id=cid, occurred_at=t, ticket_id="t",
+                                       channel="phone", severity="urgent"))  # fmt: skip
     events += [
         SubscriptionChanged(
             event_id="P0-u", customer_id="P0", occurred_at=t + timedelta(minutes=1), change="upgrade", mrr_delta=20.0
@@ -221,6 +224,12 @@ async def test_portfolio_counters_follow_subscriptions_exactly_once(settings: Se
     assert (d["expansion_mrr"], d["contraction_mrr"], d["cancellations"], d["churned_mrr"]) == (20, 10, 1, 50)
     assert sum(counters.churn_hist.values()) == 3
     assert sum(counters.clv_hist.values()) == 3
+    # the service cost per CLV bin sums to what the live customers' scores say, P0's contact counted once
+    async with state_store(s) as store:
+        records = await store.read_customers([store.customer_key(f"P{i}") for i in range(3)])
+    costs = [r.scores.support_cost for r in records if r.scores is not None]
+    assert costs[0] == costs[1] > 0 and costs[2] == 0
+    assert abs(sum(counters.service_cost.values()) - sum(costs)) < 1e-6
 
 
 async def test_health_reports_lag_and_detects_a_stuck_consumer(settings: SettingsFactory) -> None:

@@ -87,3 +87,28 @@ def test_bench_ingest_tiny_run_produces_every_figure(tmp_path: Path) -> None:
     text = md.read_text()
     assert "## Soak\n\nkept" in text and "consumer CPU / event" in text and "Target of issue #3" in text
     assert "compute ceiling" in text and "Scale-out" in text
+
+
+@pytest.mark.timeout(240)
+def test_bench_sweep_tiny_run_produces_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench_sweep.json"
+    subprocess.run(
+        [sys.executable, "-m", "loadtests.bench_sweep", "--customers", "3000", "--seconds", "1", "--rate", "100",
+         "--interval", "0.5", "--out", str(out)],
+        cwd=ROOT, check=True, timeout=230, capture_output=True,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["population"]["due_at_start"] == 3000  # scored two days ago: every one due
+    assert 0 < result["population"]["due_index_bytes_per_customer"] < 300
+    for name in ("sweep_alone", "sweep_under_classify_load"):
+        sweep = result[name]
+        assert sweep["rescored"] == 3000 and sweep["conflicts"] == 0, (name, sweep)
+        assert sweep["per_second"] > 0 and sweep["process_cpu_us_per_customer"] > 0
+    for run in (result["classify"]["without_sweep"], result["classify"]["during_sweep"]):
+        assert run["completed"] == run["scheduled"] == 100 and run["non_200"] == 0 and run["errors"] == 0
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n## Soak\n\nkept\n")
+    (tmp_path / "bench_sweep.json").write_text(out.read_text())
+    report.render(md, tmp_path)
+    text = md.read_text()
+    assert "## Soak\n\nkept" in text and "rescored / s" in text and "issue #19, item 4" in text

@@ -17,6 +17,7 @@ On a real ``router serve`` subprocess:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -103,9 +104,15 @@ def _broken_models(root: Path) -> dict[str, tuple[Path, str]]:
     truncated = _copy_model(root / "truncated")
     truncated.write_bytes(GOOD_MODEL.read_bytes()[:700])
     card = msgspec.json.decode(truncated.with_suffix(".json").read_bytes())
-    card.get("onnx", {}).pop("sha256", None)  # so the loader gets as far as ONNX Runtime
+    card["onnx"]["sha256"] = hashlib.sha256(truncated.read_bytes()).hexdigest()  # so the loader gets as far as ONNX Runtime
     truncated.with_suffix(".json").write_bytes(msgspec.json.encode(card))
     out["truncated onnx"] = (truncated, "not a loadable ONNX model")
+
+    unsigned = _copy_model(root / "no-sha")
+    card = msgspec.json.decode(unsigned.with_suffix(".json").read_bytes())
+    del card["onnx"]["sha256"]
+    unsigned.with_suffix(".json").write_bytes(msgspec.json.encode(card))
+    out["card without the file's sha256"] = (unsigned, "lacks onnx.sha256")
 
     no_card = _copy_model(root / "no-card")
     no_card.with_suffix(".json").unlink()

@@ -9,6 +9,7 @@ import pytest
 
 from router.core.reducer import fold_all
 from router.state.audit import AdminRecord, AuditWriter
+from router.state.records import SWEEP_MARK
 from router.state.store import StateStore, connect
 from tests.conftest import SettingsFactory
 from tests.integration.ingest.test_consumer import _history
@@ -75,3 +76,24 @@ async def test_a_zombie_writer_leaves_the_index_alone_on_redis_cluster(
         await zombie_loses_and_writes_no_index(s, StateStore(client, s.redis.prefix, hasher_of(s)))
     finally:
         await client.aclose()
+
+
+async def test_the_sweep_rescores_due_customers_on_redis_cluster(settings: SettingsFactory, cluster_url: str) -> None:
+    from tests.integration.ingest.test_sweep import LAST_SEEN, TODAY, _active_until
+
+    s = settings(redis={"url": cluster_url, "cluster": True}, kafka={"partitions": 2}, stream={"sweep_interval_s": 0})
+    ids = [f"W{i:03d}" for i in range(40)]
+    events = [e for cid in ids for e in _active_until(cid, LAST_SEEN, days=3)]
+    await produce(s, events)
+    now = [LAST_SEEN.timestamp() + 3600]
+    async with running_consumer(s, clock=lambda: now[0]) as worker:
+        await wait_until_caught_up(worker, s, len(events))
+        now[0] = TODAY
+        report = await worker.sweeper.sweep()
+        again = await worker.sweeper.sweep()  # nothing is due twice
+        store = worker.store
+        records = await store.read_customers([store.customer_key(c) for c in ids])
+        counters = await store.portfolio()
+    assert report.rescored == len(ids) and report.conflicts == 0 and again.rescored == 0
+    assert all(r.marks[SWEEP_MARK] == 1 and r.scores is not None and r.scores.scored_at == int(TODAY) for r in records)
+    assert sum(counters.churn_hist.values()) == len(ids) == sum(counters.clv_hist.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -120,9 +121,13 @@ def test_corrupt_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not match its card"):
         ChurnModel.load(path)
     card = json.loads(path.with_suffix(".json").read_text())
-    del card["onnx"]  # no checksum to catch it: the ONNX parser must
+    card["onnx"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()  # the card vouches for it: the ONNX parser must catch it
     path.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        ChurnModel.load(path)
+    del card["onnx"]["sha256"]  # a card that does not name its file is refused before anything is parsed
+    path.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=r"lacks onnx\.sha256"):
         ChurnModel.load(path)
     path.with_suffix(".json").write_text("{not json")
     with pytest.raises(ModelError, match="not valid JSON"):
@@ -163,8 +168,7 @@ def test_reload_is_cheap_and_shadow_comparison_works(
             init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(1.5), "platt_b"))
     path = tmp_path / "churn-v2.onnx"
     onnx.save(graph, str(path))
-    card = dict(model.card, version="churn-v2")
-    card.pop("onnx")
+    card = dict(model.card, version="churn-v2", onnx={"sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
     path.with_suffix(".json").write_text(json.dumps(card))
     candidate = ChurnModel.load(path)
     diff = compare(model, candidate, rows)

@@ -8,6 +8,7 @@ import pytest
 
 from router.core.kpi import PortfolioCounters, churn_summary, daily_kpis, move_score_kpis, report
 from router.core.reducer import DAY
+from router.core.scoring import clv_bin
 from router.policy.spec import TIERS
 from schemas.events import SubscriptionChanged
 
@@ -46,7 +47,23 @@ def test_a_cancellation_is_counted_on_its_event_day() -> None:
 
 def test_score_moves_keep_the_histogram_balanced() -> None:
     kpi: dict[str, float] = {}
-    move_score_kpis(kpi, None, (0.12, 100.0))
-    move_score_kpis(kpi, (0.12, 100.0), (0.74, 60.0))
-    move_score_kpis(kpi, (0.74, 60.0), None)
+    move_score_kpis(kpi, None, (0.12, 100.0, 240.0))
+    assert kpi[f"sc:{clv_bin(100.0)}"] == 240.0
+    move_score_kpis(kpi, (0.12, 100.0, 240.0), (0.74, 60.0, 310.0))
+    assert kpi[f"sc:{clv_bin(60.0)}"] == 310.0 and kpi[f"sc:{clv_bin(100.0)}"] == 0.0  # the cost moved with the bin
+    move_score_kpis(kpi, (0.74, 60.0, 310.0), None)
     assert all(v == 0 for v in kpi.values())
+
+
+def test_service_cost_per_tier_follows_the_tiers_of_the_clv_bins() -> None:
+    # Four customers, one per CLV bin; the two in the top half cost 100 and 300 a year, the others 900 each.
+    counters = PortfolioCounters(
+        totals={"customers": 4}, daily={}, churn_hist={1: 4}, clv_hist={10: 1, 20: 1, 30: 1, 40: 1},
+        service_cost={10: 900.0, 20: 900.0, 30: 300.0, 40: 100.0},
+    )  # fmt: skip
+    r = report(counters, 30, TODAY, _tier, TIERS, {})
+    by_tier = {t.tier: (t.customers, t.cost_per_year, t.cost_per_customer) for t in r.service_cost}
+    # percentiles 12.5, 37.5, 62.5 (Standard) and 87.5 (Premium)
+    assert by_tier == {"VIP": (0, 0.0, 0.0), "Premium": (1, 100.0, 100.0), "Standard": (3, 2100.0, 700.0),
+                       "Basic": (0, 0.0, 0.0)}  # fmt: skip
+    assert r.service_cost_per_year == 2200.0

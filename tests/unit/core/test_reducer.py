@@ -169,3 +169,16 @@ def test_an_outcome_alone_creates_no_customer() -> None:
     after = Outcome(event_id="f3", customer_id="C1", occurred_at=T0 + timedelta(days=3), outcome="churned")
     erased, result = fold(erased, after, lateness_s=LATE, hasher=HASHER)
     assert result is Applied.IGNORED and erased.customer_id == ""
+
+
+def test_contact_counts_cover_every_channel_and_severity_the_contract_allows() -> None:
+    from typing import get_args, get_type_hints
+
+    from router.core.reducer import CONTACT_CHANNELS, CONTACT_SEVERITIES, contact_index
+    from schemas.events import TicketOpened
+
+    hints = get_type_hints(TicketOpened, include_extras=True)
+    assert set(get_args(hints["channel"])) == set(CONTACT_CHANNELS)
+    assert set(get_args(hints["severity"])) == set(CONTACT_SEVERITIES)
+    positions = {contact_index(c, s) for c in CONTACT_CHANNELS for s in CONTACT_SEVERITIES}
+    assert positions == set(range(len(CONTACT_CHANNELS) * len(CONTACT_SEVERITIES)))

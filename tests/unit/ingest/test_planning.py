@@ -17,8 +17,16 @@ from router.core.reducer import DAY
 from router.ingest.planning import BatchPlanner, Pending
 from router.settings import Settings
 from router.state.keys import Keys
-from router.state.records import CustomerRecord, Scores, encode_marks
-from schemas.events import CustomerProfile, ErasureRequested, OrderPlaced, Outcome, SubscriptionChanged, Usage
+from router.state.records import SWEEP_MARK, CustomerRecord, Scores, encode_marks
+from schemas.events import (
+    CustomerProfile,
+    ErasureRequested,
+    OrderPlaced,
+    Outcome,
+    SubscriptionChanged,
+    TicketOpened,
+    Usage,
+)
 
 HASHER = IdentityHasher(b"test-key-0123456789abcdef")
 KEYS = Keys("t")
@@ -159,3 +167,82 @@ def test_outcomes_of_an_unknown_customer_write_nothing_and_are_counted_as_ignore
     ghost = [Outcome(event_id=f"f{i}", customer_id="GHOST", occurred_at=NOW, outcome="churned") for i in range(2)]
     assert _plan(_planner(), ghost).ops == []
     assert REGISTRY.get_sample_value("router_consumer_events_total", labels) == before + 2
+
+
+def _stored(op: Any) -> CustomerRecord:
+    return CustomerRecord(op.snapshot, op.marks, op.scores, encode_marks(op.marks))
+
+
+def test_a_write_records_when_the_sweep_must_rescore_the_customer() -> None:
+    planner = _planner(model=FixedModel(0.2), sweep_max_age_s=3_600)
+    (op,) = _plan(planner, [_profile()]).ops
+    assert op.partition == 0
+    assert op.due_at == op.scores.valid_until == op.scores.as_of + 60  # FixedModel: exact for a minute
+    stored = _stored(op)
+    erase = ErasureRequested(event_id="e1", customer_id="C1", occurred_at=NOW)
+    (gone,) = _plan(planner, [erase], stored, first_offset=1).ops
+    assert gone.due_at is None  # a tombstone leaves the due index
+
+
+def test_rescore_moves_scores_counters_and_alerts_once_with_a_stable_id() -> None:
+    (op,) = _plan(_planner(model=FixedModel(0.3)), [_profile(acquisition_cost=10.0)]).ops
+    stored = _stored(op)
+    h = HASHER.customer_key("C1")
+    later = int(time.time()) + 30 * DAY
+    risky = _planner(model=FixedModel(0.9))
+    plan = risky.rescore([h], [stored], 0, later)
+    (again,) = plan.ops
+    assert again.expected_marks == stored.raw_marks and again.marks == {0: 0, SWEEP_MARK: 1}
+    assert again.snapshot is stored.snapshot and again.scores.churn == pytest.approx(0.9) and again.scores.alerted
+    assert again.kpi["cb:6"] == -1.0 and again.kpi["cb:17"] == 1.0  # 30 -> 90 points (0.9 in float32: bin 85-90)
+    assert again.due_at == later + 60 and again.scores.scored_at == later
+    assert len(plan.alerts) == 1 and plan.alerts[0].churn_risk == 90.0
+    # A sweep redone from the same stored record (a crash before its write landed) raises the same alert id.
+    assert risky.rescore([h], [stored], 0, later).alerts[0].alert_id == plan.alerts[0].alert_id
+    # Once written, rescoring again does not alert again (still above the threshold).
+    assert risky.rescore([h], [_stored(again)], 0, later + 60).alerts == []
+
+
+def test_rescore_takes_customers_without_a_live_snapshot_out_of_the_index() -> None:
+    planner = _planner(model=FixedModel(0.3))
+    (op,) = _plan(planner, [_profile()]).ops
+    erase = ErasureRequested(event_id="e1", customer_id="C1", occurred_at=NOW)
+    (gone,) = _plan(planner, [erase], _stored(op), first_offset=1).ops
+    plan = planner.rescore(["h-gone", "h-none"], [_stored(gone), CustomerRecord(None, {}, None, None)], 3, int(NOW.timestamp()))
+    assert [o.due_at for o in plan.ops] == [None, None] and [o.partition for o in plan.ops] == [3, 3]
+    assert plan.alerts == [] and all(o.kpi == {} for o in plan.ops)
+
+
+def test_support_cost_enters_clv_scores_and_the_service_cost_counters() -> None:
+    from router.policy import load_policy
+
+    prices = load_policy(Settings().policy.path).service_prices
+    planner = _planner(model=FixedModel(0.2))
+    free = _planner(model=FixedModel(0.2))
+    planner.prices = prices
+    tickets = [
+        _profile(signup_date=(NOW - timedelta(days=300)).date()),
+        *(
+            TicketOpened(event_id=f"t{i}", customer_id="C1", occurred_at=NOW, ticket_id=f"t{i}", channel="phone",
+                         severity="urgent")
+            for i in range(4)
+        ),
+    ]  # fmt: skip
+    (costly,) = _plan(planner, tickets).ops
+    (plain,) = _plan(free, tickets).ops
+    assert plain.scores.support_cost == 0.0
+    per_year = 4 * 9.0 * 2.5 / 10.0 * 12  # four urgent phone tickets over ten months of tenure
+    assert costly.scores.support_cost == pytest.approx(per_year, rel=0.01)  # tenure counts from the signup day
+    assert costly.scores.clv < plain.scores.clv
+    assert costly.kpi[f"sc:{costly.scores.clv_bin}"] == costly.scores.support_cost
+
+
+def test_rescore_leaves_a_customer_whose_events_now_come_from_another_partition_to_its_owner() -> None:
+    planner = _planner(model=FixedModel(0.3))
+    (op,) = _plan(planner, [_profile()]).ops  # events from partition 0
+    assert op.scores.partition == 0
+    h = HASHER.customer_key("C1")
+    (moved,) = planner.rescore([h], [_stored(op)], 4, int(NOW.timestamp())).ops  # a stale entry in partition 4
+    assert moved.due_at is None and moved.kpi == {} and moved.partition == 4
+    (own,) = planner.rescore([h], [_stored(op)], 0, int(NOW.timestamp())).ops
+    assert own.due_at is not None and own.scores.partition == 0

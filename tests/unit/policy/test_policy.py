@@ -204,7 +204,7 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
         "routing-unknown-action",
         lambda r: r["routing"][0].update(action="free_beer"),
         "routing[0].action: unknown action 'free_beer' (known: apologise_expedite, ask_referral, "
-        "resolve_billing_first, retention_offer, standard_service, upsell_opportunity)",
+        "fix_root_cause, resolve_billing_first, retention_offer, standard_service, upsell_opportunity)",
     ),
     (
         "routing-duplicate-name",
@@ -246,7 +246,7 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
         lambda r: r["next_best_action"]["rules"][0].update(reason="Churn {churn}"),
         "next_best_action.rules[0].reason: unknown placeholder {churn} (known: advocacy_pct, category, "
         "channel, churn_pct, clv_percentile, clv_top, days_since_last_interaction, late_payments, mrr, nps, "
-        "open_tickets, priority, segment, sentiment, tier, upsell_pct)",
+        "open_tickets, priority, segment, sentiment, support_cost, tier, upsell_pct)",
     ),
     (
         "reason-format-spec",
@@ -258,7 +258,7 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
         "nba-unknown-action",
         lambda r: r["next_best_action"]["rules"][2].update(action="free_beer"),
         "next_best_action.rules[2].action: unknown action 'free_beer' (known: apologise_expedite, "
-        "ask_referral, resolve_billing_first, retention_offer, standard_service, upsell_opportunity)",
+        "ask_referral, fix_root_cause, resolve_billing_first, retention_offer, standard_service, upsell_opportunity)",
     ),
     (
         "nba-max-actions",
