@@ -250,6 +250,10 @@ _enc = msgspec.msgpack.Encoder()
 _point_dec = msgspec.msgpack.Decoder(tuple[float, float])
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _lua_bytes(data: bytes) -> msgspec.Raw:
     """``data`` as a msgpack str (str32 header): Redis's cmsgpack reads it as a Lua byte string."""
     return msgspec.Raw(b"\xdb" + len(data).to_bytes(4, "big") + data)
@@ -615,6 +619,16 @@ class StateStore:
         """The customer's most recent audit records (JSON), newest first."""
         rows: Any = await self.client.xrevrange(self.keys.customer_audit(h), count=count)
         return [fields[b"r"] for _, fields in rows]
+
+    async def audit_range(self, low: str, high: str, count: int) -> list[tuple[str, bytes]]:
+        """Up to ``count`` (entry id, record JSON) of the global audit stream from ``low`` to ``high``, oldest first."""
+        rows: Any = await self.client.xrange(self.keys.audit(), min=low, max=high, count=count)
+        return [(_text(entry), fields[b"r"]) for entry, fields in rows]
+
+    async def audit_range_newest(self, high: str, low: str, count: int) -> list[tuple[str, bytes]]:
+        """The same, newest first (from ``high`` down to ``low``)."""
+        rows: Any = await self.client.xrevrange(self.keys.audit(), max=high, min=low, count=count)
+        return [(_text(entry), fields[b"r"]) for entry, fields in rows]
 
     # -- the request path --------------------------------------------------------------------
 
