@@ -488,6 +488,8 @@ class AuditEntry(msgspec.Struct, frozen=True):
     policy_version: str | None = None
     degraded_cause: str | None = None
     detail: str | None = None
+    reasons: list[str] = []
+    """A decision's reasons in plain words, as the caller got them."""
 
 
 class CustomerView(msgspec.Struct, frozen=True):

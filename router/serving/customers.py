@@ -251,4 +251,5 @@ def _entry(rec: AnyRecord) -> AuditEntry:
         model_version=rec.model_version,
         policy_version=rec.policy_version,
         degraded_cause=rec.degraded_cause,
+        reasons=rec.reasons,
     )
