@@ -72,12 +72,12 @@ async def _guard(request: Request[Any, Any, State]) -> None:
     services = _services(request)
     auth: Authenticator = request.app.state.auth
     visitor = await visitor_of(request, services.console_state, auth)
+    request.state.visitor = visitor
     if not visitor.can(*need):
         raise Forbidden(f"the API key {visitor.name!r} may not do this (needs {' or '.join(sorted(need))})")
     if request.method == "POST":
         form = await request.form()
         check_csrf(request, visitor.csrf, _text(form.get("csrf")))
-    request.state.visitor = visitor
 
 
 def _visitor(request: Request[Any, Any, State]) -> Visitor:
@@ -471,7 +471,7 @@ def _error_page(request: Request[Any, Any, State], status: int, message: str) ->
         context = _ctx(request, "")
     except Unavailable:
         context = {"visitor": None, "csrf": "", "nav": "", "policy_version": "-", "model_version": "-", "message": None, "error": None}
-    return page("error.html", status=status, **{**context, "status": status, "detail": message})
+    return page("error.html", status=status, **{**context, "code": status, "detail": message})
 
 
 def _on_router_error(request: Request[Any, Any, State], exc: RouterError) -> Response[Any]:

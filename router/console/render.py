@@ -6,7 +6,7 @@ import functools
 from datetime import UTC, datetime
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, select_autoescape
 from litestar import MediaType, Response
 
 from router.console import charts
@@ -50,7 +50,6 @@ def _env() -> Environment:
     env = Environment(
         loader=PackageLoader("router.console", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
-        undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
@@ -59,10 +58,10 @@ def _env() -> Environment:
     return env
 
 
-def page(template: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any) -> Response[str]:
+def page(template: str, status: int = 200, **context: Any) -> Response[str]:
     """A whole page."""
     html = _env().get_template(template).render(**context)
-    return Response(html, status_code=status, media_type=MediaType.HTML, headers={**PAGE_HEADERS, **(headers or {})})
+    return Response(html, status_code=status, media_type=MediaType.HTML, headers=PAGE_HEADERS)
 
 
 def fragment(template: str, **context: Any) -> Response[str]:

@@ -163,6 +163,13 @@ class PolicyAdmin:
                 raise Conflict("another policy was applied since this one was simulated: simulate again")
             if policy.version == self.live.policy.version:
                 raise Invalid(f"version: {policy.version!r} is in force already; give the draft a new version")
+            if base is None:
+                # The first change: keep the file's policy as the first version, so it can be rolled back to.
+                first = await self.versions.publish(
+                    text=await self._file_text(), version=self.live.policy.version, author=author,
+                    note="the policy file in force before the first change", expected=None,
+                )  # fmt: skip
+                base = first.number
             stored = await self.versions.publish(
                 text=text, version=policy.version, author=author, note=note, expected=base
             )
