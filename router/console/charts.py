@@ -15,7 +15,7 @@ from markupsafe import Markup
 
 __all__ = ["bars", "columns", "grouped_bars", "histogram", "tier_mix"]
 
-_W = 480
+_W = 400
 """Width of the viewBox; charts scale to their container (``width: 100%``)."""
 
 
@@ -33,7 +33,7 @@ def _fmt(value: float) -> str:
 
 def tier_mix(rows: Sequence[tuple[str, int, float]], targets: dict[str, float], title: str) -> Markup:
     """Horizontal bar per tier (share of customers) with a tick at the tier's target share."""
-    row_h, left, right = 34, 88, 118
+    row_h, left, right = 34, 78, 96
     width = _W - left - right
     scale = max([share for _, _, share in rows] + list(targets.values()) + [0.01])
     body: list[str] = []
@@ -48,8 +48,6 @@ def tier_mix(rows: Sequence[tuple[str, int, float]], targets: dict[str, float], 
             x = left + width * target / scale
             body.append(f'<line class="target" x1="{x:.1f}" x2="{x:.1f}" y1="{y}" y2="{y + 26}"/>')
         note = f"{share * 100:.1f} % ({count:,})"
-        if target is not None:
-            note += f" · target {target * 100:.0f} %"
         body.append(f'<text class="val" x="{left + width + 6}" y="{y + 17}">{escape(note)}</text>')
     return _svg(16 + row_h * len(rows), title, body)
 
@@ -102,7 +100,7 @@ def columns(rows: Sequence[tuple[str, float]], title: str) -> Markup:
 
 def bars(rows: Sequence[tuple[str, float]], title: str, *, unit: str = "") -> Markup:
     """Horizontal bars with their labels (e.g. deadlines per queue); an empty list says so."""
-    row_h, left, right = 28, 130, 70
+    row_h, left, right = 28, 120, 60
     width = _W - left - right
     if not rows:
         return _svg(40, title, ['<text class="lbl" x="8" y="24">none</text>'])
@@ -121,7 +119,7 @@ def grouped_bars(
     order: Sequence[str], before: dict[str, int], after: dict[str, int], title: str
 ) -> Markup:
     """Two bars per category: before (muted) and after (the category's colour), counts written out."""
-    row_h, left, right = 46, 88, 96
+    row_h, left, right = 46, 78, 84
     width = _W - left - right
     peak = max(list(before.values()) + list(after.values()) + [1])
     body: list[str] = []

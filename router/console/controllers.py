@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, cast
@@ -40,6 +39,7 @@ from router.console.sessions import (
 )
 from router.errors import BadInput, Forbidden, RouterError, Unavailable
 from router.policy.spec import TIERS
+from router.serving.policy_admin import diff
 from schemas.api import OverrideRequest
 
 __all__ = ["console_router"]
@@ -389,7 +389,12 @@ async def simulation(request: Request[Any, Any, State], job_id: _JOB) -> Respons
     admin = _services(request).policy_admin
     job = await admin.job(job_id)
     report, ids = await admin.report(job) if job.state == "done" else (None, {})
-    return page("simulation.html", **_ctx(request, "policy", job=job, report=report, ids=ids, tiers=TIERS, now=time.time()))
+    current, _ = await admin.current_text()
+    changes = diff(current, job.draft, "in force", "draft")
+    return page(
+        "simulation.html",
+        **_ctx(request, "policy", job=job, report=report, ids=ids, tiers=TIERS, draft_diff=changes),
+    )
 
 
 @get("/policy/simulations/{job_id:str}/progress", opt={"console": OPS})
