@@ -8,7 +8,11 @@ screenshots and accessibility checks, is ``test_browser_console.py``.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from router.settings import Settings
+from router.settings import Settings, to_env
 from tests.support.api_support import KEYS, VIP_ID, VIP_PHONE, auth, console_settings, live_server, populate, population
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -155,6 +159,37 @@ def test_decision_search_by_id_customer_and_time(server: Settings) -> None:
         other = "VIP" if decided["tier"] != "VIP" else "Basic"
         none = c.post("/console/decisions", data={"csrf": csrf, "by": "time", "start": start, "end": end, "tier": other})
         assert decided["decision_id"] not in none.text
+
+
+def test_cli_twin_validates_and_simulates_a_draft(server: Settings, tmp_path: Path) -> None:
+    """``router policy validate|simulate DRAFT``: the same loader messages, the same simulation."""
+    env = {**os.environ, **to_env(server)}
+    bad = tmp_path / "bad.toml"
+    bad.write_text(default_policy_text().replace("VIP = 90", "VIP = 60"))
+    checked = subprocess.run(
+        [sys.executable, "-m", "router", "policy", "validate", str(bad)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 2 and "tiers.cutoffs: VIP cut-off 60 must be above Premium 70" in checked.stderr
+    draft = tmp_path / "draft.toml"
+    text = default_policy_text()
+    for old, new in DRAFT_VIP_20:
+        text = text.replace(old, new)
+    draft.write_text(text)
+    ran = subprocess.run(
+        [sys.executable, "-m", "router", "policy", "simulate", str(draft), "--days", "1", "--capacity", "5"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "draft 2026-12-01.1 against 2026-11-25.1 in force" in ran.stdout
+    assert "customer base: 41 customers" in ran.stdout and "Premium -> VIP: 4" in ran.stdout
+    sampled = subprocess.run(
+        [sys.executable, "-m", "router", "policy", "simulate", str(draft), "--sample", "0.5", "--json"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    report = json.loads(sampled.stdout)
+    assert 5 < report["base"]["customers"] < 36 and report["base"]["sample"] == 0.5
+    examples = [x for t in report["base"]["transitions"] for x in t["examples"]]
+    assert all(x.startswith("S") or x == VIP_ID for x in examples)  # customer ids, not keyed hashes
 
 
 def _simulate(c: httpx.Client, csrf: str, draft: str) -> str:
