@@ -63,6 +63,11 @@ def browser(chromium: Path) -> Iterator[Any]:
             b.close()
 
 
+CONTACTS = [
+    (c, p) for c in ("technical", "billing", "general", "account") for p in ("urgent", "high", "normal", "urgent")
+]
+
+
 def _base(s: Settings) -> str:
     return f"http://{s.api.host}:{s.api.port}"
 
@@ -108,12 +113,21 @@ def test_console_walk_in_a_real_browser(server: Settings, browser: Any) -> None:
     admin = browser.new_context(viewport={"width": 1280, "height": 900})
     page = admin.new_page()
     with httpx.Client(base_url=base, timeout=10) as api:
+        # some contacts first, so the portfolio has deadlines falling due
+        for i, (category, priority) in enumerate(CONTACTS):
+            who = {"customer_id": VIP_ID} if i % 5 == 0 else {"customer_id": f"S{i:03d}"}
+            body = {"customer": who, "category": category, "priority": priority, "channel": "email"}
+            assert api.post("/v1/classify", json=body, headers=auth("helpdesk")).status_code == 200
+        page.wait_for_timeout(300)  # the audit writer lingers a few milliseconds
+
         # sign in (keyboard only) and the portfolio
         page.goto(f"{base}/console/sign-in")
         _check_page(page, "sign-in")
         _sign_in_with_keyboard(page, base, KEYS["admin"])
         assert page.url.endswith("/console/portfolio"), page.inner_text("main")
         assert page.locator("svg.chart").count() == 4
+        due = page.locator("svg[aria-label^='Deadlines falling due']").inner_html()
+        assert ">vip<" in due and ">billing<" in due and ">support<" in due  # urgent contacts: 4-8 h
         assert page.get_by_text("Net revenue retention").is_visible()
         _check_page(page, "portfolio")
         cookie = next(c for c in admin.cookies() if c["name"] == "router_console")
