@@ -23,6 +23,7 @@ import pytest
 
 from router.settings import Settings, to_env
 from tests.support.api_support import KEYS, VIP_ID, VIP_PHONE, auth, console_settings, live_server, populate, population
+from tests.support.helpers import running_consumer, state_store
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 DRAFT_VIP_20 = ("VIP = 90", "VIP = 80"), ('version = "2026-11-25.1"', 'version = "2026-12-01.1"')
@@ -247,3 +248,37 @@ def versions_answered(api: httpx.Client) -> set[str]:
             answer = fresh.post("/v1/classify", json={"customer": {"customer_id": VIP_ID}}, headers=auth("helpdesk"))
             seen.add(answer.json()["policy_version"])
     return seen
+
+
+def test_erasure_needs_the_typed_id_and_shows_its_progress(server: Settings) -> None:
+    victim = "S039"
+    with _client(server) as c:
+        csrf = sign_in(c, "admin")
+        wrong = c.post("/console/customer/erasure", data={"csrf": csrf, "customer_id": victim, "confirm": "S03"})
+        assert wrong.status_code == 400 and "type the customer id exactly" in wrong.text
+        started = c.post("/console/customer/erasure", data={"csrf": csrf, "customer_id": victim, "confirm": victim})
+        assert started.status_code == 303
+        url = started.headers["location"]
+        assert victim not in url  # the event id carries a keyed hash, not the id
+        page = c.get(url).text
+        assert page.count('class="done"') == 2 and page.count('class="pending"') == 1 and "data-poll" in page
+        # another session cannot follow this erasure
+        with _client(server) as other:
+            sign_in(other, "admin")
+            assert other.get(url).status_code == 404
+        asyncio.run(_consume_until_erased(server, victim))
+        fragment = c.get(url + "/progress").text
+        assert fragment.count('class="done"') == 3 and "data-done" in fragment
+        gone = c.post("/console/customer", data={"csrf": csrf, "kind": "id", "value": victim})
+        assert "holds no state for this customer id" in gone.text
+
+
+async def _consume_until_erased(s: Settings, customer_id: str) -> None:
+    async with running_consumer(s), state_store(s) as store:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            record = await store.read_customer(store.customer_key(customer_id))
+            if record.snapshot is not None and not record.snapshot.customer_id:
+                return
+            await asyncio.sleep(0.2)
+    raise AssertionError("the consumer did not apply the erasure")
