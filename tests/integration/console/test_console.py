@@ -30,11 +30,16 @@ DRAFT_VIP_20 = ("VIP = 90", "VIP = 80"), ('version = "2026-11-25.1"', 'version =
 
 
 @pytest.fixture(scope="module")
-def server(broker: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """One API process for the module, on a populated Redis of its own prefix."""
+def api_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("console") / "api.log"
+
+
+@pytest.fixture(scope="module")
+def server(broker: str, redis_server: Any, api_log: Path) -> Iterator[Settings]:
+    """One API process (two workers) for the module, on a populated Redis of its own prefix."""
     s = console_settings(broker, redis_server.url)
     asyncio.run(populate(s, population()))
-    with live_server(s, tmp_path_factory.mktemp("console") / "api.log"):
+    with live_server(s, api_log):
         yield s
 
 
@@ -108,7 +113,7 @@ def test_forged_posts_are_refused(server: Settings) -> None:
         assert "Override set" not in view.text and "None: the tier follows the CLV score." in view.text
 
 
-def test_customer_page_override_reaches_classify_and_export_has_everything(server: Settings) -> None:
+def test_customer_page_override_reaches_classify_and_export_has_everything(server: Settings, api_log: Path) -> None:
     with _client(server) as c, _client(server) as api:
         csrf = sign_in(c, "admin")
         view = c.post("/console/customer", data={"csrf": csrf, "kind": "phone", "value": VIP_PHONE})
@@ -137,6 +142,12 @@ def test_customer_page_override_reaches_classify_and_export_has_everything(serve
         time.sleep(0.2)
         history = c.post("/console/customer", data={"csrf": csrf, "kind": "id", "value": VIP_ID}).text
         assert "override_removed" in history and "review done" in history and "override_set" in history
+        bad_phone = c.post("/console/customer", data={"csrf": csrf, "kind": "phone", "value": "not a number"})
+        assert bad_phone.status_code == 400 and "not a number" not in bad_phone.text
+        unknown = c.post("/console/customer", data={"csrf": csrf, "kind": "email", "value": "nobody@example.org"})
+        assert unknown.status_code == 404 and "nobody@" not in unknown.text
+    logged = api_log.read_text()
+    assert "901820" not in logged and "nobody@" not in logged and "not a number" not in logged
 
 
 def test_decision_search_by_id_customer_and_time(server: Settings) -> None:
@@ -216,6 +227,12 @@ def test_policy_what_if_validates_simulates_applies_and_rolls_back(server: Setti
         csrf = sign_in(c, "ops")
         broken = c.post("/console/policy", data={"csrf": csrf, "draft": text.replace("VIP = 90", "VIP = 60"), "action": "validate"})
         assert broken.status_code == 422 and "tiers.cutoffs: VIP cut-off 60 must be above Premium 70" in broken.text
+        uploaded = c.post(
+            "/console/policy", data={"csrf": csrf, "action": "validate", "draft": ""},
+            files={"upload": ("draft.toml", draft.encode(), "application/toml")},
+        )  # fmt: skip
+        assert uploaded.status_code == 200 and "The draft is valid (policy 2026-12-01.1)." in uploaded.text
+        assert "VIP = 80" in uploaded.text  # the uploaded text is in the editor now
         url = _simulate(c, csrf, draft)
         report = c.get(url).text
         assert "Premium</td><td>VIP</td>" in report and "Apply policy" not in report  # ops may not apply
