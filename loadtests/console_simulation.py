@@ -1,29 +1,31 @@
-"""Does a policy simulation over a big customer base slow live decisions? Classify p99 with and without one.
+"""Does a policy simulation over a big customer base slow live decisions? Classify p99 with it running and paused.
 
-Run: ``python -m loadtests.console_simulation`` (defaults: 1M customers, 500 req/s; about 6-8 min)
+Run: ``python -m loadtests.console_simulation`` (defaults: 1M customers, 500 req/s; about 8 min)
 
 1. a private Redis with ``--customers`` customers (:mod:`loadtests.population`);
 2. ``router serve`` (one worker, dev key), not pinned: the operating system places the API, Redis,
-   the load generator and the simulation process on the two cores as it would in production;
-3. baseline: open-loop classify at ``--rate`` for ``--windows`` windows of ``--window`` seconds
-   (:mod:`loadtests.openloop`: latency from the scheduled send time, random customers);
-4. the console's own path: sign in with the dev key, post a draft (VIP from the 80th percentile)
+   the load generator and the simulation process on the cores as it would in production;
+3. the console's own path: sign in with the dev key, post a draft (VIP from the 80th percentile)
    to ``/console/policy`` with ``action=simulate``; the worker starts ``router policy simulate --job``
    (niced, its own Redis client, SCAN + pipelined HMGET, sleeping to stay within
-   ``ROUTER_CONSOLE_SIMULATION_CPU_SHARE`` of a core); open-loop windows run back to back until
-   the job reports done, each counted only if the job was still running when it ended;
-5. the same once more with ``--cpu-share 1.0`` (no sleeping; still niced and in its own process).
+   ``ROUTER_CONSOLE_SIMULATION_CPU_SHARE`` of a core);
+4. paired windows of open-loop classify at ``--rate`` (:mod:`loadtests.openloop`: latency from the
+   scheduled send time, random customers): one with the simulation running, one with it paused
+   (SIGSTOP: it is a process of its own), in alternating order, ``--pairs`` times. A shared machine's
+   other load hits both halves of a pair alike, so the pairs compare the simulation, not the noise.
 
 Prints one JSON document (also written to ``--out``). Only 127.0.0.1 is used; every process
-started is stopped.
+started is stopped (the simulation with the API worker that started it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 import urllib.request
@@ -32,6 +34,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import psutil
 
 from loadtests import openloop
 from loadtests.population import load_population
@@ -98,56 +101,83 @@ def _running(client: httpx.Client, url: str) -> bool:
     return "Finished" not in client.get(url + "/progress").text
 
 
-def _during(settings: Settings, customers: int, rate: float, window: float, draft: str) -> dict[str, Any]:
+def _simulation_pid(api_pid: int) -> int:
+    for child in psutil.Process(api_pid).children(recursive=True):
+        if "simulate" in child.cmdline():
+            return int(child.pid)
+    raise RuntimeError("no simulation process under the API worker")
+
+
+def _progress(client: httpx.Client, url: str) -> str:
+    text = client.get(url + "/progress").text
+    found = re.search(r"Customers simulated: ([\d,]+)", text)
+    return found.group(1) if found else ("finished" if "Finished" in text else "starting")
+
+
+def _paired(settings: Settings, api_pid: int, args: argparse.Namespace) -> dict[str, Any]:
     base = f"http://{HOST}:{settings.api.port}"
+    pairs: list[dict[str, Any]] = []
     with httpx.Client(base_url=base, timeout=30) as client:
-        started = time.monotonic()
-        url = _start_simulation(client, draft)
-        windows = []
-        while _running(client, url):
-            result = _window(settings.api.port, customers, rate, window)
-            if _running(client, url):  # the whole window overlapped the simulation
-                windows.append(result)
-            if time.monotonic() - started > 900:
-                raise RuntimeError("simulation still running after 15 minutes")
-        took = time.monotonic() - started
-        report = client.get(url).text
-        seen = re.search(r"([\d,]+) customers(?: \(a sample)?[^:]*: <strong>", report)
+        url = _start_simulation(client, _draft("2026-12-01.1"))
+        time.sleep(3)  # the process is up and scanning
+        sim = _simulation_pid(api_pid)
+        try:
+            for i in range(args.pairs):
+                pair: dict[str, Any] = {}
+                for running in ((True, False) if i % 2 == 0 else (False, True)):
+                    os.kill(sim, signal.SIGCONT if running else signal.SIGSTOP)
+                    pair["running" if running else "paused"] = _window(
+                        settings.api.port, args.customers, args.rate, args.window
+                    )
+                os.kill(sim, signal.SIGCONT)
+                pair["simulated_so_far"] = _progress(client, url)
+                if not _running(client, url):
+                    break  # the last "running" window may have seen its end: keep only whole pairs
+                pairs.append(pair)
+                print(json.dumps(pair), flush=True)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(sim, signal.SIGCONT)
+        rate_note = _progress(client, url)
+    p99_on = sorted(p["running"]["p99_us"] for p in pairs)
+    p99_off = sorted(p["paused"]["p99_us"] for p in pairs)
     return {
-        "simulation_wall_s": round(took, 1),
-        "customers_simulated": seen.group(1) if seen else "?",
-        "windows": windows,
-        "worst_p99_us": max((w["p99_us"] for w in windows), default=None),
+        "pairs": pairs,
+        "median_p99_running_us": _median(p99_on),
+        "median_p99_paused_us": _median(p99_off),
+        "median_p50_running_us": _median(sorted(p["running"]["p50_us"] for p in pairs)),
+        "median_p50_paused_us": _median(sorted(p["paused"]["p50_us"] for p in pairs)),
+        "pairs_where_running_was_slower_at_p99": sum(p["running"]["p99_us"] > p["paused"]["p99_us"] for p in pairs),
+        "customers_simulated_at_the_end": rate_note,
     }
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else round((values[mid - 1] + values[mid]) / 2, 1)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out_dir = Path(args.out).parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     redis = start_redis(log_path=out_dir / "console-sim-redis.log")
     try:
         settings = _settings(redis.url, args.cpu_share)
         loaded = load_population(settings, args.customers)
-        result: dict[str, Any] = {
-            "customers": args.customers, "rate": args.rate, "window_s": args.window,
-            "population_load_s": round(loaded, 1), "cpu_count": os.cpu_count(),
+        proc = _serve(settings, out_dir / "console-sim-api.log")
+        try:
+            _window(settings.api.port, args.customers, args.rate, 5)  # warm-up, not counted
+            paired = _paired(settings, proc.pid, args)
+        finally:
+            proc.stop(10)
+        return {
+            "customers": args.customers, "rate": args.rate, "window_s": args.window, "cpu_share": args.cpu_share,
+            "population_load_s": round(loaded, 1), "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+            "took_s": round(time.monotonic() - started, 1), **paired,
         }  # fmt: skip
-        for share, label in ((args.cpu_share, "throttled"), (1.0, "unthrottled")):
-            settings = _settings(redis.url, share)
-            proc = _serve(settings, out_dir / f"console-sim-api-{label}.log")
-            try:
-                _window(settings.api.port, args.customers, args.rate, 5)  # warm-up, not counted
-                baseline = [_window(settings.api.port, args.customers, args.rate, args.window) for _ in range(args.windows)]
-                during = _during(settings, args.customers, args.rate, args.window, _draft(f"2026-12-0{1 if share < 1 else 2}.1"))
-                after = _window(settings.api.port, args.customers, args.rate, args.window)
-            finally:
-                proc.stop(10)
-            result[label] = {
-                "cpu_share": share, "baseline": baseline, "baseline_worst_p99_us": max(w["p99_us"] for w in baseline),
-                "during": during, "after": after,
-            }  # fmt: skip
-            print(json.dumps({label: result[label]}, indent=1), flush=True)
-        return result
     finally:
         redis.close()
 
@@ -156,8 +186,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--rate", type=float, default=500.0)
-    parser.add_argument("--window", type=float, default=20.0, help="seconds per measurement window")
-    parser.add_argument("--windows", type=int, default=3, help="baseline windows")
+    parser.add_argument("--window", type=float, default=15.0, help="seconds per measurement window")
+    parser.add_argument("--pairs", type=int, default=8, help="pairs of windows (simulation running, paused)")
     parser.add_argument("--cpu-share", type=float, default=0.5, help="the console's simulation CPU share")
     parser.add_argument("--out", default="artifacts/console_simulation.json")
     args = parser.parse_args()
