@@ -196,6 +196,9 @@ def test_console_walk_in_a_real_browser(server: Settings, browser: Any) -> None:
         # the admin applies it: every worker answers with the new version
         page.get_by_role("button", name="Apply policy 2026-12-01.1 on every worker").click()
         assert page.get_by_text("in force").first.is_visible()
+        changed = page.locator("pre.diff span.add").all_inner_texts()
+        assert any(line.startswith("+VIP = 80") for line in changed), changed
+        assert page.locator("pre.diff").inner_text().count("\n") >= 6  # one line per line, as a diff reads
         _check_page(page, "version")
         page.wait_for_timeout(1500)
         assert _classify(api)["policy_version"] == "2026-12-01.1"
