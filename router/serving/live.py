@@ -62,6 +62,7 @@ class Live:
         """Number of the stored policy version in force here (None: the policy file's)."""
         self._refresher: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
+        self._follow_failing = False
         self._refresh_every_s = _REFRESH_MIN_S
 
     @classmethod
@@ -124,8 +125,11 @@ class Live:
                 return
             stored = await self.versions.get(number)
         except REDIS_FAULTS as exc:
-            log.warning("policy version check failed: %s", type(exc).__name__)
+            if not self._follow_failing:  # once per outage, not every second
+                log.warning("policy version check failed, keeping %s: %s", self.policy.version, type(exc).__name__)
+            self._follow_failing = True
             return
+        self._follow_failing = False
         if stored is None:
             return
         try:
