@@ -114,6 +114,11 @@ def _progress(client: httpx.Client, url: str) -> str:
     return found.group(1) if found else ("finished" if "Finished" in text else "starting")
 
 
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # finished (or failed): the pair is dropped below
+        os.kill(pid, sig)
+
+
 def _paired(settings: Settings, api_pid: int, args: argparse.Namespace) -> dict[str, Any]:
     base = f"http://{HOST}:{settings.api.port}"
     pairs: list[dict[str, Any]] = []
@@ -125,11 +130,11 @@ def _paired(settings: Settings, api_pid: int, args: argparse.Namespace) -> dict[
             for i in range(args.pairs):
                 pair: dict[str, Any] = {}
                 for running in ((True, False) if i % 2 == 0 else (False, True)):
-                    os.kill(sim, signal.SIGCONT if running else signal.SIGSTOP)
+                    _signal(sim, signal.SIGCONT if running else signal.SIGSTOP)
                     pair["running" if running else "paused"] = _window(
                         settings.api.port, args.customers, args.rate, args.window
                     )
-                os.kill(sim, signal.SIGCONT)
+                _signal(sim, signal.SIGCONT)
                 pair["simulated_so_far"] = _progress(client, url)
                 if not _running(client, url):
                     break  # the last "running" window may have seen its end: keep only whole pairs

@@ -28,7 +28,6 @@ from router.console.render import PAGE_HEADERS, fragment, page
 from router.console.service import LookupKind, Search
 from router.console.sessions import (
     LOGIN_COOKIE,
-    SESSION_COOKIE,
     NotSignedIn,
     Visitor,
     check_csrf,
@@ -114,9 +113,14 @@ def _see_other(path: str) -> Response[Any]:
 # -- sign-in -----------------------------------------------------------------------------------------
 
 
-@get("/", sync_to_thread=False)
+@get("/", opt={"console": ANYONE}, sync_to_thread=False)
 def home(request: Request[Any, Any, State]) -> Response[Any]:
-    return _see_other("/console/portfolio" if request.cookies.get(SESSION_COOKIE) else "/console/sign-in")
+    """The first page a key may see (signed out: the sign-in form, by the guard's redirect)."""
+    return _see_other(_landing(_visitor(request)))
+
+
+def _landing(visitor: Visitor) -> str:
+    return "/console/portfolio" if visitor.can(*OPS) else "/console/decisions"
 
 
 @get("/sign-in", sync_to_thread=False)
@@ -143,7 +147,7 @@ async def sign_in_submit(request: Request[Any, Any, State]) -> Response[Any]:
         )
         response.set_cookie(login_cookie(request, fresh))
         return response
-    response = _see_other("/console/portfolio" if visitor.can(*OPS) else "/console/decisions")
+    response = _see_other(_landing(visitor))
     response.set_cookie(session_cookie(request, token, lifetime))
     response.set_cookie(login_cookie(request, "", 0))
     return response

@@ -39,6 +39,7 @@ __all__ = ["MAX_DRAFT_BYTES", "PolicyAdmin", "diff", "run_simulation_job", "simu
 
 log = logging.getLogger("router.serving.policy_admin")
 MAX_DRAFT_BYTES = 60_000
+SIMULATION_REDIS_TIMEOUT_S = 60.0
 _report_dec = msgspec.json.Decoder(SimulationReport)
 
 
@@ -216,7 +217,8 @@ async def _run(
     from router.churn.model import ChurnModel  # onnxruntime: only in the process that needs it
     from router.core.identity import IdentityHasher
 
-    client = connect_redis(settings.redis, timeout_s=10.0)
+    # A generous socket budget: this process yields the CPU to live traffic and may wait its turn.
+    client = connect_redis(settings.redis, timeout_s=SIMULATION_REDIS_TIMEOUT_S)
     store = StateStore(client, settings.redis.prefix, IdentityHasher.from_settings(settings.identity))
     state = ConsoleState(client, store.keys)
     try:

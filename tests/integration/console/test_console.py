@@ -63,6 +63,7 @@ def default_policy_text() -> str:
 def test_sign_in_sets_a_strict_httponly_session_cookie_and_scopes_decide(server: Settings) -> None:
     with _client(server) as c:
         assert c.get("/console/portfolio").headers["location"] == "/console/sign-in"
+        assert c.get("/console/").headers["location"] == "/console/sign-in"
         form = c.get("/console/sign-in")
         token = _CSRF.search(form.text).group(1)  # type: ignore[union-attr]
         bad = c.post("/console/sign-in", data={"csrf": token, "api_key": "not-a-key-at-all-0000"})
@@ -86,6 +87,7 @@ def test_sign_in_sets_a_strict_httponly_session_cookie_and_scopes_decide(server:
         assert refused.status_code == 403
     with _client(server) as c:
         sign_in(c, "helpdesk")
+        assert c.get("/console/").headers["location"] == "/console/decisions"
         assert c.get("/console/decisions").status_code == 200
         assert c.get("/console/portfolio").status_code == 403
         # a key without any console scope cannot sign in
