@@ -99,3 +99,21 @@ def test_replay_counts_workload_per_queue_and_hour_and_deadline_moves() -> None:
     (moved,) = report.deadlines
     assert moved.queue == "vip" and moved.earlier == 2 and moved.later == 0 and moved.mean_shift_h < 0
     assert moved.still_open_moved == 0  # their old deadlines (8 business hours after AT) have passed by ``now``
+
+
+async def test_the_throttle_sleeps_for_cpu_used_not_for_time_spent_waiting() -> None:
+    import time
+
+    from router.serving.simulation import Throttle
+
+    throttle = Throttle(0.5)
+    time.sleep(0.2)  # waiting (for Redis, for a core, or stopped): no CPU used
+    t0 = time.perf_counter()
+    await throttle.pause()
+    assert time.perf_counter() - t0 < 0.05
+    spin = time.process_time()
+    while time.process_time() - spin < 0.1:  # 0.1 s of work
+        pass
+    t0 = time.perf_counter()
+    await throttle.pause()
+    assert 0.09 <= time.perf_counter() - t0 < 0.3  # as long again: half a core
