@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--window", type=float, default=15.0, help="seconds per measurement window")
     parser.add_argument("--pairs", type=int, default=8, help="pairs of windows (simulation running, paused)")
-    parser.add_argument("--cpu-share", type=float, default=0.5, help="the console's simulation CPU share")
+    parser.add_argument("--cpu-share", type=float, default=0.2, help="the console's simulation CPU share")
     parser.add_argument("--out", default="artifacts/console_simulation.json")
     args = parser.parse_args()
     result = run(args)

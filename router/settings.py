@@ -223,7 +223,7 @@ class AuthSettings(_Section, kw_only=True):
 class ConsoleSettings(_Section, kw_only=True):
     session_hours: float = 8.0
     """Lifetime of an operations-console session (cookie and server side) after sign-in."""
-    simulation_cpu_share: float = 0.5
+    simulation_cpu_share: float = 0.2
     """Share of one core a policy simulation started from the console may use (it sleeps between chunks)."""
 
 
