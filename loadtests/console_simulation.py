@@ -7,7 +7,7 @@ Run: ``python -m loadtests.console_simulation`` (defaults: 1M customers, 500 req
    the load generator and the simulation process on the cores as it would in production;
 3. the console's own path: sign in with the dev key, post a draft (VIP from the 80th percentile)
    to ``/console/policy`` with ``action=simulate``; the worker starts ``router policy simulate --job``
-   (niced, its own Redis client, SCAN + pipelined HMGET, sleeping to stay within
+   (SCHED_IDLE, its own Redis client, SCAN + pipelined HMGET, sleeping to stay within
    ``ROUTER_CONSOLE_SIMULATION_CPU_SHARE`` of a core);
 4. paired windows of open-loop classify at ``--rate`` (:mod:`loadtests.openloop`: latency from the
    scheduled send time, random customers): one with the simulation running, one with it paused

@@ -1,7 +1,7 @@
 """Policy administration: validate a draft, simulate it off the request path, apply it, roll back.
 
 Validation is the loader's own (:func:`router.policy.policy_from_text`), so a draft gets the
-same precise message as a file at start-up. A simulation runs as a separate, niced process
+same precise message as a file at start-up. A simulation runs as a separate process scheduled SCHED_IDLE
 (``router policy simulate --job ID``) with its own Redis client; this worker only starts it
 and reads its progress, so the event loop that serves decisions never runs it. Applying stores
 the draft as a new policy version in Redis (:class:`~router.state.policies.PolicyVersions`);

@@ -12,7 +12,7 @@ Two views, both computed with the code that decides live (:func:`router.policy.d
   queue and hour of day against a capacity the caller gives.
 
 Keeping live traffic unharmed is the caller's side of it: the console runs this in a separate,
-niced process (``router policy simulate``) with its own Redis client, SCAN and pipelined HMGETs
+SCHED_IDLE process (``router policy simulate``) with its own Redis client, SCAN and pipelined HMGETs
 (no script holds Redis), and :class:`Throttle` sleeps between chunks so the simulation takes a
 bounded share of one core.
 """
