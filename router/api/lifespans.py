@@ -37,10 +37,10 @@ from router.serving.stripe import StripeService
 from router.serving.webhooks import REPLAY_TIMEOUT_S, WebhookService
 from router.settings import Settings
 from router.state.audit import AuditReader, AuditWriter
+from router.state.console import ConsoleState
 from router.state.follow import Follower
 from router.state.outbox import Outbox
 from router.state.probe import RedisProbe
-from router.state.console import ConsoleState
 from router.state.store import StateStore, connect_redis
 
 __all__ = ["Readiness", "Services", "services"]
@@ -275,7 +275,7 @@ def services(settings: Settings) -> Callable[[Litestar], contextlib.AbstractAsyn
                 connectors=connectors,
                 console_state=console_state,
                 console=ConsoleService(
-                    stores.background, portfolio, customers, AuditReader(stores.background.client, stores.background.keys)
+                    stores.background, portfolio, customers, AuditReader(stores.background)
                 ),
                 policy_admin=admin,
             )

@@ -235,7 +235,7 @@ async def _run(
                 await state.job_progress(job_id, phase, done, total)
 
         report = await simulate(
-            store, AuditReader(client, store.keys), model, settings.model, current, draft,
+            store, AuditReader(store), model, settings.model, current, draft,
             days=int(options.get("days", 7)), sample=float(options.get("sample", 1.0)),
             capacity={str(k): float(v) for k, v in dict(options.get("capacity") or {}).items()},
             default_capacity=None if options.get("default_capacity") is None else float(options["default_capacity"]),

@@ -107,7 +107,7 @@ async def test_the_throttle_sleeps_for_cpu_used_not_for_time_spent_waiting() -> 
     from router.serving.simulation import Throttle
 
     throttle = Throttle(0.5)
-    time.sleep(0.2)  # waiting (for Redis, for a core, or stopped): no CPU used
+    time.sleep(0.2)  # noqa: ASYNC251 - waiting (for Redis, for a core, or stopped) without using CPU
     t0 = time.perf_counter()
     await throttle.pause()
     assert time.perf_counter() - t0 < 0.05
