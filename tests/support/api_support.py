@@ -80,31 +80,6 @@ def api_settings(make: SettingsFactory, **sections: Mapping[str, Any]) -> Settin
     return make(**base)
 
 
-def console_settings(broker: str, redis_url: str, workers: int = 2) -> Settings:
-    """Settings for a module-scoped API (own topics, key prefix and port; two workers), with the test keys."""
-    import uuid
-
-    from router.devstack.infra import free_port
-    from router.ops.kafka import ensure_topics
-    from tests.conftest import run_sync
-
-    token = f"console-{uuid.uuid4().hex[:8]}"
-    base = Settings()
-    r = msgspec.structs.replace
-    s = r(
-        base,
-        kafka=r(base.kafka, bootstrap=broker, events_topic=f"{token}.events", dead_letter_topic=f"{token}.dlq",
-                alerts_topic=f"{token}.alerts", group_id=f"{token}.group", session_timeout_ms=3000),
-        redis=r(base.redis, url=redis_url, prefix=f"test:{token}", breaker_reset_ms=200, timeout_ms=1000),
-        api=r(base.api, port=free_port(), workers=workers),
-        stream=r(base.stream, health_port=0),
-        auth=r(base.auth, keys=KEY_SPEC),
-        webhooks=r(base.webhooks, zendesk_secret=ZENDESK_SECRET, generic_secret=GENERIC_SECRET),
-    )  # fmt: skip
-    run_sync(ensure_topics(s.kafka))
-    return s
-
-
 def zendesk_request(
     payload: object, *, secret: str = ZENDESK_SECRET, at: datetime | None = None
 ) -> tuple[bytes, dict[str, str]]:

@@ -22,7 +22,7 @@ import pytest
 
 from router.settings import Settings
 from tests.integration.console.test_console import DRAFT_VIP_20, default_policy_text
-from tests.support.api_support import KEYS, VIP_ID, VIP_PHONE, auth, console_settings, live_server, populate, population
+from tests.support.api_support import KEYS, VIP_ID, VIP_PHONE, auth, live_server, module_settings, populate, population
 
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency")
 
@@ -47,7 +47,7 @@ def chromium() -> Path:
 
 @pytest.fixture(scope="module")
 def server(broker: str, redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    s = console_settings(broker, redis_server.url)
+    s = module_settings(broker, redis_server.url, "console", api={"workers": 2}, redis={"timeout_ms": 1000})
     asyncio.run(populate(s, population()))
     with live_server(s, tmp_path_factory.mktemp("browser-console") / "api.log"):
         yield s

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from router.settings import Settings, to_env
-from tests.support.api_support import KEYS, VIP_ID, VIP_PHONE, auth, console_settings, live_server, populate, population
+from tests.support.api_support import KEYS, VIP_ID, VIP_PHONE, auth, live_server, module_settings, populate, population
 from tests.support.helpers import running_consumer, state_store
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -37,7 +37,7 @@ def api_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(broker: str, redis_server: Any, api_log: Path) -> Iterator[Settings]:
     """One API process (two workers) for the module, on a populated Redis of its own prefix."""
-    s = console_settings(broker, redis_server.url)
+    s = module_settings(broker, redis_server.url, "console", api={"workers": 2}, redis={"timeout_ms": 1000})
     asyncio.run(populate(s, population()))
     with live_server(s, api_log):
         yield s
