@@ -41,6 +41,7 @@ from router.state.console import ConsoleState
 from router.state.follow import Follower
 from router.state.outbox import Outbox
 from router.state.probe import RedisProbe
+from router.state.records import Announcement
 from router.state.store import StateStore, connect_redis
 
 __all__ = ["Readiness", "Services", "services"]

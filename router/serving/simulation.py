@@ -241,9 +241,10 @@ class _Base:
         self.targets: dict[tuple[str, str], int] = {}
         self.overrides = 0
 
-    def add(self, h: str, inp: DecisionInput, at: datetime) -> None:
+    def add(self, h: str, inp: DecisionInput, at: datetime, inp_after: DecisionInput | None = None) -> None:
+        """One customer; ``inp_after`` when the draft's cost-to-serve prices change the scores."""
         before = decide(self.current, inp, at)
-        after = decide(self.draft, inp, at)
+        after = decide(self.draft, inp_after or inp, at)
         self.tiers.add(before.tier, after.tier, h)
         if inp.override_tier is not None:
             self.overrides += 1
@@ -276,6 +277,10 @@ async def _simulate_base(
 ) -> None:
     distribution = ClvDistribution(await store.histogram())
     overrides = await store.scan_overrides()
+    # A draft with other cost-to-serve prices changes every CLV: its scores are computed with them and
+    # placed in today's distribution (the population's distribution under the draft is not known yet).
+    current_prices, draft_prices = tally.current.service_prices, tally.draft.service_prices
+    price_sets = [current_prices] if draft_prices == current_prices else [current_prices, draft_prices]
     total = distribution.total or None
     as_of, at = int(now), datetime.fromtimestamp(now, UTC)
     done = 0
@@ -298,11 +303,13 @@ async def _simulate_base(
             for i, p in zip(missing, predicted, strict=True):
                 churn[i] = p
         for (h, snap, row, _), p in zip(live, churn, strict=True):
-            scores = assess(snap, row, p, scoring)
-            pct = distribution.percentile(scores.clv.value)
             override = overrides.get(h)
-            inp = policy_input(REPRESENTATIVE_CONTACT, snap, row, scores, p, pct, scores.sentiment, override)
-            tally.add(h, inp, at)
+            inputs = []
+            for prices in price_sets:
+                scores = assess(snap, row, p, scoring, prices)
+                pct = distribution.percentile(scores.clv.value)
+                inputs.append(policy_input(REPRESENTATIVE_CONTACT, snap, row, scores, p, pct, scores.sentiment, override))
+            tally.add(h, inputs[0], at, inputs[-1] if len(inputs) > 1 else None)
         done += len(rows)
         await progress("customers", done, total)
         await throttle.pause()
