@@ -120,6 +120,70 @@ def _export_schemas(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _policy_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from router.policy import PolicyError, policy_from_text
+
+    try:
+        policy = policy_from_text(_read_draft(args.draft), args.draft)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{args.draft}: policy {policy.version} is valid")
+    return 0
+
+
+def _policy_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    import msgspec
+
+    from router.policy import PolicyError
+    from router.serving.policy_admin import run_simulation_job, simulate_command
+    from router.serving.simulation import format_report
+
+    if args.job:  # the console's simulation process
+        asyncio.run(run_simulation_job(settings, args.job))
+        return 0
+    if not args.draft:
+        print("router policy simulate: give a DRAFT file (or - for standard input)", file=sys.stderr)
+        return 2
+    capacity: dict[str, float] = {}
+    for item in args.queue_capacity:
+        queue, sep, value = item.partition("=")
+        try:
+            capacity[queue] = float(value)
+        except ValueError:
+            sep = ""
+        if not (sep and queue):
+            print(f"--queue-capacity: expected QUEUE=CONTACTS_PER_HOUR, got {item!r}", file=sys.stderr)
+            return 2
+    options = {
+        "days": args.days, "sample": args.sample, "capacity": capacity,
+        "default_capacity": args.capacity, "cpu_share": args.cpu_share,
+    }  # fmt: skip
+    try:
+        report, ids = asyncio.run(simulate_command(settings, _read_draft(args.draft), options))
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.json:
+        out = msgspec.to_builtins(report)
+        for tr in out["base"]["transitions"]:
+            tr["examples"] = [ids.get(h, "(erased)") for h in tr["examples"]]
+        print(msgspec.json.encode(out).decode())
+    else:
+        print(format_report(report, ids))
+    return 0
+
+
+def _read_draft(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"{path}: cannot read the draft ({type(exc).__name__})") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the ``router`` command."""
     parser = argparse.ArgumentParser(prog="router", description=__doc__)
@@ -165,6 +229,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "shadow-report", help="how the shadow (candidate) model compares with the live one"
     ).set_defaults(func=_shadow_report)
+
+    policy = sub.add_parser("policy", help="check or simulate a draft routing policy")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    validate = policy_sub.add_parser("validate", help="validate a policy file with the loader's messages")
+    validate.add_argument("draft", help="policy file (TOML), - for standard input")
+    validate.set_defaults(func=_policy_validate)
+    simulate = policy_sub.add_parser(
+        "simulate", help="what a draft policy would change: the customer base and recent decisions"
+    )
+    simulate.add_argument("draft", nargs="?", help="draft policy file (TOML), - for standard input")
+    simulate.add_argument("--days", type=int, default=7, help="days of audited decisions to replay")
+    simulate.add_argument("--sample", type=float, default=1.0, help="share of the customer base (0-1]")
+    simulate.add_argument("--capacity", type=float, default=None, help="contacts per hour each queue can answer")
+    simulate.add_argument(
+        "--queue-capacity", action="append", default=[], metavar="QUEUE=N", help="capacity of one queue"
+    )
+    simulate.add_argument(
+        "--cpu-share", type=float, default=1.0, help="share of one core to use at most (sleeps between chunks)"
+    )
+    simulate.add_argument("--json", action="store_true", help="print the report as JSON")
+    simulate.add_argument("--job", default=None, help=argparse.SUPPRESS)  # the console's simulation process
+    simulate.set_defaults(func=_policy_simulate)
 
     schemas = sub.add_parser("export-schemas", help="write JSON Schemas of the contracts to schemas/json")
     schemas.add_argument("--check", action="store_true", help="fail if the committed files differ")

@@ -29,6 +29,7 @@ __all__ = [
     "ApiSettings",
     "AuthSettings",
     "ConnectorSettings",
+    "ConsoleSettings",
     "HandoffSettings",
     "IdentitySettings",
     "KafkaSettings",
@@ -219,6 +220,13 @@ class AuthSettings(_Section, kw_only=True):
     """Requests per API key and worker that may arrive at once before the rate applies."""
 
 
+class ConsoleSettings(_Section, kw_only=True):
+    session_hours: float = 8.0
+    """Lifetime of an operations-console session (cookie and server side) after sign-in."""
+    simulation_cpu_share: float = 0.2
+    """Share of one core a policy simulation started from the console may use (it sleeps between chunks)."""
+
+
 class WebhookSettings(_Section, kw_only=True):
     secrets = ("zendesk_secret", "generic_secret", "standard_secret", "intercom_secret", "stripe_secret")
     zendesk_secret: str = ""
@@ -299,6 +307,7 @@ class Settings(msgspec.Struct, kw_only=True):
     identity: IdentitySettings = msgspec.field(default_factory=IdentitySettings)
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     handoff: HandoffSettings = msgspec.field(default_factory=HandoffSettings)
     connectors: ConnectorSettings = msgspec.field(default_factory=ConnectorSettings)
@@ -434,6 +443,7 @@ def _section_type(section: str) -> type[_Section]:
         "identity": IdentitySettings,
         "api": ApiSettings,
         "auth": AuthSettings,
+        "console": ConsoleSettings,
         "webhooks": WebhookSettings,
         "handoff": HandoffSettings,
         "connectors": ConnectorSettings,

@@ -33,6 +33,7 @@ __all__ = [
     "Conversation",
     "CustomerRef",
     "CustomerView",
+    "DayCount",
     "Decision",
     "ErasureAccepted",
     "ErrorBody",
@@ -487,6 +488,8 @@ class AuditEntry(msgspec.Struct, frozen=True):
     policy_version: str | None = None
     degraded_cause: str | None = None
     detail: str | None = None
+    reasons: list[str] = []
+    """A decision's reasons in plain words, as the caller got them."""
 
 
 class CustomerView(msgspec.Struct, frozen=True):
@@ -578,6 +581,12 @@ class TrendPoint(msgspec.Struct, frozen=True):
     """Share of customers at or above 70 points."""
 
 
+class DayCount(msgspec.Struct, frozen=True):
+    day: str
+    """UTC date, e.g. ``"2026-11-25"``."""
+    count: int
+
+
 class PortfolioReport(msgspec.Struct, frozen=True):
     """Portfolio figures over the last ``days`` days (money in the business currency)."""
 
@@ -611,3 +620,7 @@ class PortfolioReport(msgspec.Struct, frozen=True):
     """All customers' support cost per year, as CLV counts it (the policy's prices)."""
     service_cost: list[TierServiceCost] = []
     """Support cost per year by tier (tiers as in ``tiers``), so a tier's cost can be compared over time."""
+    churn_alerts: int = 0
+    """Churn alerts raised in the period (upward crossings of the alert threshold)."""
+    churn_alerts_by_day: list[DayCount] = []
+    """Days of the period with alerts (days without are left out)."""

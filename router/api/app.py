@@ -31,6 +31,7 @@ from router.api.controllers.webhooks import WebhookController
 from router.api.lifespans import Services, services
 from router.api.middleware import RequestMetricsMiddleware
 from router.api.openapi import refine
+from router.console.controllers import console_router
 from router.errors import RouterError, UnsupportedMediaType, without_values
 from router.ops.logs import litestar_logging_config, logging_config, setup_logging
 from router.ops.metrics import prepare_multiprocess
@@ -78,6 +79,7 @@ def create_app(settings: Settings) -> Litestar:
         health.ready,
         health.detail,
         health.metrics_endpoint,
+        console_router(),  # /console: its own sign-in, sessions and CSRF (router.console.sessions)
     ]
     if settings.api.bench_endpoints:
         from router.api.controllers.bench import bench_route_handlers

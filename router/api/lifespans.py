@@ -19,6 +19,7 @@ from litestar import Litestar
 
 from router.connectors.config import ConnectorConfigError, load_connectors
 from router.connectors.service import ConnectorService
+from router.console.service import ConsoleService
 from router.core.identity import IdentityHasher
 from router.ops.heap import settle_heap
 from router.serving.customers import CustomerService
@@ -27,6 +28,7 @@ from router.serving.handoff import HandoffService
 from router.serving.inbound import InboundWebhooks
 from router.serving.intake import EventIntake
 from router.serving.live import Live
+from router.serving.policy_admin import PolicyAdmin
 from router.serving.portfolio import PortfolioService
 from router.serving.publisher import EventPublisher
 from router.serving.reloads import ReloadService
@@ -34,7 +36,8 @@ from router.serving.screenpop import ScreenPopService
 from router.serving.stripe import StripeService
 from router.serving.webhooks import REPLAY_TIMEOUT_S, WebhookService
 from router.settings import Settings
-from router.state.audit import AuditWriter
+from router.state.audit import AuditReader, AuditWriter
+from router.state.console import ConsoleState
 from router.state.follow import Follower
 from router.state.outbox import Outbox
 from router.state.probe import RedisProbe
@@ -82,6 +85,10 @@ class Services:
     portfolio: PortfolioService
     reloads: ReloadService
     connectors: ConnectorService
+    console_state: ConsoleState
+    """Console sessions and simulation jobs."""
+    console: ConsoleService
+    policy_admin: PolicyAdmin
 
 
 class Readiness:
@@ -193,6 +200,15 @@ async def event_publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
 
 
 @contextlib.asynccontextmanager
+async def policy_admin(live: Live, state: ConsoleState, audit: AuditWriter, settings: Settings) -> AsyncIterator[PolicyAdmin]:
+    admin = PolicyAdmin(live, state, audit, settings)
+    try:
+        yield admin
+    finally:
+        await admin.close()  # simulations this worker started
+
+
+@contextlib.asynccontextmanager
 async def sighup_reloads(reloads: ReloadService) -> AsyncIterator[None]:
     """Reload policy and model on SIGHUP, where this process may own signals (not in tests' threads)."""
     try:
@@ -236,6 +252,10 @@ def services(settings: Settings) -> Callable[[Litestar], contextlib.AbstractAsyn
             outbox = Outbox(stores.replays.client, stores.replays.keys)
             connectors = ConnectorService(decisions, outbox, connected, settings.connectors)
             await stack.enter_async_context(sighup_reloads(reloads))
+            console_state = ConsoleState(stores.store.client, stores.store.keys)
+            admin = await stack.enter_async_context(policy_admin(live, console_state, audit, settings))
+            customers = CustomerService(stores.store, live, audit, publisher, settings.model)
+            portfolio = PortfolioService(stores.background, live)
             app.state.services = Services(
                 settings=settings,
                 stores=stores,
@@ -250,10 +270,15 @@ def services(settings: Settings) -> Callable[[Litestar], contextlib.AbstractAsyn
                 inbound=InboundWebhooks(decisions, stores.replays, settings.webhooks),
                 stripe=StripeService(publisher, settings.webhooks),
                 intake=EventIntake(publisher, settings.api, settings.stream),
-                customers=CustomerService(stores.store, live, audit, publisher, settings.model),
-                portfolio=PortfolioService(stores.background, live),
+                customers=customers,
+                portfolio=portfolio,
                 reloads=reloads,
                 connectors=connectors,
+                console_state=console_state,
+                console=ConsoleService(
+                    stores.background, portfolio, customers, AuditReader(stores.background)
+                ),
+                policy_admin=admin,
             )
             if settings.api.settle_heap:
                 settle_heap()  # everything a worker keeps is loaded by now

@@ -17,6 +17,8 @@ Definitions (period = the last ``days`` days by event day, today included):
 * service cost per tier: the support cost per year CLV counts, summed per CLV histogram bin
   and assigned to tiers with the bins (a customer's cost moves with its CLV bin)
 * churn-risk trend: one point per day, sampled when the report is computed
+* churn alerts: alerts raised per day (by the consumer's clock), counted with the snapshot
+  write that raised them, so a redelivered batch does not count them twice
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import msgspec
 
 from router.core.reducer import DAY, Snapshot
 from router.core.scoring import clv_bin
-from schemas.api import ChurnBand, PortfolioReport, Tier, TierCount, TierServiceCost, TrendPoint
+from schemas.api import ChurnBand, DayCount, PortfolioReport, Tier, TierCount, TierServiceCost, TrendPoint
 from schemas.events import CustomerEvent, SubscriptionChanged
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "TOTAL_NAMES",
     "PortfolioCounters",
     "ScorePoint",
+    "alert_kpis",
     "churn_bin",
     "churn_summary",
     "daily_kpis",
@@ -101,6 +104,11 @@ def daily_kpis(kpi: dict[str, float], event: CustomerEvent, *, created: bool) ->
             _add(kpi, f"d:{day}:churned_mrr", -sub.mrr_delta)
 
 
+def alert_kpis(kpi: dict[str, float], now: int) -> None:
+    """Count a churn alert raised at epoch second ``now``."""
+    _add(kpi, f"d:{now // DAY}:churn_alerts", 1.0)
+
+
 def churn_bin(churn: float) -> int:
     """Churn-risk histogram bin: 20 bins of 5 points."""
     return min(19, int(churn * 20))
@@ -160,10 +168,13 @@ def report(
 ) -> PortfolioReport:
     """The figures from the counters (see the module docstring); ``tiers`` in the policy's order."""
     window: dict[str, float] = {}
+    alerts: dict[int, int] = {}
     for day, counters in c.daily.items():
         if today - days < day <= today:
             for name, value in counters.items():
                 window[name] = window.get(name, 0.0) + value
+            if counters.get("churn_alerts"):
+                alerts[day] = round(counters["churn_alerts"])
     w = window.get
     mrr = c.totals.get("mrr", 0.0)
     new_mrr, expansion, contraction, churned = (
@@ -212,9 +223,11 @@ def report(
         churn_risk=[ChurnBand(band=f"{b * 5}-{b * 5 + 5}", customers=c.churn_hist.get(b, 0)) for b in range(20)]
         if churn_total
         else [],
+        churn_alerts=round(w("churn_alerts", 0.0)),
+        churn_alerts_by_day=[DayCount(day=_iso(d), count=n) for d, n in sorted(alerts.items()) if n],
         churn_trend=[
             TrendPoint(
-                day=datetime.fromtimestamp(d * DAY, UTC).date().isoformat(),
+                day=_iso(d),
                 mean_churn_risk=round(m, 1),
                 high_risk_share=round(h, 4),
             )
@@ -232,3 +245,7 @@ def report(
             for t in tiers
         ],
     )
+
+
+def _iso(day: int) -> str:
+    return datetime.fromtimestamp(day * DAY, UTC).date().isoformat()

@@ -408,6 +408,8 @@ def _banner(settings: Settings, stack: _Stack, elapsed: float) -> None:
     lines = [
         f"ready in {elapsed:.1f}s",
         f"  API docs        http://{host}:{settings.api.port}/schema/swagger",
+        f"  console         http://{host}:{settings.api.port}/console/ (sign in with "
+        + (f"the dev key {DEV_KEY})" if not settings.auth.keys else "an ops or admin API key)"),
         f"  broker          {settings.kafka.bootstrap}" + (" (embedded)" if stack.broker else ""),
         f"  redis           {_shown(settings.redis.url)}"
         + (" (private)" if stack.redis else f" (key prefix {settings.redis.prefix!r})"),

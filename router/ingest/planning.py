@@ -34,7 +34,7 @@ from prometheus_client import Counter
 from router.churn.model import ChurnModel, ModelError
 from router.core.features import features
 from router.core.identity import IdentityHasher
-from router.core.kpi import NO_TOTALS, TOTAL_NAMES, daily_kpis, move_score_kpis, totals
+from router.core.kpi import NO_TOTALS, TOTAL_NAMES, alert_kpis, daily_kpis, move_score_kpis, totals
 from router.core.reducer import Applied, Snapshot, fold
 from router.core.scoring import NO_SERVICE_COST, ServicePrices, assess, clv_bin
 from router.ops import metrics
@@ -339,6 +339,7 @@ class BatchPlanner:
             alerted = p >= threshold or (was_alerted and p > rearm)
             if alerted and not was_alerted and churn is not None and model is not None:
                 out.alerts.append(self._alert(model, op, row, p, threshold))
+                alert_kpis(op.kpi, now)
             scores = op.scores = Scores(
                 churn=p,
                 clv=value,

@@ -15,9 +15,17 @@ finishes with it. If the new file is invalid, :class:`PolicyError` is raised and
 policy simply stays in force. Every decision carries ``policy.version`` for the audit log.
 """
 
-from router.policy.engine import DecisionInput, Policy, PolicyDecision, compile_policy, decide, load_policy
+from router.policy.engine import (
+    DecisionInput,
+    Policy,
+    PolicyDecision,
+    compile_policy,
+    decide,
+    load_policy,
+    policy_from_text,
+)
 from router.policy.sla import Calendar, Clock, deadline
-from router.policy.spec import PolicyError, PolicySpec, parse_policy, read_policy
+from router.policy.spec import PolicyError, PolicySpec, parse_policy, parse_policy_text, read_policy
 
 __all__ = [
     "Calendar",
@@ -32,5 +40,7 @@ __all__ = [
     "decide",
     "load_policy",
     "parse_policy",
+    "parse_policy_text",
+    "policy_from_text",
     "read_policy",
 ]

@@ -25,11 +25,20 @@ from router.policy.spec import (
     Condition,
     PolicySpec,
     Target,
+    parse_policy_text,
     read_policy,
 )
 from schemas.api import Action, Escalation, SlaDeadline, Tier
 
-__all__ = ["DecisionInput", "Policy", "PolicyDecision", "compile_policy", "decide", "load_policy"]
+__all__ = [
+    "DecisionInput",
+    "Policy",
+    "PolicyDecision",
+    "compile_policy",
+    "decide",
+    "load_policy",
+    "policy_from_text",
+]
 
 MAX_REASONS = 3
 
@@ -332,6 +341,11 @@ def load_policy(path: str | Path) -> Policy:
     Raises :class:`~router.policy.spec.PolicyError` naming the path of the first problem.
     """
     return Policy(read_policy(path))
+
+
+def policy_from_text(text: str, source: str = "draft") -> Policy:
+    """Validate and precompile policy TOML held in memory (a draft or a stored version)."""
+    return Policy(parse_policy_text(text, source))
 
 
 # ----------------------------------------------------------------------------------- decide

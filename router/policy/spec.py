@@ -49,6 +49,7 @@ __all__ = [
     "WeeklyHours",
     "parse_interval",
     "parse_policy",
+    "parse_policy_text",
     "read_policy",
     "read_policy_file",
 ]
@@ -533,3 +534,13 @@ def read_policy_file(path: str | Path) -> tuple[PolicySpec, str]:
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{p}: not valid TOML: {exc}") from None
     return parse_policy(raw), hashlib.sha256(data).hexdigest()
+
+
+def parse_policy_text(text: str, source: str = "draft") -> PolicySpec:
+    """Validate policy TOML held in memory (a draft, a stored version); messages as :func:`read_policy`'s,
+    with ``source`` where a file would be named."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{source}: not valid TOML: {exc}") from None
+    return parse_policy(raw)

@@ -19,6 +19,7 @@ from router.core.features import features
 from router.core.reducer import plan_of
 from router.core.scoring import CLV_FORMULA, assess, sentiment_label
 from router.errors import REDIS_FAULTS, NotFound, Unavailable
+from router.ops.logs import redact
 from router.serving.live import Live
 from router.serving.publisher import EventPublisher
 from router.settings import ModelSettings
@@ -152,10 +153,11 @@ class CustomerService:
             raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
         if not stored:
             raise NotFound("no such customer: an override needs a known customer")
-        self._admin("override_set", actor, h, f"tier {req.tier} until {override.expires_at.isoformat()}")
+        detail = f"tier {req.tier} until {override.expires_at.isoformat()}: {redact(req.reason)}"
+        self._admin("override_set", actor, h, detail)
         return override
 
-    async def remove_override(self, customer_id: str, actor: str) -> None:
+    async def remove_override(self, customer_id: str, actor: str, reason: str | None = None) -> None:
         h = self.hasher.customer_key(customer_id)
         try:
             deleted = await self.store.delete_override(h)
@@ -163,7 +165,7 @@ class CustomerService:
             raise Unavailable(f"customer store unavailable ({type(exc).__name__})") from None
         if not deleted:
             raise NotFound("no override for this customer (never set, removed or expired)")
-        self._admin("override_removed", actor, h)
+        self._admin("override_removed", actor, h, redact(reason) if reason else None)
 
     # -- feedback and erasure ----------------------------------------------------------------
 
@@ -249,4 +251,5 @@ def _entry(rec: AnyRecord) -> AuditEntry:
         model_version=rec.model_version,
         policy_version=rec.policy_version,
         degraded_cause=rec.degraded_cause,
+        reasons=rec.reasons,
     )

@@ -41,7 +41,7 @@ from router.state.records import CustomerRecord, Scores
 from router.state.store import StateStore
 from schemas.api import ClassifyRequest, CustomerRef, Decision, Override, ScoreCard
 
-__all__ = ["DecisionService", "Resolved"]
+__all__ = ["DecisionService", "Resolved", "audit_inputs", "input_from_audit", "policy_input", "stored_score_exact"]
 
 log = logging.getLogger("router.serving.decisions")
 # Resolving a labelled child costs microseconds per call: on the request path, do it once.
@@ -187,7 +187,7 @@ class DecisionService:
             scores = assess(snap, row, churn, self.scoring, policy.service_prices)
             clv_pct = self.live.distribution.percentile(scores.clv.value)
         sentiment = _with_text_sentiment(scores.sentiment if scores else None, req.text_sentiment)
-        inp = _policy_input(req, snap, row, scores, churn, clv_pct, sentiment, resolved.override)
+        inp = policy_input(req, snap, row, scores, churn, clv_pct, sentiment, resolved.override)
         out = decide(policy, inp, req.received_at or datetime.fromtimestamp(now, UTC))
         decision = Decision(
             decision_id=self.new_decision_id(),
@@ -207,7 +207,7 @@ class DecisionService:
         )
         bind_decision_id(decision.decision_id)  # every later log line of this request names it
         self._observe(decision, out, degraded, time.perf_counter() - t0)
-        self.audit.record(_audit_record(decision, req, resolved, now))
+        self.audit.record(_audit_record(decision, inp, resolved, now))
         return decision
 
     def _churn(
@@ -217,11 +217,11 @@ class DecisionService:
         stored = record.scores if record else None
         if model is None:
             return (stored.churn if stored else None), "model_unavailable"
-        if _exact(stored, model, as_of):
+        if stored_score_exact(stored, model, as_of):
             # The consumer scored this very snapshot with this very model, and nothing the trees
             # compare has moved since (ChurnModel.stable_until): the model would return the same float.
             _CHURN_REUSED.inc()
-            return stored.churn, None  # type: ignore[union-attr]  # _exact checked it
+            return stored.churn, None  # type: ignore[union-attr]  # stored_score_exact checked it
         try:
             t1 = time.perf_counter()
             churn = model.predict_one(row)
@@ -248,7 +248,7 @@ def _lists(snap: Snapshot | None, index: tuple[str, str, str]) -> bool:
     return digest in (snap.phone_keys if kind == "phone" else snap.email_keys)
 
 
-def _exact(stored: Scores | None, model: ChurnModel, as_of: int) -> bool:
+def stored_score_exact(stored: Scores | None, model: ChurnModel, as_of: int) -> bool:
     """Is the stored score what ``model`` returns for the stored snapshot at ``as_of``?"""
     return (
         stored is not None
@@ -264,7 +264,7 @@ def _with_text_sentiment(history: float | None, text: float | None) -> float | N
     return text if history is None else (history + text) / 2.0
 
 
-def _policy_input(
+def policy_input(
     req: ClassifyRequest,
     snap: Snapshot | None,
     row: list[float] | None,
@@ -315,19 +315,13 @@ def _score_card(
     )
 
 
-def _audit_record(decision: Decision, req: ClassifyRequest, resolved: Resolved, now: float) -> AuditRecord:
-    """The decision as the audit trail keeps it: keyed hash, inputs and outcome, no clear identifier."""
+def _audit_record(decision: Decision, inp: DecisionInput, resolved: Resolved, now: float) -> AuditRecord:
+    """The decision as the audit trail keeps it: keyed hash, inputs, outcome and reasons, no clear identifier."""
     return AuditRecord(
         decision_id=decision.decision_id,
         at=now,
         customer_key=resolved.customer_key,
-        inputs={
-            "channel": req.channel,
-            "category": req.category,
-            "priority": req.priority,
-            "clv_score": decision.scores.clv_score,
-            "churn_risk": decision.scores.churn_risk,
-        },
+        inputs=audit_inputs(inp, decision),
         tier=decision.tier,
         role=decision.escalation.role,
         queue=decision.escalation.queue,
@@ -337,6 +331,70 @@ def _audit_record(decision: Decision, req: ClassifyRequest, resolved: Resolved, 
         policy_version=decision.policy_version,
         degraded_cause=decision.degraded_cause,
         override=resolved.override.tier if resolved.override is not None else None,
+        reasons=decision.reasons,
+    )
+
+
+def audit_inputs(inp: DecisionInput, decision: Decision) -> dict[str, float | str | bool | None]:
+    """Everything the policy looked at (scores and counts, no identifier), so that a policy
+    simulation can replay the decision under a draft (:func:`input_from_audit`)."""
+    return {
+        "channel": inp.channel,
+        "category": inp.category,
+        "priority": inp.priority,
+        "clv_score": decision.scores.clv_score,
+        "churn_risk": decision.scores.churn_risk,
+        "known": inp.known,
+        "clv_percentile": inp.clv_percentile,
+        "churn": inp.churn,
+        "upsell": inp.upsell,
+        "advocacy": inp.advocacy,
+        "sentiment": inp.sentiment,
+        "segment": inp.segment,
+        "open_tickets": inp.open_tickets,
+        "late_payments_90d": inp.late_payments_90d,
+        "nps": inp.nps,
+        "subscription_active": inp.subscription_active,
+        "mrr": inp.mrr,
+        "days_since_last_interaction": inp.days_since_last_interaction,
+    }
+
+
+def input_from_audit(inputs: dict[str, float | str | bool | None], override: str | None) -> DecisionInput:
+    """The policy input of an audited decision (records written before every input was kept
+    give the policy what they have: a missing score never satisfies a threshold)."""
+    g = inputs.get
+
+    def num(name: str) -> float | None:
+        v = g(name)
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    pct = num("clv_percentile")
+    churn = num("churn")
+    if pct is None and "clv_percentile" not in inputs:  # older record: the rounded points
+        pct = num("clv_score")
+    if churn is None and "churn" not in inputs and (points := num("churn_risk")) is not None:
+        churn = points / 100.0
+    known = g("known")
+    nps = num("nps")
+    return DecisionInput(
+        known=bool(known) if known is not None else pct is not None,
+        clv_percentile=pct,
+        churn=churn,
+        upsell=num("upsell"),
+        advocacy=num("advocacy"),
+        sentiment=num("sentiment"),
+        segment=str(g("segment") or "unknown"),
+        channel=str(g("channel") or ""),
+        category=str(g("category") or ""),
+        priority=str(g("priority") or "normal"),
+        open_tickets=int(num("open_tickets") or 0),
+        late_payments_90d=int(num("late_payments_90d") or 0),
+        nps=None if nps is None else int(nps),
+        subscription_active=bool(g("subscription_active")),
+        mrr=num("mrr") or 0.0,
+        days_since_last_interaction=num("days_since_last_interaction"),
+        override_tier=override,
     )
 
 

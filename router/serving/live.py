@@ -4,6 +4,11 @@ Model and policy are swapped by reassigning one attribute (:meth:`Live.reload_mo
 :meth:`Live.reload_policy`); a request reads each reference once, so it sees either the old or
 the new object, never a mix, and no request is dropped. The CLV distribution is the population
 histogram, re-read in the background (:meth:`Live.start`).
+
+A policy applied from the console is stored in Redis as a numbered version
+(:mod:`router.state.policies`); every worker polls the number in force once a second
+(:meth:`Live.follow_policy`) and loads a number it has not loaded yet, so all workers of all
+hosts switch within about a second. At start-up the version in force in Redis wins over the file.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from router.churn.model import ChurnModel, ModelError
 from router.core.scoring import ClvDistribution
 from router.errors import REDIS_FAULTS
 from router.ops import metrics
-from router.policy import Policy, load_policy
+from router.policy import Policy, PolicyError, load_policy, policy_from_text
+from router.state.policies import PolicyVersions
 from router.state.store import StateStore
 
 __all__ = ["Live", "report_calendars"]
@@ -28,6 +34,8 @@ __all__ = ["Live", "report_calendars"]
 log = logging.getLogger("router.serving.live")
 _REFRESH_MIN_S = 5.0
 _REFRESH_MAX_S = 60.0
+POLICY_POLL_S = 1.0
+"""How often each worker asks Redis which policy version is in force (one GET)."""
 
 
 class Live:
@@ -49,7 +57,12 @@ class Live:
         """A client with a budget of seconds: for the population-wide reads."""
         self.model_path = model_path
         self.policy_path = policy_path
+        self.versions = PolicyVersions(background.client, background.keys)
+        self.policy_number: int | None = None
+        """Number of the stored policy version in force here (None: the policy file's)."""
         self._refresher: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
+        self._follow_failing = False
         self._refresh_every_s = _REFRESH_MIN_S
 
     @classmethod
@@ -71,14 +84,17 @@ class Live:
 
     async def start(self) -> None:
         await self.refresh_distribution()
+        await self.follow_policy()
         self._refresher = asyncio.create_task(self._refresh_loop(), name="clv-distribution")
+        self._follower = asyncio.create_task(self._follow_loop(), name="policy-version")
 
     async def stop(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-            self._refresher = None
+        for task in (self._refresher, self._follower):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._refresher = self._follower = None
 
     async def refresh_distribution(self) -> None:
         """Reload the population's CLV histogram (off the request path, on the background client)."""
@@ -98,6 +114,39 @@ class Live:
             await asyncio.sleep(self._refresh_every_s)
             await self.refresh_distribution()
             report_calendars(self.policy)  # the years ahead move on at midnight of New Year's Eve
+
+    # -- the policy version in force (Redis) ---------------------------------------------------
+
+    async def follow_policy(self) -> None:
+        """Load the stored policy version in force if this worker has not loaded it yet."""
+        try:
+            number = await self.versions.active_number()
+            if number is None or number == self.policy_number:
+                return
+            stored = await self.versions.get(number)
+        except REDIS_FAULTS as exc:
+            if not self._follow_failing:  # once per outage, not every second
+                log.warning("policy version check failed, keeping %s: %s", self.policy.version, type(exc).__name__)
+            self._follow_failing = True
+            return
+        self._follow_failing = False
+        if stored is None:
+            return
+        try:
+            new = policy_from_text(stored.text, f"policy version {number}")
+        except PolicyError as exc:  # validated when applied; only a hand-edited Redis gets here
+            log.error("stored policy version %d not loaded, %s stays in force: %s", number, self.policy.version, exc)
+            self.policy_number = number  # once, not every second
+            return
+        old, self.policy = self.policy, new
+        self.policy_number = number
+        metrics.POLICY_INFO.info({"version": new.version})
+        log.info("policy %s replaced by %s (stored version %d)", old.version, new.version, number)
+
+    async def _follow_loop(self) -> None:
+        while True:
+            await asyncio.sleep(POLICY_POLL_S)
+            await self.follow_policy()
 
     # -- reloads -------------------------------------------------------------------------------
 

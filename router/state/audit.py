@@ -20,14 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 
 from router.ops import metrics
 from router.state.store import StateStore
 
-__all__ = ["AdminRecord", "AnyRecord", "AuditRecord", "AuditWriter"]
+__all__ = ["AdminRecord", "AnyRecord", "AuditReader", "AuditRecord", "AuditWriter"]
 
 log = logging.getLogger("router.state.audit")
 
@@ -38,7 +40,8 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", t
     decision_id: str
     at: float
     customer_key: str | None
-    inputs: dict[str, float | str | None]
+    inputs: dict[str, float | str | bool | None]
+    """What the policy looked at (scores, counts, the contact's channel, category, priority)."""
     tier: str
     role: str
     queue: str
@@ -48,6 +51,8 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", t
     policy_version: str
     override: str | None = None
     degraded_cause: str | None = None
+    reasons: list[str] = []
+    """The decision's reasons in plain words, as the caller got them."""
 
 
 class AdminRecord(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="admin"):
@@ -166,3 +171,91 @@ class AuditWriter:
         deadline = time.monotonic() + timeout_s
         while self._pending and time.monotonic() < deadline:  # noqa: ASYNC110 - an Event is bound to one loop
             await asyncio.sleep(0.001)
+
+
+# -- reading the trail back (the console's decision search, the policy simulation) -------------
+
+_SCAN_CHUNK = 1_000
+_ID_TIME = re.compile(r"^d-([0-9a-f]{1,12})-")
+
+
+class AuditReader:
+    """Searches the audit streams: by decision id, by customer (keyed hash), by time range.
+
+    The global stream's entry ids are the milliseconds the writer added them (a few ms after
+    the decision), so a time range is an ``XRANGE`` and a decision id, which carries its own
+    millisecond, is found by reading the minute after it. Records are read in chunks with a
+    yield to the event loop between them: a week of decisions must not stall the worker.
+    """
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    async def for_customer(self, customer_key: str, count: int = 50) -> list[AnyRecord]:
+        """Most recent records of one customer (decisions and admin actions), newest first."""
+        return [_dec.decode(raw) for raw in await self.store.customer_audit(customer_key, count)]
+
+    async def decision(self, decision_id: str) -> AuditRecord | None:
+        """The audited decision with this id, if the global stream still holds it."""
+        m = _ID_TIME.match(decision_id)
+        if m is None:
+            return None
+        ms = int(m.group(1), 16)
+        # The writer lingers ~10 ms and may lag behind under load: a minute after the decision is ample.
+        needle = decision_id.encode()
+        async for raw in self._raw_between(ms / 1000 - 1.0, ms / 1000 + 60.0, _SCAN_CHUNK):
+            if needle in raw:
+                rec = _dec.decode(raw)
+                if isinstance(rec, AuditRecord) and rec.decision_id == decision_id:
+                    return rec
+        return None
+
+    async def between(self, start: float, end: float, *, chunk: int = _SCAN_CHUNK) -> AsyncIterator[AnyRecord]:
+        """Every record written between epoch seconds ``start`` and ``end``, oldest first."""
+        async for raw in self._raw_between(start, end, chunk):
+            yield _dec.decode(raw)
+
+    async def _raw_between(self, start: float, end: float, chunk: int) -> AsyncIterator[bytes]:
+        low, high = _stream_id(start, 0), _stream_id(end, _LAST)
+        while True:
+            rows = await self.store.audit_range(low, high, chunk)
+            for _, raw in rows:
+                yield raw
+            if len(rows) < chunk:
+                return
+            low = "(" + rows[-1][0]
+            await asyncio.sleep(0)
+
+    async def newest(
+        self, start: float, end: float, *, keep: Callable[[AuditRecord], bool], limit: int, scan_max: int
+    ) -> tuple[list[AuditRecord], int, bool]:
+        """Up to ``limit`` decisions between ``start`` and ``end`` that ``keep`` accepts, newest first.
+
+        Reads backwards at most ``scan_max`` records: returns (records, records read, whether the
+        whole range was read).
+        """
+        found: list[AuditRecord] = []
+        read = 0
+        low, high = _stream_id(start, 0), _stream_id(end, _LAST)
+        while read < scan_max:
+            want = min(_SCAN_CHUNK, scan_max - read)
+            rows = await self.store.audit_range_newest(high, low, want)
+            read += len(rows)
+            for _, raw in rows:
+                rec = _dec.decode(raw)
+                if isinstance(rec, AuditRecord) and keep(rec):
+                    found.append(rec)
+                    if len(found) >= limit:
+                        return found, read, False
+            if len(rows) < want:
+                return found, read, True
+            high = "(" + rows[-1][0]
+            await asyncio.sleep(0)
+        return found, read, False
+
+
+_LAST = 18446744073709551615
+
+
+def _stream_id(at: float, seq: int) -> str:
+    return f"{max(0, int(at * 1000))}-{seq}"

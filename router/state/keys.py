@@ -31,6 +31,13 @@ e-mail for the index), ``T`` the first two hex digits of a hash: the Redis Clust
     P:{cx}:ob:C:health   hash    C's last landing, last failure and last poll
     P:{cx}:ob:C:mark     string  the highest helpdesk ticket id C has routed (followed helpdesks: RT)
     P:{cx}:dd:C:T        string  ticket T of C was routed within the dedupe window
+    P:{policy}:active    string  number of the policy version in force (every API worker polls it)
+    P:{policy}:seq       string  last policy version number handed out
+    P:{policy}:v:N       hash    policy version N: TOML text, author, time, note, version string
+    P:{policy}:history   list    policy version numbers, oldest first
+    P:{console}:s:D      hash    a console session (D = SHA-256 of the session cookie), TTL = expiry
+    P:{console}:sim:J    hash    a policy simulation job J: draft, progress, result; TTL a day
+    P:{console}:sim-lock string  the job that is running (one simulation at a time)
 
 A customer's snapshot, override, audit stream and the histogram and counter shards its write
 lands in share one hash tag, so one Lua script updates or reads them atomically even on Redis
@@ -42,9 +49,10 @@ number, and outbox entries name tickets and decisions, never customers). Erasure
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
-__all__ = ["HIST_SHARDS", "Keys"]
+__all__ = ["HIST_SHARDS", "Keys", "customer_hash_of"]
 
 HIST_SHARDS = 256
 """Shards of the CLV histogram and of the portfolio counters (one per two-hex-digit hash tag)."""
@@ -159,3 +167,50 @@ class Keys:
 
     def ticket_routed(self, connector: str, ticket: str) -> str:
         return f"{self.prefix}:{{cx}}:dd:{connector}:{ticket}"
+    # -- scans (the policy simulation reads the whole population) -----------------------------
+
+    def customer_pattern(self) -> str:
+        """SCAN pattern of every customer hash (the prefix's glob characters escaped)."""
+        return f"{_glob_escape(self.prefix)}:{{??}}:c:*"
+
+    def override_pattern(self) -> str:
+        """SCAN pattern of every tier override."""
+        return f"{_glob_escape(self.prefix)}:{{??}}:o:*"
+
+    # -- policy versions (every API worker follows the active one) ----------------------------
+
+    def policy_active(self) -> str:
+        return f"{self.prefix}:{{policy}}:active"
+
+    def policy_seq(self) -> str:
+        return f"{self.prefix}:{{policy}}:seq"
+
+    def policy_version(self, number: int) -> str:
+        return f"{self.prefix}:{{policy}}:v:{number}"
+
+    def policy_history(self) -> str:
+        return f"{self.prefix}:{{policy}}:history"
+
+    # -- the operations console ---------------------------------------------------------------
+
+    def console_session(self, digest: str) -> str:
+        return f"{self.prefix}:{{console}}:s:{digest}"
+
+    def simulation(self, job_id: str) -> str:
+        return f"{self.prefix}:{{console}}:sim:{job_id}"
+
+    def simulation_lock(self) -> str:
+        return f"{self.prefix}:{{console}}:sim-lock"
+
+
+def customer_hash_of(key: str | bytes) -> str:
+    """The keyed hash ``H`` of a key built by :meth:`Keys.customer` or :meth:`Keys.override`."""
+    text = key.decode() if isinstance(key, bytes) else key
+    return text.rsplit(":", 1)[1]
+
+
+_GLOB = re.compile(r"([*?\[\]\\])")
+
+
+def _glob_escape(text: str) -> str:
+    return _GLOB.sub(r"\\\1", text)

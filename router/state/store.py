@@ -25,7 +25,7 @@ from redis.exceptions import NoScriptError
 from router.core.identity import IdentityHasher
 from router.core.kpi import KPI_TOTALS, PortfolioCounters
 from router.settings import RedisSettings
-from router.state.keys import HIST_SHARDS, Keys
+from router.state.keys import HIST_SHARDS, Keys, customer_hash_of
 from router.state.records import (
     Announcement,
     CustomerRecord,
@@ -248,6 +248,10 @@ return #batch / 2
 
 _enc = msgspec.msgpack.Encoder()
 _point_dec = msgspec.msgpack.Decoder(tuple[float, float])
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _lua_bytes(data: bytes) -> msgspec.Raw:
@@ -616,6 +620,16 @@ class StateStore:
         rows: Any = await self.client.xrevrange(self.keys.customer_audit(h), count=count)
         return [fields[b"r"] for _, fields in rows]
 
+    async def audit_range(self, low: str, high: str, count: int) -> list[tuple[str, bytes]]:
+        """Up to ``count`` (entry id, record JSON) of the global audit stream from ``low`` to ``high``, oldest first."""
+        rows: Any = await self.client.xrange(self.keys.audit(), min=low, max=high, count=count)
+        return [(_text(entry), fields[b"r"]) for entry, fields in rows]
+
+    async def audit_range_newest(self, high: str, low: str, count: int) -> list[tuple[str, bytes]]:
+        """The same, newest first (from ``high`` down to ``low``)."""
+        rows: Any = await self.client.xrevrange(self.keys.audit(), max=high, min=low, count=count)
+        return [(_text(entry), fields[b"r"]) for entry, fields in rows]
+
     # -- the request path --------------------------------------------------------------------
 
     async def resolve_index(self, index_key: str) -> str | None:
@@ -759,3 +773,58 @@ class StateStore:
     async def shadow_report(self) -> bytes | None:
         raw: Any = await self.client.get(self.keys.shadow_report())
         return bytes(raw) if raw is not None else None
+
+    # -- the policy simulation: the whole population, streamed (never on the request path) ----
+
+    async def scan_customers(
+        self, *, chunk: int = 500, sample: float = 1.0
+    ) -> AsyncIterator[list[tuple[str, bytes, bytes | None]]]:
+        """Every customer's (keyed hash, stored snapshot, stored scores), ``chunk`` at a time.
+
+        SCAN walks the keyspace a few hundred keys per call and the records are read with
+        plain pipelined HMGETs, not a script: Redis serves other clients between the commands,
+        so the decisions' reads are not held back behind a population-wide read. ``sample``
+        (0-1] keeps the customers whose keyed hash falls in that share of the hash space: a
+        uniform sample, the same customers every time. Tombstones (erased) come too; the
+        caller skips them. A customer written during the scan may be seen twice or not at all
+        (SCAN's guarantee covers keys that exist throughout).
+        """
+        cut = int(sample * 65536)
+        pending: list[str] = []
+        async for key in self.client.scan_iter(match=self.keys.customer_pattern(), count=chunk):
+            h = customer_hash_of(key)
+            if cut >= 65536 or int(h[:4], 16) < cut:
+                pending.append(h)
+            if len(pending) >= chunk:
+                yield await self._read_snapshots(pending)
+                pending = []
+        if pending:
+            yield await self._read_snapshots(pending)
+
+    async def _read_snapshots(self, hashes: list[str]) -> list[tuple[str, bytes, bytes | None]]:
+        pipe = self.client.pipeline(transaction=False)
+        for h in hashes:
+            pipe.hmget(self.keys.customer(h), ["s", "k"])
+        rows = await pipe.execute()
+        return [(h, raw_s, raw_k) for h, (raw_s, raw_k) in zip(hashes, rows, strict=True) if raw_s]
+
+    async def scan_overrides(self) -> dict[str, Override]:
+        """Every tier override in force, by the customer's keyed hash (few: people set them)."""
+        hashes = [customer_hash_of(k) async for k in self.client.scan_iter(match=self.keys.override_pattern(), count=1000)]
+        pipe = self.client.pipeline(transaction=False)
+        for h in hashes:
+            pipe.get(self.keys.override(h))
+        found = {h: decode_override(raw) for h, raw in zip(hashes, await pipe.execute(), strict=True)}
+        return {h: o for h, o in found.items() if o is not None}
+
+    async def customer_ids(self, hashes: Sequence[str]) -> dict[str, str]:
+        """Clear customer ids of keyed hashes, read from their snapshots (erased ones are missing)."""
+        pipe = self.client.pipeline(transaction=False)
+        for h in hashes:
+            pipe.hget(self.keys.customer(h), "s")
+        out: dict[str, str] = {}
+        for h, raw in zip(hashes, await pipe.execute(), strict=True):
+            snap = decode_snapshot(raw) if raw else None
+            if snap is not None and snap.customer_id:
+                out[h] = snap.customer_id
+        return out

@@ -139,6 +139,7 @@ def test_dev_serves_the_printed_example_and_leaves_no_orphans(
             curl = line
 
     assert "/schema/swagger" in "".join(output), "the API docs URL is printed"
+    assert "/console/ (sign in with the dev key router-dev-key)" in "".join(output), "the console URL is printed"
 
     # Run the printed command as a user would paste it: same URL, headers and body.
     argv = shlex.split(curl)
