@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import signal
 import time
@@ -54,9 +55,10 @@ from router.ops import metrics
 from router.ops.heap import settle_heap
 from router.ops.kafka import consumer_config, producer_config
 from router.ops.logs import setup_logging
-from router.policy.spec import PolicyError, read_policy_file
+from router.policy.spec import PolicyError, parse_policy_text, read_policy_file
 from router.settings import Settings, require_safe
 from router.state.follow import Follower
+from router.state.policies import STORED_VERSION_PREFIX, PolicyVersions
 from router.state.probe import RedisProbe
 from router.state.records import CustomerRecord
 from router.state.store import StateStore, connect_redis
@@ -157,8 +159,17 @@ class StateConsumer:
         return model
 
     async def load_prices(self, path: str, sha256: str | None = None) -> None:
-        """Take the cost-to-serve prices from a policy file (the rest of the policy is the API's)."""
-        spec, digest = await asyncio.to_thread(read_policy_file, path)
+        """Take the cost-to-serve prices from a policy file, or a version the console stored
+        (``version:N``); the rest of the policy is the API's."""
+        if path.startswith(STORED_VERSION_PREFIX):
+            number = int(path.removeprefix(STORED_VERSION_PREFIX))
+            stored = await PolicyVersions(self.store.client, self.store.keys).get(number)
+            if stored is None:
+                raise PolicyError(f"policy version {number} is announced but not stored")
+            spec = parse_policy_text(stored.text, f"policy version {number}")
+            digest = hashlib.sha256(stored.text.encode()).hexdigest()
+        else:
+            spec, digest = await asyncio.to_thread(read_policy_file, path)
         if sha256 is not None and digest != sha256:
             raise PolicyError(f"{path} is not the announced file (sha256 {digest[:12]}.. != {sha256[:12]}..)")
         self.next_prices = spec.service_cost.prices()

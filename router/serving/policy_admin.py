@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import hashlib
 import logging
 import os
 import secrets
@@ -32,7 +33,8 @@ from router.settings import Settings, to_env
 from router.state.audit import AdminRecord, AuditReader, AuditWriter
 from router.state.console import ConsoleState, SimulationJob
 from router.state.keys import Keys
-from router.state.policies import PolicyVersion, PolicyVersions, VersionConflict
+from router.state.policies import STORED_VERSION_PREFIX, PolicyVersion, PolicyVersions, VersionConflict
+from router.state.records import Announcement
 from router.state.store import StateStore, connect_redis
 
 __all__ = ["MAX_DRAFT_BYTES", "PolicyAdmin", "diff", "run_simulation_job", "simulate_command"]
@@ -175,6 +177,18 @@ class PolicyAdmin:
                 text=text, version=policy.version, author=author, note=note, expected=base
             )
             await self.live.follow_policy()
+            # The state consumers take cost-to-serve prices from the policy: announce the stored
+            # version to them as an admin file reload announces a file (router.state.follow).
+            await self.live.background.announce(
+                "policy",
+                Announcement(
+                    path=f"{STORED_VERSION_PREFIX}{stored.number}",
+                    sha256=hashlib.sha256(text.encode()).hexdigest(),
+                    version=policy.version,
+                    at=time.time(),
+                    by=author,
+                ),
+            )
         except VersionConflict:
             raise Conflict("another policy was applied meanwhile: simulate again") from None
         except REDIS_FAULTS as exc:

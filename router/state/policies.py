@@ -19,9 +19,13 @@ import msgspec
 from router.state.keys import Keys
 from router.state.store import RedisClient
 
-__all__ = ["PolicyVersion", "PolicyVersions", "VersionConflict"]
+__all__ = ["STORED_VERSION_PREFIX", "PolicyVersion", "PolicyVersions", "VersionConflict"]
 
 _HISTORY_SHOWN = 100
+
+
+STORED_VERSION_PREFIX = "version:"
+"""An announced policy "path" that names a stored version (``version:7``) instead of a file."""
 
 
 class PolicyVersion(msgspec.Struct, frozen=True, kw_only=True):

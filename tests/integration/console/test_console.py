@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from router.settings import Settings, to_env
+from tests.conftest import run_sync
 from tests.support.api_support import KEYS, VIP_ID, VIP_PHONE, auth, live_server, module_settings, populate, population
 from tests.support.helpers import running_consumer, state_store
 
@@ -248,6 +249,9 @@ def test_policy_what_if_validates_simulates_applies_and_rolls_back(server: Setti
         assert versions_answered(api) == {"2026-12-01.1"}  # both workers, within their poll interval
         number = int(str(applied.url).rsplit("/", 1)[1])
         assert number == 2  # version 1 keeps the policy file that was in force before
+        # the state consumers take cost-to-serve prices from the stored version the console announced
+        announced, sha = run_sync(_consumer_follows_announced_policy(server))
+        assert announced.path == f"version:{number}" and announced.version == "2026-12-01.1" and sha == announced.sha256
         again = c.post(f"/console/policy/simulations/{job}/apply", data={"csrf": csrf})
         assert again.status_code == 409  # applied since it was simulated
         history = c.get("/console/policy").text
@@ -256,6 +260,15 @@ def test_policy_what_if_validates_simulates_applies_and_rolls_back(server: Setti
         rolled = c.post("/console/policy/versions/1/rollback", data={"csrf": csrf}, follow_redirects=True)
         assert rolled.status_code == 200 and "rollback to version 1" in rolled.text and "-VIP = 80" in rolled.text
         assert versions_answered(api) == {"2026-11-25.1"}
+
+
+async def _consumer_follows_announced_policy(s: Settings) -> tuple[Any, str]:
+    async with state_store(s) as store:
+        announced = await store.announced("policy")
+    assert announced is not None, "the console's apply announced nothing"
+    async with running_consumer(s) as worker:
+        await worker.load_prices(announced.path, announced.sha256)
+        return announced, worker.policy_sha
 
 
 def versions_answered(api: httpx.Client) -> set[str]:
