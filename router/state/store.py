@@ -70,6 +70,29 @@ def connect_redis(settings: RedisSettings, *, timeout_s: float | None) -> RedisC
     return connect(settings.url, cluster=settings.cluster, timeout_s=timeout_s)
 
 
+# Shared by the scripts that move a customer's CLV bin and portfolio counters: deltas are summed
+# per field first and written once per call into the call's shard pair (see _APPLY_LUA).
+_DELTAS_LUA = r"""
+local function add_deltas(hist, kpi, old, new, incs)
+  if old ~= new then
+    if old then hist[old] = (hist[old] or 0) - 1 end
+    if new then hist[new] = (hist[new] or 0) + 1 end
+  end
+  for j = 1, #incs - 1, 2 do
+    local f = incs[j]
+    kpi[f] = (kpi[f] or 0) + incs[j + 1]
+  end
+end
+local function flush_deltas(hist, kpi, hist_key, kpi_key)
+  for b, d in pairs(hist) do
+    if d ~= 0 then redis.call('HINCRBY', hist_key, b, d) end
+  end
+  for f, d in pairs(kpi) do
+    if d ~= 0 then redis.call('HINCRBYFLOAT', kpi_key, f, d) end
+  end
+end
+"""
+
 # Many customers in one call. KEYS: the customers' hashes, then one CLV histogram shard and
 # one KPI shard (on Redis Cluster all with one hash tag; on a single Redis always shard 00), then
 # the other keys the entries name by their KEYS index (phone/e-mail index entries, and an erased
@@ -89,7 +112,7 @@ def connect_redis(settings: RedisSettings, *, timeout_s: float | None) -> RedisC
 # shard counts a customer does not matter, and a batch costs one HINCRBY(FLOAT) per distinct
 # field, not one per field and shard (HINCRBYFLOAT is ~4 us inside a script; a batch touched
 # ~1,800 of them).
-_APPLY_LUA = r"""
+_APPLY_LUA = _DELTAS_LUA + r"""
 local ops = cmsgpack.unpack(ARGV[1])
 local dues = ARGV[2] and cmsgpack.unpack(ARGV[2]) or {}
 local n = #ops
@@ -107,16 +130,7 @@ for i = 1, n do
         redis.call('ZREM', KEYS[due[1]], string.match(c, '[^:]+$'))
       end
     end
-    local old, new = op[5], op[6]
-    if old ~= new then
-      if old then hist[old] = (hist[old] or 0) - 1 end
-      if new then hist[new] = (hist[new] or 0) + 1 end
-    end
-    local incs = op[7]
-    for j = 1, #incs - 1, 2 do
-      local f = incs[j]
-      kpi[f] = (kpi[f] or 0) + incs[j + 1]
-    end
+    add_deltas(hist, kpi, op[5], op[6], op[7])
     local cid, unindex, index, drop = op[9], op[10], op[11], op[12]
     for j = 1, #unindex do
       local k = KEYS[unindex[j]]
@@ -129,13 +143,7 @@ for i = 1, n do
     ok[i] = 0
   end
 end
-local hist_key, kpi_key = KEYS[n + 1], KEYS[n + 2]
-for b, d in pairs(hist) do
-  if d ~= 0 then redis.call('HINCRBY', hist_key, b, d) end
-end
-for f, d in pairs(kpi) do
-  if d ~= 0 then redis.call('HINCRBYFLOAT', kpi_key, f, d) end
-end
+flush_deltas(hist, kpi, KEYS[n + 1], KEYS[n + 2])
 return ok
 """
 
@@ -148,7 +156,7 @@ return ok
 # if the stored offsets are still the expected ones; the new offsets differ from them (SWEEP_MARK),
 # so an event writer that read before loses instead.
 # Returns 1/0 per customer.
-_RESCORE_LUA = r"""
+_RESCORE_LUA = _DELTAS_LUA + r"""
 local ops = cmsgpack.unpack(ARGV[1])
 local n = #ops
 local due_key = KEYS[n + 3]
@@ -160,16 +168,7 @@ for i = 1, n do
     local member = string.match(c, '[^:]+$')
     if op[2] then
       redis.call('HSET', c, 'm', op[2], 'k', op[3])
-      local old, new = op[4], op[5]
-      if old ~= new then
-        if old then hist[old] = (hist[old] or 0) - 1 end
-        if new then hist[new] = (hist[new] or 0) + 1 end
-      end
-      local incs = op[6]
-      for j = 1, #incs - 1, 2 do
-        local f = incs[j]
-        kpi[f] = (kpi[f] or 0) + incs[j + 1]
-      end
+      add_deltas(hist, kpi, op[4], op[5], op[6])
       redis.call('ZADD', due_key, op[7], member)
     else
       redis.call('ZREM', due_key, member)
@@ -179,13 +178,7 @@ for i = 1, n do
     ok[i] = 0
   end
 end
-local hist_key, kpi_key = KEYS[n + 1], KEYS[n + 2]
-for b, d in pairs(hist) do
-  if d ~= 0 then redis.call('HINCRBY', hist_key, b, d) end
-end
-for f, d in pairs(kpi) do
-  if d ~= 0 then redis.call('HINCRBYFLOAT', kpi_key, f, d) end
-end
+flush_deltas(hist, kpi, KEYS[n + 1], KEYS[n + 2])
 return ok
 """
 
