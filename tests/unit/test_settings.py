@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from router.api.app import create_app
+from router.connectors.worker import connect_stack
 from router.ingest.consumer import consumer_stack
 from router.settings import (
     ApiSettings,
@@ -98,6 +99,16 @@ def test_outside_dev_mode_the_api_refuses_the_default_identity_key() -> None:
 def test_outside_dev_mode_the_consumer_refuses_a_placeholder_identity_key(key: str) -> None:
     with pytest.raises(SystemExit, match="ROUTER_IDENTITY_HASH_KEY"):
         _start_consumer(production(identity=IdentitySettings(hash_key=key)))
+
+
+@pytest.mark.parametrize("key", [IdentitySettings().hash_key, OLD_K8S_PLACEHOLDER])
+def test_outside_dev_mode_router_connect_refuses_a_placeholder_identity_key(key: str) -> None:
+    async def enter() -> None:
+        async with connect_stack(production(identity=IdentitySettings(hash_key=key))):
+            pass
+
+    with pytest.raises(SystemExit, match="ROUTER_IDENTITY_HASH_KEY"):
+        asyncio.run(enter())
 
 
 def test_dev_mode_accepts_the_default_identity_key_on_loopback() -> None:
