@@ -221,10 +221,13 @@ class AuthSettings(_Section, kw_only=True):
 
 
 class ConsoleSettings(_Section, kw_only=True):
+    secrets = ("simulation_redis_url",)  # may carry a password
     session_hours: float = 8.0
     """Lifetime of an operations-console session (cookie and server side) after sign-in."""
     simulation_cpu_share: float = 0.2
     """Share of one core a policy simulation started from the console may use (it sleeps between chunks)."""
+    simulation_redis_url: str = ""
+    """Redis a policy simulation reads customers and audited decisions from, e.g. a replica, so the scan stays off the Redis that serves decisions; empty: the API's Redis. Progress, report and policy versions stay on the API's Redis."""
 
 
 class WebhookSettings(_Section, kw_only=True):

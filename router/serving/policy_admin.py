@@ -233,7 +233,13 @@ async def _run(
 
     # A generous socket budget: this process yields the CPU to live traffic and may wait its turn.
     client = connect_redis(settings.redis, timeout_s=SIMULATION_REDIS_TIMEOUT_S)
-    store = StateStore(client, settings.redis.prefix, IdentityHasher.from_settings(settings.identity))
+    source = settings.console.simulation_redis_url
+    reads = (
+        connect_redis(msgspec.structs.replace(settings.redis, url=source), timeout_s=SIMULATION_REDIS_TIMEOUT_S)
+        if source
+        else client
+    )  # customers and audited decisions: a replica keeps the scan off the Redis that serves decisions
+    store = StateStore(reads, settings.redis.prefix, IdentityHasher.from_settings(settings.identity))
     state = ConsoleState(client, store.keys)
     try:
         try:
@@ -267,6 +273,8 @@ async def _run(
         raise
     finally:
         await client.aclose()
+        if reads is not client:
+            await reads.aclose()
 
 
 async def run_simulation_job(settings: Settings, job_id: str) -> None:

@@ -207,6 +207,54 @@ def test_cli_twin_validates_and_simulates_a_draft(server: Settings, tmp_path: Pa
     assert all(x.startswith("S") or x == VIP_ID for x in examples)  # customer ids, not keyed hashes
 
 
+def _scans(url: str) -> int:
+    import redis
+
+    with redis.Redis.from_url(url) as r:
+        return int(r.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
+
+
+def test_a_simulation_reads_the_customer_base_from_the_replica_it_is_given(server: Settings, tmp_path: Path) -> None:
+    """``ROUTER_CONSOLE_SIMULATION_REDIS_URL``: the scan runs on a replica, not on the Redis that serves decisions."""
+    import redis
+
+    from router.devstack.infra import start_redis
+
+    replica = start_redis(dir=tmp_path / "replica")
+    try:
+        primary = redis.Redis.from_url(server.redis.url)
+        host, port = primary.connection_pool.connection_kwargs["host"], primary.connection_pool.connection_kwargs["port"]
+        with redis.Redis.from_url(replica.url) as r:
+            r.execute_command("REPLICAOF", host, port)
+            deadline = time.monotonic() + 60
+            while r.info("replication").get("master_link_status") != "up" or r.info("replication").get(
+                "master_sync_in_progress"
+            ):
+                assert time.monotonic() < deadline, "replica did not sync"
+                time.sleep(0.1)
+            while r.info("replication")["slave_repl_offset"] < primary.info("replication")["master_repl_offset"]:
+                assert time.monotonic() < deadline, "replica did not catch up"
+                time.sleep(0.1)
+        primary.close()
+        draft = tmp_path / "draft.toml"
+        text = default_policy_text()
+        for old, new in DRAFT_VIP_20:
+            text = text.replace(old, new)
+        draft.write_text(text)
+        env = {**os.environ, **to_env(server), "ROUTER_CONSOLE_SIMULATION_REDIS_URL": replica.url}
+        on_primary, on_replica = _scans(server.redis.url), _scans(replica.url)
+        ran = subprocess.run(
+            [sys.executable, "-m", "router", "policy", "simulate", str(draft), "--days", "1", "--capacity", "5"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert ran.returncode == 0, ran.stderr[-2000:]
+        assert "customer base: 41 customers" in ran.stdout and "Premium -> VIP: 4" in ran.stdout
+        assert _scans(server.redis.url) == on_primary, "the simulation scanned the primary"
+        assert _scans(replica.url) > on_replica
+    finally:
+        replica.close()
+
+
 def _simulate(c: httpx.Client, csrf: str, draft: str) -> str:
     started = c.post("/console/policy", data={"csrf": csrf, "draft": draft, "action": "simulate", "days": "1", "capacity": "5"})
     assert started.status_code == 303, started.text[-800:]
