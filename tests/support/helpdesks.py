@@ -85,6 +85,11 @@ class FakeHelpdesk:
         with self._lock:
             self._faults.append(_Fault(status, times, retry_after, only))
 
+    def heal(self) -> None:
+        """Drop the scripted faults not yet used up: the helpdesk answers normally again."""
+        with self._lock:
+            self._faults.clear()
+
     def requests(self, method: str | None = None, contains: str = "") -> list[Seen]:
         with self._lock:
             return [s for s in self.seen if (method is None or s.method == method) and contains in s.path]
