@@ -94,6 +94,7 @@ def _ready(port: int) -> bool:
 def test_outbox_age_circuit_and_failure_causes_move_while_the_helpdesk_is_down(stack: Stack) -> None:
     s, zd, _, port = stack
     c = 'connector="zendesk"'
+    wait_for("the first outbox gauges", lambda: f"router_connector_outbox_oldest_seconds{{{c}}}" in _metrics(port), 5)
     m = _metrics(port)
     assert m[f"router_connector_circuit_open{{{c}}}"] == 0
     assert m[f"router_connector_outbox_oldest_seconds{{{c}}}"] == 0
