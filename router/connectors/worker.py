@@ -49,7 +49,7 @@ from router.ops import metrics
 from router.ops.logs import setup_logging
 from router.serving.decisions import DecisionService
 from router.serving.live import Live
-from router.settings import ConnectorSettings, Settings
+from router.settings import ConnectorSettings, Settings, require_safe
 from router.state.audit import AuditWriter
 from router.state.keys import Keys
 from router.state.outbox import Delivery, Outbox
@@ -376,6 +376,7 @@ class ConnectWorker:
 @contextlib.asynccontextmanager
 async def connect_stack(settings: Settings) -> AsyncIterator[ConnectWorker]:
     """Everything ``router connect`` runs on, opened in order and closed in reverse."""
+    require_safe(settings, binds_api=False)  # like the consumer: a placeholder identity key never hashes a requester
     try:
         config = load_connectors(settings.connectors.config_path)
     except ConnectorConfigError as exc:
