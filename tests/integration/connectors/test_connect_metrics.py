@@ -102,7 +102,11 @@ def test_outbox_age_circuit_and_failure_causes_move_while_the_helpdesk_is_down(s
 
     # A ticket Zendesk does not know: refused (404), dead-lettered at once, counted as "refused".
     assert enqueue(s, "zendesk", "404", encode_job(_job(404, 0)))
-    wait_for("a refused write-back", lambda: _metrics(port)[f'router_connector_writeback_failures_total{{{c},cause="refused"}}'] == 1, 15)
+    wait_for(
+        "a refused write-back",
+        lambda: _metrics(port)[f'router_connector_writeback_failures_total{{{c},cause="refused"}}'] == 1,
+        15,
+    )
     wait_for("the dead-letter gauge", lambda: _metrics(port)[f"router_connector_dead_letters{{{c}}}"] == 1, 10)
     assert _metrics(port)[f"router_connector_circuit_open{{{c}}}"] == 0  # Zendesk answered: no outage
 
@@ -122,7 +126,9 @@ def test_outbox_age_circuit_and_failure_causes_move_while_the_helpdesk_is_down(s
     paused_at = time.monotonic()
     tried = len(zd.requests())
     assert enqueue(s, "zendesk", "2", encode_job(_job(2, 2)))
-    wait_for("the depth to count the new write-back", lambda: _metrics(port)[f"router_connector_outbox_depth{{{c}}}"] == 2, 5)
+    wait_for(
+        "the depth to count the new write-back", lambda: _metrics(port)[f"router_connector_outbox_depth{{{c}}}"] == 2, 5
+    )
     first = _metrics(port)[f"router_connector_outbox_oldest_seconds{{{c}}}"]
     time.sleep(3)
     m = _metrics(port)
@@ -130,16 +136,22 @@ def test_outbox_age_circuit_and_failure_causes_move_while_the_helpdesk_is_down(s
     assert m[f"router_connector_outbox_oldest_seconds{{{c}}}"] >= time.time() - down_at - 2.5
     assert m[f"router_connector_circuit_open{{{c}}}"] == 1
     assert m[f"router_connector_dead_letters{{{c}}}"] == 1
-    assert time.monotonic() - paused_at < PAUSE_S - 1 and len(zd.requests()) == tried, "the gauges were read during the pause"
+    assert time.monotonic() - paused_at < PAUSE_S - 1 and len(zd.requests()) == tried, (
+        "the gauges were read during the pause"
+    )
 
     # Zendesk is back: both land, the circuit closes, the outbox is empty again.
     zd.heal()
     wait_for("both write-backs", lambda: {x.ticket for x in landed(s, "zendesk")} >= {"1", "2"}, PAUSE_S + 15)
-    wait_for("the gauges to settle", lambda: (
-        (m := _metrics(port))[f"router_connector_circuit_open{{{c}}}"] == 0
-        and m[f"router_connector_outbox_depth{{{c}}}"] == 0
-        and m[f"router_connector_outbox_oldest_seconds{{{c}}}"] == 0
-    ), 10)
+    wait_for(
+        "the gauges to settle",
+        lambda: (
+            (m := _metrics(port))[f"router_connector_circuit_open{{{c}}}"] == 0
+            and m[f"router_connector_outbox_depth{{{c}}}"] == 0
+            and m[f"router_connector_outbox_oldest_seconds{{{c}}}"] == 0
+        ),
+        10,
+    )
     m = _metrics(port)
     assert m[f'router_connector_writeback_failures_total{{{c},cause="unavailable"}}'] == 1  # one probe per pause
     assert m[f'router_connector_writebacks_total{{{c},result="landed"}}'] == 2
