@@ -19,6 +19,11 @@ tried until the pause ends (its ``Retry-After``, else the same growing delay), t
 that found out waits in the outbox without losing an attempt, and the first one tried after the
 pause is the probe. An outage of any length therefore dead-letters nothing; it shows as a
 growing outbox and a ``failing`` connector in ``GET /v1/connectors``.
+
+For the on-call person, the health server's ``/metrics`` carries, per connector, the outbox's
+depth, dead letters and the age of its oldest write-back (published every 2 s, also while every
+helpdesk is paused), whether this process holds the helpdesk's write-backs back
+(``router_connector_circuit_open``), and every failed attempt by cause.
 """
 
 from __future__ import annotations
