@@ -228,3 +228,21 @@ def test_every_metric_the_dashboard_and_the_rules_select_is_exported() -> None:
     } <= connector_metrics
     missing = used - _exported()
     assert not missing, f"selected by the dashboard or rules but exported by no code: {sorted(missing)}"
+
+
+def test_router_connect_refuses_the_placeholder_secret_before_connecting_to_anything() -> None:
+    from router.connectors.worker import connect_stack
+
+    shared = _docs("secret.yaml")["Secret/router-secrets"]["stringData"]
+    settings = Settings.from_env({**shared, "ROUTER_AUTH_DEV_MODE": "false"})
+
+    async def start() -> None:
+        async with connect_stack(settings):
+            raise AssertionError("started with a placeholder identity key")
+
+    try:
+        asyncio.run(start())
+    except SystemExit as exc:
+        assert "ROUTER_IDENTITY_HASH_KEY is a placeholder" in str(exc)
+    else:
+        raise AssertionError("no SystemExit")
