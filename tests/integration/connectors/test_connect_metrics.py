@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,10 +22,13 @@ from router.connectors.base import WriteBack
 from router.connectors.service import encode_job
 from router.devstack.infra import free_port
 from router.settings import Settings
+from router.state.keys import Keys
+from router.state.outbox import GROUP
+from router.state.store import connect_redis
 from schemas.api import Action
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, run_sync
 from tests.support.api_support import api_settings
-from tests.support.connectors import ConnectProcess, connect_process, enqueue, landed, wait_for
+from tests.support.connectors import ConnectProcess, connect_process, enqueue, landed, outbox_status, wait_for
 from tests.support.helpdesks import FakeZendesk
 
 ZD_EMAIL, ZD_TOKEN = "agent@example.com", "zendesk-api-token"
@@ -155,4 +159,77 @@ def test_outbox_age_circuit_and_failure_causes_move_while_the_helpdesk_is_down(s
     m = _metrics(port)
     assert m[f'router_connector_writeback_failures_total{{{c},cause="unavailable"}}'] == 1  # one probe per pause
     assert m[f'router_connector_writebacks_total{{{c},result="landed"}}'] == 2
+    assert zd.problems == []
+
+
+def _held_by(s: Settings, pid: int) -> int:
+    """Write-backs delivered to the ``router connect`` process ``pid`` and not settled (XPENDING)."""
+
+    async def ask() -> int:
+        client = connect_redis(s.redis, timeout_s=5.0)
+        try:
+            summary: Any = await client.xpending(Keys(s.redis.prefix).outbox("zendesk"), GROUP)
+        finally:
+            await client.aclose()
+        consumers = summary.get("consumers") or []
+        return sum(int(c["pending"]) for c in consumers if f"-{pid}-" in _str(c["name"]))
+
+    return run_sync(ask())
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@pytest.mark.timeout(120)
+def test_two_replicas_share_the_outbox_and_one_killed_mid_write_loses_and_doubles_nothing(
+    settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """What makes ``replicas: 2`` in deploy/k8s/connect.yaml safe, shown on two real processes.
+
+    Zendesk is made slow to answer its updates (after applying them), so when one process is killed
+    it holds write-backs whose note is already on the ticket: the other takes them over, finds the
+    note and writes nothing; the ones it held before writing are written by the other, once.
+    """
+    zd = FakeZendesk(ZD_EMAIL, ZD_TOKEN).start()
+    tickets = range(1, 41)
+    for number in tickets:
+        zd.add_ticket(number)
+    config = tmp_path / "connectors.toml"
+    config.write_text(f'[zendesk]\nurl = "{zd.url}"\ndefault_group = 1\n')
+    concurrency = 4
+    s = api_settings(
+        settings,
+        connectors={"config_path": str(config), "zendesk_email": ZD_EMAIL, "zendesk_token": ZD_TOKEN,
+                    "reclaim_after_s": 2.0, "concurrency": concurrency, "health_port": 0},
+    )  # fmt: skip
+    first = ConnectProcess(s, tmp_path / "connect-a.log").start()
+    second = ConnectProcess(s, tmp_path / "connect-b.log").start()
+
+    def written_not_landed() -> set[int]:
+        done = {x.ticket for x in landed(s, "zendesk")}
+        return {n for n in tickets if zd.notes[n] and str(n) not in done}
+
+    try:
+        for n in tickets:
+            assert enqueue(s, "zendesk", str(n), encode_job(_job(n, n)))
+        wait_for("some write-backs landed", lambda: len(landed(s, "zendesk")) >= 8, 30)
+        zd.delay_only, zd.delay_s = "PUT", 3.0
+        # More applied-but-unanswered updates than one process holds: some are the first process's.
+        wait_for("updates applied and not answered", lambda: len(written_not_landed()) > concurrency, 15, every=0.01)
+        assert first.proc is not None and _held_by(s, first.proc.pid) > 0
+        first.kill()  # SIGKILL: whatever it held stays delivered and unsettled, for the other to take over
+        zd.delay_s = 0.0
+        wait_for("every write-back", lambda: {x.ticket for x in landed(s, "zendesk")} >= {str(n) for n in tickets}, 60)
+        assert second.alive(), second.log.read_text()[-2000:]
+    finally:
+        first.stop()
+        second.stop()
+        zd.close()
+    notes = {n: len(zd.notes[n]) for n in tickets}
+    assert set(notes.values()) == {1}, notes  # each decision's note once, whoever wrote it
+    taken_over = [x.ticket for x in landed(s, "zendesk") if not x.written]
+    assert taken_over, "no write-back of the killed process was found already written"
+    status = outbox_status(s, "zendesk")
+    assert status.queued == status.in_flight == status.delayed == status.dead_letters == 0, status
     assert zd.problems == []
