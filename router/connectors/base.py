@@ -36,6 +36,7 @@ from schemas.api import Action, Category, Channel, CustomerRef, Decision, Helpde
 from schemas.events import Severity
 
 __all__ = [
+    "FAILURE_KINDS",
     "SEVERITIES",
     "Connector",
     "Inbound",
@@ -106,12 +107,22 @@ class WriteBack(msgspec.Struct, frozen=True, kw_only=True):
     last_error: str | None = None
 
 
-class WriteBackError(Exception):
-    """A write-back that did not land; ``cause`` is short, safe to store and show (no secrets, no PII)."""
+FAILURE_KINDS = (
+    "timeout", "unreachable", "rate_limited", "unavailable", "server_error", "conflict", "refused", "unreadable",
+)  # fmt: skip
+"""What went wrong, in a few words fit for a metric label (``cause`` of ``router_connector_writeback_failures_total``)."""
 
-    def __init__(self, cause: str) -> None:
+
+class WriteBackError(Exception):
+    """A write-back that did not land; ``cause`` is short, safe to store and show (no secrets, no PII).
+
+    ``kind`` is one of :data:`FAILURE_KINDS`: the cause without its details, for metrics.
+    """
+
+    def __init__(self, cause: str, *, kind: str = "unreadable") -> None:
         super().__init__(cause)
         self.cause = cause
+        self.kind = kind
 
 
 class Retry(WriteBackError):
@@ -120,14 +131,19 @@ class Retry(WriteBackError):
     ``helpdesk_wide``: the helpdesk cannot take any request now (down, overloaded, rate-limited).
     """
 
-    def __init__(self, cause: str, after_s: float | None = None, *, helpdesk_wide: bool = False) -> None:
-        super().__init__(cause)
+    def __init__(
+        self, cause: str, after_s: float | None = None, *, helpdesk_wide: bool = False, kind: str = "unreadable"
+    ) -> None:
+        super().__init__(cause, kind=kind)
         self.after_s = after_s
         self.helpdesk_wide = helpdesk_wide
 
 
 class Permanent(WriteBackError):
     """The helpdesk refused the request; trying again cannot help."""
+
+    def __init__(self, cause: str, *, kind: str = "refused") -> None:
+        super().__init__(cause, kind=kind)
 
 
 class Connector(abc.ABC):
@@ -159,18 +175,22 @@ class Connector(abc.ABC):
         try:
             response = await self.client.request(method, path, **kwargs)
         except httpx.TimeoutException:
-            raise Retry(f"{what}: timed out", helpdesk_wide=True) from None
+            raise Retry(f"{what}: timed out", helpdesk_wide=True, kind="timeout") from None
         except httpx.TransportError as exc:
-            raise Retry(f"{what}: {type(exc).__name__} (helpdesk unreachable)", helpdesk_wide=True) from None
+            raise Retry(
+                f"{what}: {type(exc).__name__} (helpdesk unreachable)", helpdesk_wide=True, kind="unreachable"
+            ) from None
         status = response.status_code
         if status in ok:
             return response
         cause = f"{what}: HTTP {status}"
         after = retry_after_s(response.headers.get("retry-after"))
         if status in _HELPDESK_WIDE:
-            raise Retry(cause, after, helpdesk_wide=True)
-        if status in (408, 409, 425) or status >= 500:
-            raise Retry(cause, after)
+            raise Retry(cause, after, helpdesk_wide=True, kind="rate_limited" if status == 429 else "unavailable")
+        if status in (408, 409, 425):
+            raise Retry(cause, after, kind="conflict")
+        if status >= 500:
+            raise Retry(cause, after, kind="server_error")
         raise Permanent(cause)
 
 

@@ -19,6 +19,11 @@ tried until the pause ends (its ``Retry-After``, else the same growing delay), t
 that found out waits in the outbox without losing an attempt, and the first one tried after the
 pause is the probe. An outage of any length therefore dead-letters nothing; it shows as a
 growing outbox and a ``failing`` connector in ``GET /v1/connectors``.
+
+For the on-call person, the health server's ``/metrics`` carries, per connector, the outbox's
+depth, dead letters and the age of its oldest write-back (published every 2 s, also while every
+helpdesk is paused), whether this process holds the helpdesk's write-backs back
+(``router_connector_circuit_open``), and every failed attempt by cause.
 """
 
 from __future__ import annotations
@@ -83,6 +88,21 @@ class Landed(msgspec.Struct, frozen=True, array_like=True):
 _landed_dec = msgspec.msgpack.Decoder(Landed)
 
 
+class _Decided(msgspec.Struct):
+    decided_at: float
+
+
+_decided_dec = msgspec.msgpack.Decoder(_Decided)
+
+
+def _decided_at(raw: bytes) -> float | None:
+    """A queued write-back's decision time, read without decoding the rest of it."""
+    try:
+        return _decided_dec.decode(raw).decided_at
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
 def decode_landed(raw: bytes) -> Landed:
     return _landed_dec.decode(raw)
 
@@ -144,6 +164,7 @@ class ConnectWorker:
 
     async def _start(self) -> None:
         for name, connector in self.connectors.items():
+            metrics.CIRCUIT_OPEN.labels(name).set(0)
             await self.outbox.ensure_group(name)
             try:
                 problems = await connector.probe()
@@ -161,6 +182,9 @@ class ConnectWorker:
         while not stop.is_set():
             try:
                 now = time.time()
+                if now >= next_status:  # also while every helpdesk is paused: that is when operators look
+                    next_status = now + _STATUS_EVERY_S
+                    await self._publish_depths()
                 active = [n for n in names if self._paused_until.get(n, 0.0) <= now]
                 if not active:  # every helpdesk is down: wait for the first pause to end
                     await _sleep(stop, min(0.2, min(self._paused_until.values()) - now))
@@ -179,9 +203,6 @@ class ConnectWorker:
                     )
                 if deliveries:
                     await asyncio.gather(*(self._handle(d) for d in deliveries))
-                if now >= next_status:
-                    next_status = now + _STATUS_EVERY_S
-                    await self._publish_depths()
                 self._redis_back()
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -198,6 +219,7 @@ class ConnectWorker:
             job = _job_dec.decode(d.job)
         except (msgspec.DecodeError, msgspec.ValidationError):
             metrics.WRITEBACKS.labels(d.connector, "dead_lettered").inc()
+            metrics.WRITEBACK_FAILURES.labels(d.connector, "undecodable").inc()
             await self.outbox.dead(d, d.job, time.time(), "undecodable write-back")
             return
         # Nobody can have written a write-back on its first delivery: no need to look for its note.
@@ -206,22 +228,26 @@ class ConnectWorker:
         try:
             written = await connector.write_back(job, check=not first)
         except Permanent as exc:
+            metrics.WRITEBACK_FAILURES.labels(d.connector, exc.kind).inc()
+            self._answered(d.connector)
             await self._dead(d, job, exc.cause)
         except Retry as exc:
+            metrics.WRITEBACK_FAILURES.labels(d.connector, exc.kind).inc()
             if exc.helpdesk_wide:
                 await self._paused(d, job, exc.cause, exc.after_s)
             else:
+                self._answered(d.connector)
                 await self._failed(d, job, exc.cause, exc.after_s)
         except Exception as exc:  # a bug or an answer we did not expect: retried, never a crash of the loop
             log.warning("%s write-back of ticket %s failed unexpectedly: %s", d.connector, job.ticket, type(exc).__name__)
+            metrics.WRITEBACK_FAILURES.labels(d.connector, "unexpected").inc()
             await self._failed(d, job, f"unexpected {type(exc).__name__}", None)
         else:
             now = time.time()
             record = Landed(job.ticket, job.decision_id, job.decided_at, now, job.attempts + 1, written)
             await self.outbox.landed(d, _enc.encode(record), now)
             metrics.WRITEBACKS.labels(d.connector, "landed" if written else "duplicate").inc()
-            if self._outage.pop(d.connector, 0):
-                log.info("%s: helpdesk available again, write-backs resumed", d.connector)
+            self._answered(d.connector)
             if written:
                 metrics.WRITEBACK_LAG.labels(d.connector).observe(now - job.decided_at)
         finally:
@@ -244,6 +270,7 @@ class ConnectWorker:
         now = time.time()
         if now >= self._paused_until.get(d.connector, 0.0):  # the first to find out since the last pause
             self._outage[d.connector] = self._outage.get(d.connector, 0) + 1
+            metrics.CIRCUIT_OPEN.labels(d.connector).set(1)
         outage = self._outage.get(d.connector, 1)
         pause = after_s if after_s is not None else self.backoff_s(outage)
         self._paused_until[d.connector] = max(self._paused_until.get(d.connector, 0.0), now + pause)
@@ -258,6 +285,12 @@ class ConnectWorker:
         metrics.WRITEBACKS.labels(d.connector, "dead_lettered").inc()
         log.error("%s write-back of ticket %s dead-lettered: %s", d.connector, job.ticket, cause)
 
+    def _answered(self, connector: str) -> None:
+        """The helpdesk answered a request (whatever it said): an outage is over, the circuit closes."""
+        if self._outage.pop(connector, 0):
+            log.info("%s: helpdesk available again, write-backs resumed", connector)
+        metrics.CIRCUIT_OPEN.labels(connector).set(0)
+
     def backoff_s(self, attempts: int) -> float:
         """Delay before attempt ``attempts + 1``: base x 2^(attempts-1), capped, with equal jitter."""
         s = self.settings
@@ -265,10 +298,14 @@ class ConnectWorker:
         return ceiling / 2 + random.random() * ceiling / 2
 
     async def _publish_depths(self) -> None:
+        """The outbox gauges of every connector, paused or not (the outbox is in Redis, not the helpdesk)."""
+        now = time.time()
         for name in self.connectors:
             status = await self.outbox.status(name)
             metrics.OUTBOX_DEPTH.labels(name).set(status.queued + status.delayed)
             metrics.OUTBOX_DEAD_LETTERS.labels(name).set(status.dead_letters)
+            oldest = await self.outbox.oldest(name, _decided_at)
+            metrics.OUTBOX_OLDEST.labels(name).set(max(0.0, now - oldest) if oldest is not None else 0.0)
 
     @property
     def healthy(self) -> tuple[bool, str]:
@@ -344,7 +381,7 @@ class ConnectWorker:
 @contextlib.asynccontextmanager
 async def connect_stack(settings: Settings) -> AsyncIterator[ConnectWorker]:
     """Everything ``router connect`` runs on, opened in order and closed in reverse."""
-    require_safe(settings, binds_api=False)  # a placeholder identity key: SystemExit before connecting
+    require_safe(settings, binds_api=False)  # like the consumer: a placeholder identity key never hashes a requester
     try:
         config = load_connectors(settings.connectors.config_path)
     except ConnectorConfigError as exc:

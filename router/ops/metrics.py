@@ -30,6 +30,7 @@ __all__ = [
     "AUDIT_DROPPED",
     "BATCH_SIZE",
     "CALENDAR_LAST_HOLIDAY",
+    "CIRCUIT_OPEN",
     "CONNECTORS",
     "CONNECTOR_INBOUND",
     "CONNECTOR_POLLS",
@@ -51,6 +52,7 @@ __all__ = [
     "MULTIPROC_ENV",
     "OUTBOX_DEAD_LETTERS",
     "OUTBOX_DEPTH",
+    "OUTBOX_OLDEST",
     "POLICY_INFO",
     "RECORD_CACHE",
     "REDIS_ERRORS",
@@ -67,6 +69,8 @@ __all__ = [
     "WEBHOOK_LEGACY_SIGNATURES",
     "WEBHOOK_SIGNATURE_FAILURES",
     "WRITEBACKS",
+    "WRITEBACK_FAILURES",
+    "WRITEBACK_FAILURE_CAUSES",
     "WRITEBACK_LAG",
     "WRITEBACK_SECONDS",
     "InfoGauge",
@@ -246,6 +250,32 @@ OUTBOX_DEAD_LETTERS = Gauge(
 CONNECTOR_POLLS = Counter(
     "router_connector_polls_total", "Searches of a followed helpdesk (RT) for new tickets", ["connector", "result"]
 )
+WRITEBACK_FAILURE_CAUSES = (
+    "timeout", "unreachable", "rate_limited", "unavailable", "server_error", "conflict", "refused", "unreadable",
+    "unexpected", "undecodable",
+)  # fmt: skip
+"""Values of the ``cause`` label of :data:`WRITEBACK_FAILURES`: ``router.connectors.base.FAILURE_KINDS``, and
+``unexpected`` (an exception the connector did not expect) and ``undecodable`` (a write-back the process cannot read)."""
+WRITEBACK_FAILURES = Counter(
+    "router_connector_writeback_failures_total",
+    "Write-back attempts that failed, by cause (retried or dead-lettered): timeout, unreachable, rate_limited (429), "
+    "unavailable (502/503/504), server_error (other 5xx), conflict (408/409/425), refused (other 4xx), unreadable "
+    "(the helpdesk's answer), unexpected, undecodable",
+    ["connector", "cause"],
+)
+OUTBOX_OLDEST = Gauge(
+    "router_connector_outbox_oldest_seconds",
+    "Age of the oldest write-back not landed yet (queued, in flight or waiting for a retry), from its decision; 0 when none",
+    ["connector"],
+    multiprocess_mode="max",
+)
+CIRCUIT_OPEN = Gauge(
+    "router_connector_circuit_open",
+    "1 while this process holds a connector's write-backs back because its helpdesk cannot take requests "
+    "(from the first helpdesk-wide failure until the helpdesk answers again), else 0",
+    ["connector"],
+    multiprocess_mode="max",
+)
 
 # --- shared -----------------------------------------------------------------------------------
 
@@ -277,6 +307,8 @@ for _connector in CONNECTORS:
         WRITEBACKS.labels(_connector, _result)
     for _result in _INBOUND_RESULTS:
         CONNECTOR_INBOUND.labels(_connector, _result)
+    for _cause in WRITEBACK_FAILURE_CAUSES:
+        WRITEBACK_FAILURES.labels(_connector, _cause)
 CONNECTOR_POLLS.labels("rt", "ok")
 CONNECTOR_POLLS.labels("rt", "failed")
 for _result in ("rescored", "conflict", "gone"):

@@ -20,7 +20,7 @@ This module moves bytes; what a write-back means is :mod:`router.connectors`'s b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -240,6 +240,26 @@ class Outbox:
             await self.client.hset(key, mapping={"polled_at": repr(now), "poll_failure": ""})
         else:
             await self.client.hset(key, mapping={"poll_failed_at": repr(now), "poll_failure": failure})
+
+    async def oldest(self, connector: str, when: Callable[[bytes], float | None], sample: int = 100) -> float | None:
+        """Unix time of the oldest write-back not landed yet, as ``when`` reads it from a job; None when none waits.
+
+        ``when`` gives a job's time (its decision's, so a retried write-back keeps its age); for a job it
+        cannot read, the time it was queued in the stream counts. Looks at the stream's first ``sample``
+        entries (queued and in flight, in the order they were queued) and the ``sample`` delayed ones due
+        soonest: exact while no more wait in either place, else the oldest of those looked at, which can
+        read younger than the truth, never older (a retried write-back goes back to the stream's end).
+        """
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xrange(self.keys.outbox(connector), count=sample)
+        pipe.zrange(self.keys.outbox_later(connector), 0, sample - 1)
+        entries, delayed = await pipe.execute()
+        times: list[float] = []
+        for entry_id, fields in entries:
+            t = when((fields or {}).get(b"j", b""))
+            times.append(t if t is not None else int((_text(entry_id) or "0").split("-")[0]) / 1000)
+        times += [t for t in map(when, delayed) if t is not None]
+        return min(times, default=None)
 
     async def status(self, connector: str) -> OutboxStatus:
         stream = self.keys.outbox(connector)

@@ -64,6 +64,10 @@ class FakeHelpdesk:
         self.seen: list[Seen] = []
         self.problems: list[str] = []
         self._faults: list[_Fault] = []
+        self.delay_s = 0.0
+        """Time each answer takes after the request took effect (a slow helpdesk: write-backs stay in flight)."""
+        self.delay_only = ""
+        """Only requests whose method+path contains this are slow."""
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -84,6 +88,11 @@ class FakeHelpdesk:
         """Answer the next ``times`` requests (matching ``only``) with ``status`` and ``Retry-After``."""
         with self._lock:
             self._faults.append(_Fault(status, times, retry_after, only))
+
+    def heal(self) -> None:
+        """Drop the scripted faults not yet used up: the helpdesk answers normally again."""
+        with self._lock:
+            self._faults.clear()
 
     def requests(self, method: str | None = None, contains: str = "") -> list[Seen]:
         with self._lock:
@@ -140,6 +149,9 @@ class FakeHelpdesk:
                         if not status:
                             status, answer = fake.route(self.command, parsed.path, seen.query, body)
                     seen.status = status
+                if fake.delay_s and fake.delay_only in f"{self.command} {parsed.path}":
+                    # after the request took effect: a client that dies now never hears that it did
+                    time.sleep(fake.delay_s)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -37,11 +37,15 @@ import httpx
 import pytest
 import yaml
 
+from router.connectors.base import WriteBack
+from router.connectors.service import encode_job
 from router.devstack.infra import ManagedProcess, free_port
 from router.ops.metrics import prepare_multiprocess
 from router.settings import Settings, to_env
 from schemas.events import CustomerEvent, CustomerProfile, OrderPlaced, SubscriptionChanged, Usage
 from tests.conftest import SettingsFactory
+from tests.support.connectors import connect_process, enqueue, landed
+from tests.support.helpdesks import FakeZendesk
 from tests.support.helpers import produce
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -153,14 +157,23 @@ class _Prometheus:
         return result
 
 
+LiveStack = tuple[Settings, int, Path, _Prometheus, list[ManagedProcess], tuple[int, FakeZendesk]]
+
+
 @pytest.fixture
-def live_stack(
-    settings: SettingsFactory, prom_tools: tuple[str, str], tmp_path: Path
-) -> Iterator[tuple[Settings, int, Path, _Prometheus, list[ManagedProcess]]]:
+def live_stack(settings: SettingsFactory, prom_tools: tuple[str, str], tmp_path: Path) -> Iterator[LiveStack]:
     prometheus, _ = prom_tools
     sections: dict[str, dict[str, Any]] = {"api": {"workers": 2}}
     if "auth" in Settings.__struct_fields__:
         sections["auth"] = {"keys": f"ops-test:helpdesk+telephony+chatbot:{_API_KEY}"}
+    # `router connect` writing back to the Zendesk stand-in, with its own health and metrics port.
+    zendesk = FakeZendesk("agent@example.com", "zendesk-api-token").start()
+    connect_port = free_port()
+    (tmp_path / "connectors.toml").write_text(f'[zendesk]\nurl = "{zendesk.url}"\ndefault_group = 1\n')
+    sections["connectors"] = {
+        "config_path": str(tmp_path / "connectors.toml"), "zendesk_email": "agent@example.com",
+        "zendesk_token": "zendesk-api-token", "health_port": connect_port,
+    }  # fmt: skip
     s = settings(**sections)
     health_port = free_port()
     prom_port = free_port()
@@ -171,6 +184,7 @@ def live_stack(
         "scrape_configs": [
             {"job_name": "router-api", "static_configs": [{"targets": [f"127.0.0.1:{s.api.port}"]}]},
             {"job_name": "router-consumer", "static_configs": [{"targets": [f"127.0.0.1:{health_port}"]}]},
+            {"job_name": "router-connect", "static_configs": [{"targets": [f"127.0.0.1:{connect_port}"]}]},
         ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -192,13 +206,15 @@ def live_stack(
     ]
     prom = _Prometheus(f"http://127.0.0.1:{prom_port}")
     try:
-        yield s, health_port, multiproc, prom, procs
+        with connect_process(s, tmp_path / "connect.log"):
+            yield s, health_port, multiproc, prom, procs, (connect_port, zendesk)
     finally:
         prom.client.close()
         for p in procs:
             p.terminate()
         for p in procs:
             p.stop(10)
+        zendesk.close()
 
 
 def _wait(what: str, check: Any, procs: list[ManagedProcess], timeout: float = 60) -> None:
@@ -235,15 +251,21 @@ def _rules() -> list[dict[str, Any]]:
     return [r for f in RULE_FILES for g in _load_yaml(f)["groups"] for r in g["rules"]]
 
 
-def test_dashboard_and_rules_query_live_metrics(
-    live_stack: tuple[Settings, int, Path, _Prometheus, list[ManagedProcess]],
-) -> None:
-    s, health_port, multiproc, prom, procs = live_stack
+def test_dashboard_and_rules_query_live_metrics(live_stack: LiveStack) -> None:
+    s, health_port, multiproc, prom, procs, (connect_port, zendesk) = live_stack
     api = httpx.Client(base_url=f"http://127.0.0.1:{s.api.port}", timeout=5, headers={"X-API-Key": _API_KEY})
     consumer = httpx.Client(base_url=f"http://127.0.0.1:{health_port}", timeout=5)
+    connect = httpx.Client(base_url=f"http://127.0.0.1:{connect_port}", timeout=5)
     try:
         _wait("API ready", lambda: api.get("/health/ready").status_code == 200, procs)
         _wait("consumer ready", lambda: consumer.get("/health/ready").status_code == 200, procs)
+        _wait("router connect ready", lambda: connect.get("/health/ready").status_code == 200, procs)
+
+        # one write-back lands in the Zendesk stand-in, one is refused (a ticket it does not know)
+        zendesk.add_ticket(7001)
+        for ticket in ("7001", "7002"):
+            assert enqueue(s, "zendesk", ticket, encode_job(_writeback(ticket)))
+        _wait("a landed write-back", lambda: [x.ticket for x in landed(s, "zendesk")] == ["7001"], procs, timeout=30)
 
         # events: a small population, one record the schema rejects, one that is not JSON
         asyncio.run(produce(s, [*_customers(12), (b"OPS000", b'{"type": "nope"}'), (b"OPS001", b"{not json")]))
@@ -277,7 +299,7 @@ def test_dashboard_and_rules_query_live_metrics(
             stamps = prom.query("timestamp(up)")
             up = prom.query("up")
             return (
-                len(stamps) == 2
+                len(stamps) == 3
                 and all(float(x["value"][1]) > traffic_done + 2 for x in stamps)
                 and all(x["value"][1] == "1" for x in up)
             )
@@ -320,10 +342,17 @@ def test_dashboard_and_rules_query_live_metrics(
         assert prom.query('router_consumer_dead_lettered_total{reason="schema_invalid"} == 1')
         assert prom.query('router_model_info{job="router-api"} == 1')
         assert prom.query('sum(router_http_requests_total{route="/v1/classify",status="4xx"}) == 2')
-        assert not prom.query('ALERTS{alertname=~"RouterModelNotLoaded|RouterConsumerDown|RouterApiDown"}')
+        assert not prom.query('ALERTS{alertname=~"RouterModelNotLoaded|RouterConsumerDown|RouterApiDown|RouterConnectDown"}')
+        # ... and those of router connect
+        assert prom.query('router_connector_writebacks_total{job="router-connect",connector="zendesk",result="landed"} == 1')
+        assert prom.query('router_connector_writeback_failures_total{job="router-connect",connector="zendesk",cause="refused"} == 1')
+        assert prom.query('router_connector_dead_letters{job="router-connect",connector="zendesk"} == 1')
+        assert prom.query('router_connector_circuit_open{job="router-connect",connector="zendesk"} == 0')
+        assert zendesk.problems == []
     finally:
         api.close()
         consumer.close()
+        connect.close()
 
     # the logs of both processes are JSON lines and carry no phone number in clear
     for proc in procs[:2]:
@@ -333,6 +362,14 @@ def test_dashboard_and_rules_query_live_metrics(
             entry = json.loads(line)
             assert {"ts", "level", "logger", "msg"} <= set(entry), line
         assert "550003" not in proc.log_path.read_text()
+
+
+def _writeback(ticket: str) -> WriteBack:
+    return WriteBack(
+        connector="zendesk", ticket=ticket, decision_id=f"d-ops-{ticket}", tier="VIP", queue="vip",
+        role="senior_advisor", priority="high", due_at=datetime.now(UTC) + timedelta(hours=2), clock="24x7, always",
+        actions=(), reasons=("High value customer",), customer_known=True, degraded=False, decided_at=time.time(),
+    )  # fmt: skip
 
 
 def _total(exposition: str, name: str, matcher: str) -> float:

@@ -132,6 +132,26 @@ def test_failures_are_classified_retry_helpdesk_wide_or_permanent() -> None:
     assert _classify(httpx.Response(200)) is None
 
 
+def test_every_failure_has_a_metric_cause_from_the_fixed_list() -> None:
+    from router.connectors.base import FAILURE_KINDS
+    from router.ops.metrics import WRITEBACK_FAILURE_CAUSES
+
+    cases: dict[str, httpx.Response | Exception] = {
+        "rate_limited": httpx.Response(429),
+        "unavailable": httpx.Response(503),
+        "unreachable": httpx.ConnectError("refused"),
+        "timeout": httpx.ReadTimeout("slow"),
+        "conflict": httpx.Response(409),
+        "server_error": httpx.Response(500),
+        "refused": httpx.Response(404),
+    }
+    for kind, response in cases.items():
+        failure = _classify(response)
+        assert failure is not None and failure.kind == kind, (kind, failure)
+    assert Retry("GET /x: unreadable answer").kind == "unreadable"
+    assert set(FAILURE_KINDS) <= set(WRITEBACK_FAILURE_CAUSES)  # every cause label exists at 0 from the start
+
+
 def test_retry_after_seconds_or_http_date_capped() -> None:
     now = time.time()
     assert retry_after_s("3") == 3.0 and retry_after_s(" 1.5 ") == 1.5

@@ -161,7 +161,8 @@ def test_the_kubernetes_secret_holds_only_placeholders_that_the_service_refuses(
     from router.api.auth import ConfigError, parse_keys
     from router.settings import Settings, unsafe_reasons
 
-    (secret,) = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "secret.yaml").read_text()) if d["kind"] == "Secret"]
+    docs = yaml.safe_load_all((DEPLOY / "k8s" / "secret.yaml").read_text())
+    (secret,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "router-secrets"]
     data = secret["stringData"]
     settings = Settings.from_env(data)
     problems = " ".join(unsafe_reasons(settings, binds_api=True))
