@@ -111,7 +111,7 @@ def test_render_names_the_targets_and_the_feast_commands() -> None:
         "commit": "abc123",
         "machine": {"cpu_model": "Some CPU", "cpus": 2, "python": "3.11.7", "load_average_at_start": [4.0, 4.5, 4.7]},
         "feast_version": "0.67.0",
-        "config": {"connections": 32, "customers": 100_000, "duration": 10.0, "repeats": 2, "features": 30},
+        "config": {"feast_max_requests": 0, "connections": 32, "customers": 100_000, "duration": 10.0, "repeats": 2, "features": 30},
         "summary": bench_peer.summarise(pairs),
         "feast_setup": {"materialize_seconds": 30.0},
         "router_load_seconds": 12.0,
