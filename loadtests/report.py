@@ -2,8 +2,8 @@
 
 Run: ``python -m loadtests.report`` (about 15 minutes: serve benchmark at 10k and 1M customers,
 step micro-benchmark, ingest benchmark with 200k events, sweep benchmark at 1M customers).
-``--render-only`` re-renders from the JSON already in ``artifacts/``; ``--skip-ingest`` and
-``--skip-sweep`` keep the last ingest and sweep figures.
+``--render-only`` re-renders from the JSON already in ``artifacts/``; ``--skip-ingest``,
+``--skip-sweep`` and ``--skip-peer`` keep the last ingest, sweep and Feast-peer figures.
 
 Only the marked regions of BENCHMARKS.md are rewritten (``<!-- BEGIN name -->`` ..
 ``<!-- END name -->``): the serve, ingest and sweep figures. Sections others add
@@ -477,6 +477,11 @@ def render(report: Path = REPORT, artifacts: Path = ARTIFACTS) -> None:
     sweep_path = artifacts / "bench_sweep.json"
     if sweep_path.exists():
         regions["sweep"] = render_sweep(json.loads(sweep_path.read_text()))
+    peer_path = artifacts / "bench_peer.json"
+    if peer_path.exists():
+        from loadtests.bench_peer import render as render_peer
+
+        regions["peer"] = render_peer(json.loads(peer_path.read_text()))
     update_file(report, regions)
 
 
@@ -490,6 +495,7 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true", help="only re-render from artifacts/*.json")
     parser.add_argument("--skip-ingest", action="store_true", help="keep artifacts/bench_ingest.json as it is")
     parser.add_argument("--skip-sweep", action="store_true", help="keep artifacts/bench_sweep.json as it is")
+    parser.add_argument("--skip-peer", action="store_true", help="keep artifacts/bench_peer.json as it is (Feast)")
     parser.add_argument("--ingest-events", type=int, default=200_000)
     parser.add_argument("--serve-args", default="", help="extra arguments for loadtests.bench_serve")
     args = parser.parse_args()
@@ -505,6 +511,8 @@ def main() -> None:
                   "--out", str(ARTIFACTS / "bench_ingest.json")])  # fmt: skip
         if not args.skip_sweep:
             _run([py, "-m", "loadtests.bench_sweep", "--out", str(ARTIFACTS / "bench_sweep.json")])
+        if not args.skip_peer:  # installs Feast into its own venv the first time (a few minutes)
+            _run([py, "-m", "loadtests.bench_peer", "--no-report", "--out", str(ARTIFACTS / "bench_peer.json")])
     render()
     print(f"BENCHMARKS.md regenerated in {time.monotonic() - t0:.0f} s", flush=True)
 

@@ -30,7 +30,16 @@ def test_parse_wrk_without_figures_says_so() -> None:
 
 
 def _run(rps: float, p50: float, p99: float, **extra: float) -> dict[str, float]:
-    return {"rps": rps, "p50_us": p50, "p90_us": p99 / 2, "p99_us": p99, "p999_us": p99 * 2, "errors": 0, **extra}
+    return {
+        "rps": rps,
+        "p50_us": p50,
+        "p90_us": p99 / 2,
+        "p99_us": p99,
+        "p999_us": p99 * 2,
+        "errors": 0,
+        "requests": rps * 10,
+        **extra,
+    }
 
 
 def test_pair_ratios_are_router_over_feast_for_rate_and_feast_over_router_for_latency() -> None:
@@ -111,7 +120,14 @@ def test_render_names_the_targets_and_the_feast_commands() -> None:
         "commit": "abc123",
         "machine": {"cpu_model": "Some CPU", "cpus": 2, "python": "3.11.7", "load_average_at_start": [4.0, 4.5, 4.7]},
         "feast_version": "0.67.0",
-        "config": {"feast_max_requests": 0, "connections": 32, "customers": 100_000, "duration": 10.0, "repeats": 2, "features": 30},
+        "config": {
+            "feast_max_requests": 0,
+            "connections": 32,
+            "customers": 100_000,
+            "duration": 10.0,
+            "repeats": 2,
+            "features": 30,
+        },
         "summary": bench_peer.summarise(pairs),
         "feast_setup": {"materialize_seconds": 30.0},
         "router_load_seconds": 12.0,
@@ -121,3 +137,18 @@ def test_render_names_the_targets_and_the_feast_commands() -> None:
     assert "×4.07" in text and "≥ ×6" in text and "missed" in text
     assert "taskset -c 0 feast -c /tmp/x/repo serve" in text
     assert "load average at start 4.00, 4.50, 4.70" in text
+
+
+def test_pairs_with_degraded_router_answers_are_left_out_of_the_medians() -> None:
+    pairs = []
+    for router_rps, degraded in ((3000, 0), (9000, 20000), (2000, 5)):
+        router = _run(router_rps, 5000, 20000, degraded=degraded)
+        pair = {"router": router, "feast": _run(500, 40000, 180000)}
+        pair["ratios"] = bench_peer.pair_ratios(pair["router"], pair["feast"])
+        pairs.append(pair)
+    s = bench_peer.summarise(pairs)
+    assert s["excluded_pairs"] == 1 and s["valid"]
+    assert s["rps_ratios"] == pytest.approx([6.0, 4.0])
+    assert s["router"]["rps"] == 2500
+    everything_degraded = bench_peer.summarise(pairs[1:2])
+    assert not everything_degraded["valid"] and everything_degraded["rps_ratios"] == pytest.approx([18.0])
