@@ -308,7 +308,7 @@ def render(result: dict[str, Any]) -> str:
         shares = ", ".join(f"{name} {share:g} %" for name, share in prof["by_library"][:8])
         lines += [
             "",
-            f"Profile of {side} under the same load (py-spy, {prof['samples']:,} samples, own time by library): {shares}.",
+            f"Profile of {side} under the same load (py-spy --gil: samples holding the GIL, {prof['samples']:,} samples, own time by library): {shares}.",
         ]
     return "\n".join(lines)
 
