@@ -316,6 +316,7 @@ def build_card(
         "horizon_days": horizon_days,
         "label": {
             "kind": label,
+            "business": "subscription" if label == "cancel" else "transactional",
             "definition": label_definition(label, horizon_days, activity),
             **({"activity": sorted(activity)} if label == "inactivity" and activity is not None else {}),
         },
