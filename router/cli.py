@@ -111,6 +111,9 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
             horizon_days=args.horizon,
             stack=args.stack,
             step_days=args.step,
+            leaves=args.leaves,
+            min_leaf=args.min_leaf,
+            trees=args.trees,
             seed=args.seed,
             bootstrap=args.bootstrap,
             lateness_s=settings.stream.lateness_s,
@@ -264,9 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--cdnow", action="store_true", help="the CDNOW sample shipped by the lifetimes wheel")
     bt.add_argument("--at", required=True, help="score as of the end of this day (YYYY-MM-DD, UTC)")
     bt.add_argument("--until", required=True, help="grade orders up to the end of this day")
-    bt.add_argument("--horizon", type=int, default=182, help="days of the router model's label 'no order within'")
-    bt.add_argument("--stack", type=int, default=4, help="training cutoffs, the last at --at minus the horizon")
-    bt.add_argument("--step", type=int, default=14, help="days between training cutoffs")
+    bt.add_argument("--horizon", type=int, default=91, help="days of the router model's label 'no order within'")
+    bt.add_argument("--stack", type=int, default=14, help="training cutoffs, the last a horizon before --at")
+    bt.add_argument("--step", type=int, default=7, help="days between training cutoffs")
+    bt.add_argument("--leaves", type=int, default=4, help="LightGBM leaves per tree")
+    bt.add_argument("--min-leaf", type=int, default=100, help="LightGBM minimum rows per leaf")
+    bt.add_argument("--trees", type=int, default=200, help="LightGBM trees")
     bt.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap draws")
     bt.add_argument("--seed", type=int, default=7)
     bt.add_argument("--out", default=None, help="also write the Markdown report here")

@@ -104,11 +104,16 @@ class BacktestConfig:
 
     at: datetime
     until: datetime
-    horizon_days: int = 182
+    horizon_days: int = 91
     """Label horizon of the router's model: "no order within this many days"."""
-    stack: int = 4
-    step_days: int = 14
-    """Training cutoffs: ``stack`` of them ``step_days`` apart, the last at ``at - horizon``."""
+    stack: int = 14
+    step_days: int = 7
+    """Training cutoffs: ``stack`` of them ``step_days`` apart, the last ``horizon`` before the last calibration event."""
+    leaves: int = 4
+    min_leaf: int = 100
+    trees: int = 200
+    learning_rate: float = 0.03
+    """LightGBM capacity: a few thousand customers call for smaller trees than the service's default model."""
     seed: int = 7
     bootstrap: int = 1000
     lateness_s: int = 7 * DAY
@@ -176,7 +181,8 @@ def _train_router(events: Sequence[CustomerEvent], cfg: BacktestConfig, out: Pat
     )
     if data.y.sum() < 10 or data.y.sum() == len(data.y):
         raise ValueError(f"too few training labels of each kind before {cfg.at:%Y-%m-%d} ({int(data.y.sum())} of {len(data.y)})")
-    trained = train_model(data, folds=5, seed=cfg.seed, progress=cfg.progress)
+    params = {"num_leaves": cfg.leaves, "min_data_in_leaf": cfg.min_leaf, "learning_rate": cfg.learning_rate}
+    trained = train_model(data, folds=5, seed=cfg.seed, progress=cfg.progress, params=params, trees=cfg.trees)
     onnx_bytes = export_onnx(trained, out)
     card = build_card(
         version=out.stem,
