@@ -122,7 +122,7 @@ class BacktestConfig:
 
 
 @dataclass
-class Scores:
+class MethodScores:
     """One method's answers for every customer, in the same order as :attr:`BacktestResult.customers`."""
 
     name: str
@@ -137,7 +137,7 @@ class BacktestResult:
     customers: list[str]
     active: npt.NDArray[np.int8]
     revenue: Array
-    methods: list[Scores]
+    methods: list[MethodScores]
     figures: dict[str, dict[str, float]]
     calibration: dict[str, list[dict[str, float]]]
     differences: dict[str, dict[str, float]]
@@ -178,6 +178,7 @@ def _train_router(events: Sequence[CustomerEvent], cfg: BacktestConfig, out: Pat
         label="inactivity",
         activity=frozenset({"order_placed"}),
         lateness_s=cfg.lateness_s,
+        progress=cfg.progress,
     )
     if data.y.sum() < 10 or data.y.sum() == len(data.y):
         raise ValueError(f"too few training labels of each kind before {cfg.at:%Y-%m-%d} ({int(data.y.sum())} of {len(data.y)})")
@@ -246,7 +247,7 @@ def run_backtest(events: Sequence[CustomerEvent], cfg: BacktestConfig) -> Backte
     )
     # The model says P(no order within the horizon); over another span, under a constant hazard.
     span = (until - at) / DAY / cfg.horizon_days
-    router = Scores("router", 1.0 - np.clip(churn, 1e-9, 1.0) ** span, clv)
+    router = MethodScores("router", 1.0 - np.clip(churn, 1e-9, 1.0) ** span, clv)
 
     # BG/NBD on the very same snapshot facts (x repeat purchase days, t_x, T in weeks).
     x = rows[:, _F["orders_total"]] - 1.0
@@ -258,7 +259,7 @@ def run_backtest(events: Sequence[CustomerEvent], cfg: BacktestConfig) -> Backte
     m_x = np.where(x > 0, (spend - first_amount) / np.maximum(x, 1.0), 0.0)
     gg = fit_gamma_gamma(x, m_x)
     expected = bg.expected_purchases(weeks, x, t_x, T)
-    baseline = Scores("BG/NBD + Gamma-Gamma", bg.p_active(weeks, x, t_x, T), gg.expected_spend(x, m_x) * expected)
+    baseline = MethodScores("BG/NBD + Gamma-Gamma", bg.p_active(weeks, x, t_x, T), gg.expected_spend(x, m_x) * expected)
 
     methods = [router, baseline]
     figures = {m.name: _figures(active, revenue, m) for m in methods}
@@ -304,7 +305,7 @@ def _top_decile_share(revenue: Array, clv: Array) -> float:
     return float(revenue[top].sum()) / total if total else math.nan
 
 
-def _figures(active: npt.NDArray[np.int8], revenue: Array, m: Scores) -> dict[str, float]:
+def _figures(active: npt.NDArray[np.int8], revenue: Array, m: MethodScores) -> dict[str, float]:
     return {
         "roc_auc": _roc_auc(active, m.p_active),
         "pr_auc": _pr_auc(active, m.p_active),
@@ -324,12 +325,12 @@ def _calibration(active: npt.NDArray[np.int8], p: Array, bins: int = 10) -> list
 
 
 def _bootstrap(
-    active: npt.NDArray[np.int8], revenue: Array, a: Scores, b: Scores, n: int, seed: int, progress: bool
+    active: npt.NDArray[np.int8], revenue: Array, a: MethodScores, b: MethodScores, n: int, seed: int, progress: bool
 ) -> dict[str, dict[str, float]]:
     """Paired bootstrap over customers of ``a - b`` per figure: point estimate, 95 % interval, share of draws > 0."""
     rng = np.random.default_rng(seed)
     m = len(active)
-    fns: dict[str, Callable[[npt.NDArray[np.intp], Scores], float]] = {
+    fns: dict[str, Callable[[npt.NDArray[np.intp], MethodScores], float]] = {
         "roc_auc": lambda i, s: _roc_auc(active[i], s.p_active[i]),
         "pr_auc": lambda i, s: _pr_auc(active[i], s.p_active[i]),
         "top_decile_revenue_share": lambda i, s: _top_decile_share(revenue[i], s.clv[i]),

@@ -206,3 +206,20 @@ def test_a_model_for_the_other_kind_of_business_is_refused(tmp_path: Path) -> No
     assert ChurnModel.load(path, business="transactional").business == "transactional"
     with pytest.raises(ModelError, match="transactional model"):
         ChurnModel.load(path, business="subscription")
+
+
+async def test_a_process_for_the_other_business_refuses_a_reload_and_keeps_its_model(tmp_path: Path) -> None:
+    from router.policy import load_policy
+    from router.serving.live import Live
+    from router.state.store import StateStore, connect
+
+    settings = Settings()
+    store = StateStore(connect(settings.redis.url, cluster=False), settings.redis.prefix, IdentityHasher(b"k" * 16))
+    policy = load_policy(settings.policy.path)
+    live = Live(None, policy, store, model_path=str(MODEL), policy_path=settings.policy.path, business="transactional")
+    with pytest.raises(ModelError, match="configured as transactional"):
+        await live.reload_model()  # never connects: the file is refused before anything is announced
+    assert live.model is None
+    live.business = "subscription"
+    _, new = await live.reload_model()
+    assert live.model is new and new.business == "subscription"
