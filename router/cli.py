@@ -114,6 +114,7 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
             leaves=args.leaves,
             min_leaf=args.min_leaf,
             trees=args.trees,
+            monotone=not args.no_monotone,
             seed=args.seed,
             bootstrap=args.bootstrap,
             lateness_s=settings.stream.lateness_s,
@@ -273,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--leaves", type=int, default=4, help="LightGBM leaves per tree")
     bt.add_argument("--min-leaf", type=int, default=100, help="LightGBM minimum rows per leaf")
     bt.add_argument("--trees", type=int, default=200, help="LightGBM trees")
+    bt.add_argument(
+        "--no-monotone", action="store_true", help="no monotone constraints (more orders, less silence: less risk)"
+    )
     bt.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap draws")
     bt.add_argument("--seed", type=int, default=7)
     bt.add_argument("--out", default=None, help="also write the Markdown report here")
