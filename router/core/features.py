@@ -50,7 +50,16 @@ FEATURE_NAMES: tuple[str, ...] = (
     "expected_activity_ratio",
 )
 N_FEATURES = len(FEATURE_NAMES)
-CLOCK_FEATURES = (0, 1, 27, 28, 32)
+CLOCK_FEATURES: tuple[int, ...] = tuple(
+    FEATURE_NAMES.index(name)
+    for name in (
+        "tenure_days",
+        "days_since_last_interaction",
+        "days_since_last_order",
+        "order_age_days",
+        "expected_activity_ratio",
+    )
+)
 """Features that grow with the clock between events: tenure, days since the last interaction, days since
 the last order and since the first (one per day), and the expected-activity ratio (days since the last
 order over the mean gap between orders: ``1 / gap`` per day). Every other feature changes only with the
@@ -91,7 +100,7 @@ def features(snap: Snapshot, as_of: int) -> list[float]:
     logins_prev_avg = logins_prev / 2.0
     first, last = snap.first_order_at, snap.last_order_at
     since_order = max(0.0, (as_of - last) / DAY) if last else 0.0
-    gap = (last - first) / DAY / (snap.orders_total - 1) if snap.orders_total > 1 and last > first else 0.0
+    gap = _mean_gap_days(snap)
     return [
         tenure,
         max(0.0, since_last),
@@ -138,7 +147,7 @@ def clock_origins(snap: Snapshot) -> list[tuple[int | None, float]]:
     start = snap.signup_day * DAY if snap.signup_day is not None else snap.first_seen
     tenure_origin = start or None
     first, last = snap.first_order_at, snap.last_order_at
-    gap = (last - first) / DAY / (snap.orders_total - 1) if snap.orders_total > 1 and last > first else 0.0
+    gap = _mean_gap_days(snap)
     return [
         (tenure_origin, 1.0),
         (snap.last_interaction_at or tenure_origin, 1.0),
@@ -146,6 +155,12 @@ def clock_origins(snap: Snapshot) -> list[tuple[int | None, float]]:
         (first or None, 1.0),
         (last or None, 1.0 / gap) if gap else (None, 0.0),
     ]
+
+
+def _mean_gap_days(snap: Snapshot) -> float:
+    """Mean days between orders, first to last (0 with fewer than two order times)."""
+    first, last, n = snap.first_order_at, snap.last_order_at, snap.orders_total
+    return (last - first) / DAY / (n - 1) if n > 1 and last > first else 0.0
 
 
 def windows_change_at(snap: Snapshot, as_of: int) -> int:
