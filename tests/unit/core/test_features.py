@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 from datetime import UTC, datetime, timedelta
 
-import msgspec
 import pytest
 
 from router.core.features import CLOCK_FEATURES, FEATURE_NAMES, clock_origins, features
 from router.core.identity import IdentityHasher
-from router.core.reducer import DAY, fold, fold_all
+from router.core.reducer import DAY, fold_all
 from schemas.events import CustomerEvent, OrderPlaced, Usage
 
 HASHER = IdentityHasher(b"test-key-0123456789abcdef")
@@ -57,19 +55,6 @@ def test_one_order_or_none_leaves_the_gaps_at_zero() -> None:
     assert all(usage_only[n] == 0 for n in FEATURE_NAMES[F["orders_total"] :])
 
 
-def test_order_times_are_the_same_whatever_the_arrival_order_and_duplicates() -> None:
-    orders = [_order(0, i=1), _order(7, i=2), _order(7, i=3), _order(20, i=4), _order(12, i=5)]
-    snaps = []
-    for perm in itertools.permutations(orders):
-        snap = None
-        for e in [*perm, perm[0]]:  # and a redelivery
-            snap, _ = fold(snap, e, lateness_s=400 * DAY, hasher=HASHER)
-        assert snap is not None
-        snaps.append((snap.first_order_at, snap.prev_order_at, snap.last_order_at, snap.orders_total))
-    day = lambda d: int((T0 + timedelta(days=d)).timestamp())  # noqa: E731
-    assert set(snaps) == {(day(0), day(12), day(20), 5)}
-
-
 def test_the_clock_features_move_as_their_origins_say() -> None:
     snap = fold_all([_order(0), _order(10), _order(25)], lateness_s=400 * DAY, hasher=HASHER)
     assert snap is not None
@@ -83,11 +68,3 @@ def test_the_clock_features_move_as_their_origins_say() -> None:
     # everything else stays put between events (no window edges this far after the last order)
     later = features(snap, as_of + 3 * DAY)
     assert [v for i, v in enumerate(row) if i not in CLOCK_FEATURES] == [v for i, v in enumerate(later) if i not in CLOCK_FEATURES]
-
-
-def test_the_order_times_cost_few_snapshot_bytes() -> None:
-    snap = fold_all([_order(d) for d in range(0, 90, 3)], lateness_s=DAY, hasher=HASHER)
-    assert snap is not None
-    with_times = len(msgspec.msgpack.encode(snap))
-    bare = msgspec.structs.replace(snap, first_order_at=0, last_order_at=0, prev_order_at=0)
-    assert with_times - len(msgspec.msgpack.encode(bare)) == 3 * 4  # three uint32 timestamps instead of three zeros
