@@ -185,6 +185,7 @@ def test_contact_counts_cover_every_channel_and_severity_the_contract_allows() -
     positions = {contact_index(c, s) for c in CONTACT_CHANNELS for s in CONTACT_SEVERITIES}
     assert positions == set(range(len(CONTACT_CHANNELS) * len(CONTACT_SEVERITIES)))
 
+
 def _order_at(day: float, i: int) -> OrderPlaced:
     return OrderPlaced(event_id=f"o{i}", customer_id="C1", occurred_at=T0 + timedelta(days=day), order_id=f"o{i}", amount=10.0)
 
