@@ -96,6 +96,40 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     return run_train(args, settings)
 
 
+def _backtest(args: argparse.Namespace, settings: Settings) -> int:
+    import shlex
+    from pathlib import Path
+
+    from router.churn.backtest import BacktestConfig, cdnow_events, parse_date, render, run_backtest
+    from router.churn.training.dataset import read_events
+
+    try:
+        events = cdnow_events() if args.cdnow else list(read_events(args.events))
+        cfg = BacktestConfig(
+            at=parse_date(args.at),
+            until=parse_date(args.until),
+            horizon_days=args.horizon,
+            stack=args.stack,
+            step_days=args.step,
+            leaves=args.leaves,
+            min_leaf=args.min_leaf,
+            trees=args.trees,
+            monotone=not args.no_monotone,
+            seed=args.seed,
+            bootstrap=args.bootstrap,
+            lateness_s=settings.stream.lateness_s,
+            command="router " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["backtest"] else "router backtest",
+        )
+        text = render(run_backtest(events, cfg))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"router backtest: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
+    return 0
+
+
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
     from router.ops.kafka import ensure_topics
 
@@ -225,6 +259,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(train)
     train.set_defaults(func=_train)
+
+    bt = sub.add_parser(
+        "backtest", help="score everyone as of --at with the served code path, grade on (--at, --until], beside BG/NBD"
+    )
+    source = bt.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", help="event log, JSON Lines (orders are what is graded)")
+    source.add_argument("--cdnow", action="store_true", help="the CDNOW sample shipped by the lifetimes wheel")
+    bt.add_argument("--at", required=True, help="score as of the end of this day (YYYY-MM-DD, UTC)")
+    bt.add_argument("--until", required=True, help="grade orders up to the end of this day")
+    bt.add_argument("--horizon", type=int, default=91, help="days of the router model's label 'no order within'")
+    bt.add_argument("--stack", type=int, default=14, help="training cutoffs, the last a horizon before --at")
+    bt.add_argument("--step", type=int, default=7, help="days between training cutoffs")
+    bt.add_argument("--leaves", type=int, default=4, help="LightGBM leaves per tree")
+    bt.add_argument("--min-leaf", type=int, default=100, help="LightGBM minimum rows per leaf")
+    bt.add_argument("--trees", type=int, default=200, help="LightGBM trees")
+    bt.add_argument(
+        "--no-monotone", action="store_true", help="no monotone constraints (more orders, less silence: less risk)"
+    )
+    bt.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap draws")
+    bt.add_argument("--seed", type=int, default=7)
+    bt.add_argument("--out", default=None, help="also write the Markdown report here")
+    bt.set_defaults(func=_backtest)
 
     sub.add_parser(
         "shadow-report", help="how the shadow (candidate) model compares with the live one"

@@ -168,6 +168,8 @@ class ModelSettings(_Section, kw_only=True):
     """Cap on expected remaining lifetime used by CLV."""
     follow_s: float = 2.0
     """Seconds between checks of the model (and, in consumers, the policy) an admin reload announced to every process (0 = only at start)."""
+    business: str = "subscription"
+    """subscription (churn = cancelled) or transactional (churn = no purchase within the horizon): a model whose card's label.business differs is refused."""
 
 
 class PolicySettings(_Section, kw_only=True):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import signal
@@ -152,7 +153,7 @@ class StateConsumer:
 
     async def load_model(self, path: str, sha256: str | None = None) -> ChurnModel:
         """Load a model off the event loop; the poll loop swaps it in between two batches."""
-        model = await asyncio.to_thread(ChurnModel.load, path)
+        model = await asyncio.to_thread(functools.partial(ChurnModel.load, path, business=self.settings.model.business))
         if sha256 is not None and model.sha256 != sha256:
             raise ModelError(f"{path} is not the announced file (sha256 {model.sha256[:12]}.. != {sha256[:12]}..)")
         self.next_model = model
@@ -575,7 +576,7 @@ async def consumer_stack(settings: Settings, *, clock: Callable[[], float] = tim
     store = StateStore(client, settings.redis.prefix, hasher)
     model: ChurnModel | None
     try:
-        model = ChurnModel.load(settings.model.path)
+        model = ChurnModel.load(settings.model.path, business=settings.model.business)
     except ModelError as exc:
         log.error("churn model unavailable, scores keep their last values: %s", exc)
         model = None
@@ -585,7 +586,7 @@ async def consumer_stack(settings: Settings, *, clock: Callable[[], float] = tim
     shadow: ChurnModel | None = None
     if settings.model.shadow_path:
         try:
-            shadow = ChurnModel.load(settings.model.shadow_path)
+            shadow = ChurnModel.load(settings.model.shadow_path, business=settings.model.business)
             log.info("shadow model %s scored beside live %s", shadow.version, model.version if model else "none")
         except ModelError as exc:
             log.error("shadow model not loaded: %s", exc)

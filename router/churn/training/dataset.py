@@ -76,8 +76,8 @@ def label_definition(kind: LabelKind, horizon_days: int, activity: frozenset[str
         + " (invoice-due payments, cancellations and empty usage reports excepted)"
     )
     return (
-        f"1 if the customer has no activity ({what}) in (cutoff, cutoff + {horizon_days}d]; customers with no "
-        f"such activity at or before the cutoff, none in the {horizon_days}d before it, or whose subscription "
+        f"1 if the customer has no activity ({what}) in (cutoff, cutoff + {horizon_days}d]; every customer with "
+        f"such activity at or before the cutoff is a row, dormant ones included; customers whose subscription "
         f"is already cancelled or latest outcome is 'churned' at the cutoff are excluded"
     )
 
@@ -283,12 +283,8 @@ def _checkpoint(st: _Replay, k: int, cut: int, label: LabelKind, horizon_s: int,
     if snap.subscription == "cancelled" or snap.outcome == "churned":
         skipped["already_churned"] += 1
         return
-    if label == "inactivity":
-        # A customer must have been active within the horizon before the cutoff to be able to lapse.
-        if not st.last_active:
-            skipped["no_activity_yet"] += 1
-            return
-        if cut - st.last_active > horizon_s:
-            skipped["already_churned"] += 1
-            return
+    if label == "inactivity" and not st.last_active:
+        # Nothing to lapse from yet. Dormant customers stay in: the service scores them too.
+        skipped["no_activity_yet"] += 1
+        return
     st.rows[k] = features(snap, cut)
