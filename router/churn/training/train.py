@@ -335,6 +335,7 @@ def build_card(
             "positives": int(train.y.sum()),
             "base_rate": round(float(train.y.mean()), 5),
             "skipped_rows": train.skipped,
+            "outcome_labels": train.outcome_labels(),
             "replay": "router.core.reducer.fold per customer in file order, events with occurred_at <= cutoff; "
             "router.core.features.features(snapshot, cutoff)",
         },
