@@ -227,7 +227,7 @@ def build_dataset(
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(events, desc="replaying events", unit=" events", unit_scale=True, mininterval=1.0)
+        iterator = tqdm(events, desc="replaying events", unit=" events", unit_scale=True, mininterval=1.0, disable=None)
 
     for event in iterator:
         n_events += 1

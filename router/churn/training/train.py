@@ -128,7 +128,7 @@ def train_model(data: Dataset, *, folds: int = 5, seed: int = 7, progress: bool 
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(splits, desc=f"{folds}-fold CV", unit=" fold")
+        iterator = tqdm(splits, desc=f"{folds}-fold CV", unit=" fold", disable=None)
     fold_auc: list[float] = []
     for train_idx, test_idx in iterator:
         booster = _fit(X[train_idx], y[train_idx], seed)
