@@ -1,8 +1,9 @@
 """The events topic read from its beginning into a JSON Lines archive (``router retrain --from-topic``).
 
-Partition by partition, up to the end offsets seen at the start: a customer's events share a
-partition (the topic is keyed by customer), so each customer's events keep their order in the
-archive, which is all the training replay needs. Records that do not decode as events (the ones
+Partition by partition, until a fetch past the end offset seen at the start returns nothing (the
+embedded Tansu broker reports an end offset short of its last batch's records, so that offset is a
+floor, not the stop). A customer's events share a partition (the topic is keyed by customer), so
+each customer's events keep their order in the archive, which is all the training replay needs. Records that do not decode as events (the ones
 the consumer dead-letters) are counted and left out.
 """
 
@@ -46,15 +47,14 @@ async def archive_topic(kafka: KafkaSettings, out: str, *, progress: bool = Fals
                     continue
                 consumer.assign([tp])
                 consumer.seek(tp, starts[tp])
-                done = False
-                while not done:
-                    batches = await consumer.getmany(tp, timeout_ms=1000, max_records=5000)
-                    if not batches.get(tp) and await consumer.position(tp) >= ends[tp]:
-                        break  # the last offsets were not records (compacted away, control markers)
-                    for record in batches.get(tp, []):
-                        if record.offset >= ends[tp]:
-                            done = True
-                            break
+                while True:
+                    batches = await consumer.getmany(tp, timeout_ms=500, max_records=5000)
+                    records = batches.get(tp, [])
+                    if not records:
+                        if await consumer.position(tp) >= ends[tp]:
+                            break  # drained (a fetch that returns nothing once the start's end offset is passed)
+                        continue
+                    for record in records:
                         try:
                             event_decoder.decode(record.value or b"")
                         except (msgspec.ValidationError, msgspec.DecodeError):
@@ -62,11 +62,8 @@ async def archive_topic(kafka: KafkaSettings, out: str, *, progress: bool = Fals
                         else:
                             fh.write((record.value or b"").rstrip(b"\n") + b"\n")
                             written += 1
-                        if bar is not None:
-                            bar.update(1)
-                        if record.offset + 1 >= ends[tp]:
-                            done = True
-                            break
+                    if bar is not None:
+                        bar.update(len(records))
         if bar is not None:
             bar.close()
     finally:
