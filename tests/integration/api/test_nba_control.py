@@ -3,16 +3,21 @@ action for the control arm, both in the answer and in the audit trail."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from litestar.testing import AsyncTestClient
 
 from router.api.app import create_app
+from router.churn.lifecycle.nba import format_report, report_from_audit
+from router.devstack.demo import write_jsonl
 from router.policy import load_policy
 from router.policy.control import arm_of
 from router.state.audit import AuditReader, AuditRecord
+from schemas.events import CustomerEvent, Outcome, Usage
 from tests.conftest import SettingsFactory
-from tests.support.api_support import api_settings, auth, populate, population
+from tests.support.api_support import NOW, api_settings, auth, populate, population
 from tests.support.helpers import hasher_of, state_store
 
 IDS = [f"S{i:03d}" for i in range(40)]
@@ -28,7 +33,9 @@ async def _classify(client: Client, req: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-async def test_control_customers_get_the_standard_action_and_the_arm_is_recorded(settings: SettingsFactory) -> None:
+async def test_control_customers_get_the_standard_action_and_the_arm_is_recorded(
+    settings: SettingsFactory, tmp_path: Path
+) -> None:
     s = api_settings(settings, model={"nba_control_share": 0.5})
     plain = api_settings(settings, model={"nba_control_share": 0.0})
     events = population()
@@ -71,6 +78,23 @@ async def test_control_customers_get_the_standard_action_and_the_arm_is_recorded
                 else:
                     assert r.withheld == []
         assert withheld_any  # some control customers would have had another action
+
+        # The report joins the audited arms with outcomes by keyed hash (the audit has no clear id).
+        control = [cid for cid in IDS if arms[cid] == "control"]
+        action = [cid for cid in IDS if arms[cid] == "action"]
+        soon, end = NOW + timedelta(days=10), NOW + timedelta(days=91)  # the data must cover the horizon
+        outcomes: list[CustomerEvent] = [
+            *(Outcome(event_id=f"{c}-gone", customer_id=c, occurred_at=soon, outcome="churned") for c in control[:3]),
+            Outcome(event_id=f"{action[0]}-gone", customer_id=action[0], occurred_at=soon, outcome="churned"),
+            Usage(event_id="end", customer_id=action[1], occurred_at=end, logins=1),
+        ]
+        path = tmp_path / "outcomes.jsonl"
+        write_jsonl(outcomes, path)
+        report = await report_from_audit(s, path, days=1, horizon_days=90)
+        assert (report.control.customers, report.control.retained) == (len(control), len(control) - 3)
+        assert (report.action.customers, report.action.retained) == (len(action), len(action) - 1)
+        assert report.difference_low < report.difference < report.difference_high
+        assert "Newcombe" in format_report(report)
 
         unknown = (await client.post("/v1/classify", json={"customer": {"customer_id": "nobody"}, **body},
                                      headers=auth("helpdesk"))).json()  # fmt: skip
