@@ -91,6 +91,11 @@ class NbaReport(msgspec.Struct, frozen=True, kw_only=True):
     censored: int
     """Customers whose first decision is less than a horizon before the end of the data: left out."""
     period: tuple[str, str]
+    targeted: NbaReport | None = None
+    """Audit source: the same comparison among customers for whom the policy chose something other than
+    the standard action at their first decision (given in the action arm, withheld in the control arm);
+    a subgroup both arms define alike, where an effect is not diluted by customers who get the standard
+    action anyway. None when an arm has no such customer with a complete horizon."""
 
 
 def _arm(name: str, retained: int, n: int, confidence: float) -> ArmFigures:
@@ -195,12 +200,15 @@ async def report_from_audit(
 ) -> NbaReport:
     """Audited decisions of the last ``days`` that carry an arm; churn from the events in ``outcomes``."""
     from router.churn.training.dataset import read_events
+    from router.policy import load_policy
     from router.state.audit import AuditReader, AuditRecord
     from router.state.store import StateStore, connect_redis
 
     hasher = IdentityHasher.from_settings(settings.identity)
     client = connect_redis(settings.redis, timeout_s=10.0)
     first: dict[str, tuple[float, str]] = {}
+    targeted: set[str] = set()
+    standard = load_policy(settings.policy.path).standard_action.code
     try:
         reader = AuditReader(StateStore(client, settings.redis.prefix, hasher))
         now = time.time()
@@ -210,6 +218,8 @@ async def report_from_audit(
             key, arm = rec.customer_key, str(rec.arm)
             if key not in first or rec.at < first[key][0]:
                 first[key] = (rec.at, arm)
+                chosen = rec.actions if arm == "action" else rec.withheld
+                (targeted.add if any(code != standard for code in chosen) else targeted.discard)(key)
     finally:
         await client.aclose()
     churned: dict[str, list[float]] = {}
@@ -219,8 +229,16 @@ async def report_from_audit(
         end = max(end, t)
         if _is_churn(e):
             churned.setdefault(hasher.customer_key(e.customer_id), []).append(t)
-    return _report(first, churned, end, source=f"audit (last {days} days) + outcomes {outcomes}",
-                   horizon_days=horizon_days, confidence=confidence, share=None)  # fmt: skip
+    source = f"audit (last {days} days) + outcomes {outcomes}"
+    report = _report(first, churned, end, source=source, horizon_days=horizon_days, confidence=confidence,
+                     share=None)  # fmt: skip
+    try:
+        sub = _report({k: v for k, v in first.items() if k in targeted}, churned, end,
+                      source=f"{source}, customers the policy chose an action for", horizon_days=horizon_days,
+                      confidence=confidence, share=None)  # fmt: skip
+    except ValueError:
+        return report
+    return msgspec.structs.replace(report, targeted=sub)
 
 
 def format_report(r: NbaReport) -> str:
@@ -248,4 +266,7 @@ def format_report(r: NbaReport) -> str:
         lines.append("the action arm retains fewer customers (the interval excludes 0)")
     else:
         lines.append("no difference can be claimed at this confidence (the interval includes 0)")
+    if r.targeted is not None:
+        lines += ["", "Among customers the policy chose another action than the standard one for:", "",
+                  format_report(r.targeted)]  # fmt: skip
     return "\n".join(lines)

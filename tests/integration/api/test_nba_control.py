@@ -95,6 +95,9 @@ async def test_control_customers_get_the_standard_action_and_the_arm_is_recorded
         assert (report.action.customers, report.action.retained) == (len(action), len(action) - 1)
         assert report.difference_low < report.difference < report.difference_high
         assert "Newcombe" in format_report(report)
+        # Every one of them was upset: the policy chose an apology for all, given or withheld.
+        assert report.targeted is not None
+        assert (report.targeted.control.customers, report.targeted.action.customers) == (len(control), len(action))
 
         unknown = (await client.post("/v1/classify", json={"customer": {"customer_id": "nobody"}, **body},
                                      headers=auth("helpdesk"))).json()  # fmt: skip
