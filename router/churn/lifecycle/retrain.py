@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from router.churn.model import ChurnModel, Comparison, ModelError, compare
-from router.churn.training.dataset import TRAINING_HASH_KEY, LabelKind, build_dataset, read_events
+from router.churn.training.dataset import TRAINING_HASH_KEY, Dataset, LabelKind
 from router.core.identity import IdentityHasher
 from router.core.reducer import Snapshot, fold
 from router.settings import Settings
@@ -251,6 +251,8 @@ def retrain(cfg: RetrainConfig, settings: Settings, announced: Any = None) -> Re
     _say(cfg, f"live model: {result.live_version} ({live_path}){'' if live else ' UNUSABLE: ' + live_error}")
     _say(cfg, f"candidate {version}: label {label}, horizon {horizon_days}d, training cutoffs "
               f"{', '.join(f'{c:%Y-%m-%d}' for c in cutoffs)}, holdout cutoff {holdout:%Y-%m-%d}")  # fmt: skip
+    snaps: dict[str, Snapshot] = {}
+    rows: dict[str, Dataset] = {}
     try:
         card = run(
             TrainConfig(
@@ -266,6 +268,9 @@ def retrain(cfg: RetrainConfig, settings: Settings, announced: Any = None) -> Re
                 command=cfg.command,
                 progress=cfg.progress,
                 report=True,
+                # One replay: the holdout customers' snapshots (for tiers) and rows (for the live model) on the way.
+                tap=lambda events: _tap(events, holdout, snaps, settings.stream.lateness_s),
+                on_rows=lambda _, hold: rows.__setitem__("holdout", hold),
             )
         )
         candidate = ChurnModel.load(out)
@@ -275,16 +280,7 @@ def retrain(cfg: RetrainConfig, settings: Settings, announced: Any = None) -> Re
         return result
     result.outcome_labels = dict(card["training"].get("outcome_labels", {}))
 
-    # The holdout rows again (the pipeline keeps its own), with each customer's snapshot at the cutoff for tiers.
-    snaps: dict[str, Snapshot] = {}
-    data = build_dataset(
-        _tap(read_events(cfg.events), holdout, snaps, settings.stream.lateness_s),
-        [holdout],
-        horizon_days=horizon_days,
-        label=label,
-        lateness_s=settings.stream.lateness_s,
-        progress=cfg.progress,
-    )
+    data = rows["holdout"]
     X = data.X.astype(np.float32)
     y = data.y
     base_rate = float(card["training"]["base_rate"])
