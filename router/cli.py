@@ -74,7 +74,12 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     end = datetime.fromisoformat(args.end).replace(tzinfo=UTC) if args.end else None
     start, stop = history_window(args.months, end)
     began = time.monotonic()
-    n = write_jsonl(generate_history(args.customers, start, stop, args.seed), args.out)
+    events = generate_history(args.customers, start, stop, args.seed)
+    if not args.quiet:
+        from router.devstack.demo import with_progress
+
+        events = with_progress(events, start, stop)
+    n = write_jsonl(events, args.out)
     # Beside the history, what regenerates it: `router train` copies it into the model card, so a test can
     # recompute the card's holdout figures from the generator instead of trusting them.
     with open(args.out, "rb") as fh:
@@ -128,6 +133,16 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
         Path(args.out).write_text(text)
     print(text, end="")
     return 0
+def _retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from router.churn.lifecycle.cli import run_retrain
+
+    return run_retrain(args, settings)
+
+
+def _nba_report(args: argparse.Namespace, settings: Settings) -> int:
+    from router.churn.lifecycle.cli import run_nba_report
+
+    return run_nba_report(args, settings)
 
 
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
@@ -252,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--end", default=None, help="end date (YYYY-MM-DD, UTC; default 2026-11-01)")
     gen.add_argument("--out", required=True, help="output file (.jsonl)")
     gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--quiet", action="store_true", help="no progress bar (off anyway when stderr is not a TTY)")
     gen.set_defaults(func=_generate)
 
     train = sub.add_parser("train", help="train the churn model from an event log (JSON Lines)")
@@ -281,6 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--seed", type=int, default=7)
     bt.add_argument("--out", default=None, help="also write the Markdown report here")
     bt.set_defaults(func=_backtest)
+    from router.churn.lifecycle.cli import add_nba_report_arguments, add_retrain_arguments
+
+    retrain = sub.add_parser(
+        "retrain",
+        help="build a candidate from the event history, judge it against the live model, promote it if better "
+        "(exit 0 promoted, 1 kept, 2 bad input, 3 no usable candidate, 4 not announced)",
+    )
+    add_retrain_arguments(retrain)
+    retrain.set_defaults(func=_retrain)
+
+    nba = sub.add_parser("nba-report", help="retention with and without the next-best-action (control group), with CIs")
+    add_nba_report_arguments(nba)
+    nba.set_defaults(func=_nba_report)
 
     sub.add_parser(
         "shadow-report", help="how the shadow (candidate) model compares with the live one"

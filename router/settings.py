@@ -170,6 +170,10 @@ class ModelSettings(_Section, kw_only=True):
     """Seconds between checks of the model (and, in consumers, the policy) an admin reload announced to every process (0 = only at start)."""
     business: str = "subscription"
     """subscription (churn = cancelled) or transactional (churn = no purchase within the horizon): a model whose card's label.business differs is refused."""
+    promote_margin: float = 0.005
+    """`router retrain` promotes a candidate only if its holdout ROC-AUC beats the live model's by at least this much (and its Brier score is no worse)."""
+    nba_control_share: float = 0.05
+    """Share of known customers (0-1, fixed per customer by a keyed hash) whose decisions get the policy's standard action instead of the next-best-actions: the control group of `router nba-report`."""
 
 
 class PolicySettings(_Section, kw_only=True):

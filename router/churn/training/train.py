@@ -145,7 +145,7 @@ def train_model(
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(splits, desc=f"{folds}-fold CV", unit=" fold")
+        iterator = tqdm(splits, desc=f"{folds}-fold CV", unit=" fold", disable=None)
     fold_auc: list[float] = []
     for train_idx, test_idx in iterator:
         booster = _fit(X[train_idx], y[train_idx], seed, lgb_params, trees)
@@ -353,6 +353,7 @@ def build_card(
             "positives": int(train.y.sum()),
             "base_rate": round(float(train.y.mean()), 5),
             "skipped_rows": train.skipped,
+            "outcome_labels": train.outcome_labels(),
             "replay": "router.core.reducer.fold per customer in file order, events with occurred_at <= cutoff; "
             "router.core.features.features(snapshot, cutoff)",
         },
