@@ -596,9 +596,9 @@ async def consumer_stack(settings: Settings, *, clock: Callable[[], float] = tim
     producer = AIOKafkaProducer(**producer_config(kafka))
     consumer = AIOKafkaConsumer(
         **consumer_config(kafka),
-        # bigger fetches make bigger batches: per-batch costs (round trips) amortise over more events
-        fetch_min_bytes=64 * 1024,
-        fetch_max_wait_ms=50,
+        # how long an event can sit in the broker before this consumer sees it (BENCHMARKS.md, freshness)
+        fetch_min_bytes=kafka.fetch_min_bytes,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=max(100, kafka.session_timeout_ms // 4),
         max_partition_fetch_bytes=4 * 1024 * 1024,
