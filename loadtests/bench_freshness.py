@@ -104,8 +104,8 @@ def _instrument(
             batches.append(current.copy())
         return batch
 
-    async def timed_placed(batch: Any) -> bool:
-        ok = await placed(batch)
+    async def timed_placed(*args: Any) -> bool:
+        ok: bool = await placed(*args)
         batches[-1]["placed"] = now()
         return ok
 
@@ -114,9 +114,9 @@ def _instrument(
         batches[-1]["triaged"] = now()
         return out
 
-    async def timed_apply(ops: Any) -> Any:
+    async def timed_apply(ops: Any, *args: Any) -> Any:
         t0 = now()
-        ok = await apply(ops)
+        ok = await apply(ops, *args)
         t1 = now()
         batches[-1]["lanes"].append([t0, t1, len(ops)])
         for op in ops:
@@ -270,9 +270,7 @@ def _split(probes: list[dict[str, Any]], trace: dict[str, Any]) -> list[dict[str
                 "queued": queued * 1e3,
                 "fetch": fetch * 1e3,
                 "work": (apply_end - b["polled"]) * 1e3,
-                "place": (b.get("placed", b["polled"]) - b["polled"]) * 1e3,
-                "triage": (b.get("triaged", b["polled"]) - b.get("placed", b["polled"])) * 1e3,
-                "read_fold": (apply_start - b.get("triaged", b["polled"])) * 1e3,
+                "before_script": (apply_start - b["polled"]) * 1e3,
                 "script": (apply_end - apply_start) * 1e3,
                 "read": (p["seen"] - apply_end) * 1e3,
                 "batch_events": float(b["events"]),
@@ -363,8 +361,8 @@ async def _cell(
     trace = json.loads(trace_path.read_text())
     trace_path.unlink()
     rows = _split(probes, trace)
-    parts = ("total", "queued", "fetch", "work", "place", "triage", "read_fold", "script", "read")
-    worst = sorted(rows, key=lambda r: r["total"])[-max(1, len(rows) // 100) :]
+    parts = ("total", "queued", "fetch", "work", "before_script", "script", "read")
+    worst = sorted(rows, key=lambda r: r["total"])[-max(1, len(rows) // 100) :] if rows else []
     return {
         "rate": rate,
         "fetch_min_bytes": min_bytes,
@@ -374,7 +372,7 @@ async def _cell(
         "probes_traced": len(rows),
         "ms": {name: _summary([r[name] for r in rows]) for name in parts},
         "worst_1pct_mean_ms": {
-            name: statistics.fmean(r[name] for r in worst)
+            name: statistics.fmean(r[name] for r in worst) if worst else float("nan")
             for name in (*parts, "batch_events", "prev_offsets", "prev_commit")
         },
         "consumer_idle_cpu": idle_cpu,

@@ -369,7 +369,7 @@ class StateConsumer:
         # Triage first (no I/O): a single lane's read can then go with the placement check.
         triage = self.planner.triage(batch, self.clock())
         lanes = [lane for lane in triage.lanes if lane]
-        first: list[CustomerRecord] | None = None
+        first: tuple[list[str], list[CustomerRecord]] | None = None
         if len(lanes) == 1:
             placed, first = await self._placed_and_read(batch, lanes[0])
         else:
@@ -405,13 +405,13 @@ class StateConsumer:
 
     async def _placed_and_read(
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], lane: dict[str, list[Pending]]
-    ) -> tuple[bool, list[CustomerRecord]]:
-        """:meth:`_placed` and the lane's records (:meth:`_records`) in one round trip."""
+    ) -> tuple[bool, tuple[list[str], list[CustomerRecord]]]:
+        """:meth:`_placed` and the lane's (keyed hashes, records) (:meth:`_records`) in one round trip."""
         kafka = self.settings.kafka
         keys = [self.hasher.customer_key(cid) for cid in lane]
         partitions = [tp.partition for tp in batch]
         records, stored = await self._records(keys, (kafka.group_id, kafka.events_topic, partitions))
-        return await self._placed(batch, stored), records
+        return await self._placed(batch, stored), (keys, records)
 
     async def _placed(
         self,
@@ -472,21 +472,23 @@ class StateConsumer:
     async def _apply_lane(
         self,
         pending: dict[str, list[Pending]],
-        records: list[CustomerRecord] | None = None,
+        first: tuple[list[str], list[CustomerRecord]] | None = None,
         offsets: dict[int, int] | None = None,
     ) -> bool:
         """Fold one lane's customers and write them; refold the ones another writer got to first.
 
-        ``records``: the customers' records, already read. ``offsets``: the batch's next offsets, to
-        store with the write if it is one script call; returns whether they were stored.
+        ``first``: the customers' keyed hashes and records, already read. ``offsets``: the batch's
+        next offsets, to store with the write if it is one script call; returns whether they were.
         """
+        customer_key = self.hasher.customer_key
         for _ in range(_MAX_CAS_RETRIES):
-            customer_key = self.hasher.customer_key
-            keys = [customer_key(cid) for cid in pending]
-            if records is None:
+            if first is not None:
+                keys, records = first
+                first = None
+            else:
+                keys = [customer_key(cid) for cid in pending]
                 records, _ = await self._records(keys)
             plan = self.planner.plan(pending, keys, records, int(self.clock()))
-            records = None
             if self.shadow is not None and plan.rows is not None:
                 self._shadow_rows.append(plan.rows)
             await self._publish(plan)
