@@ -377,6 +377,15 @@ def render_ingest(ingest: dict[str, Any]) -> str:
         f"{ingest['heavy_customer_memory_usage_bytes']:,.0f} B (`MEMORY USAGE`). Target of issue #3: ≥ 50,000 events/s "
         "per process and ≥ 0.5 × raw; ≤ 2 KB per customer snapshot."
     )
+    lines += ["", "| target (issue #19, item 2) | measured | met |", "|---|---|---|"]
+    for r in ingest["runs"]:
+        rate, ceiling = r["router_applied_committed_events_per_s"], r.get("compute_events_per_s")
+        n = _pop(r["customers_population"])
+        lines.append(f"| {n}: ≥ 50,000 events/s applied and committed per process | {rate:,.0f}/s | {_met(rate >= 50_000)} |")
+        if ceiling:
+            lines.append(
+                f"| {n}: ≥ 0.7 × the same-run compute ceiling | {rate / ceiling:.2f} × | {_met(rate >= 0.7 * ceiling)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -470,6 +479,14 @@ def render_freshness(fr: dict[str, Any]) -> str:
     for c in fr["cells"]:
         ms, w = c["ms"], c["worst_1pct_mean_ms"]
         idle = c.get("consumer_idle_cpu")
+        if c["probes_seen"] < c["probes"]:
+            lines.append(
+                f"| {c['rate']:,} | {c['fetch_min_bytes']:,} B / {c['fetch_max_wait_ms']} ms | fell behind: "
+                f"{c['probes_seen']} of {c['probes']} probes seen within 3 s (a backlog, batches of "
+                f"{c['batches'].get('events_p50', 0):,.0f} events; consumer {c['consumer_cpu_under_load']:.0%} of a core) "
+                "| | | | | | | | | | | |"
+            )
+            continue
         lines.append(
             f"| {c['rate']:,} | {c['fetch_min_bytes']:,} B / {c['fetch_max_wait_ms']} ms | {ms['total']['p50']:.1f} | "
             f"{ms['total']['p90']:.1f} | **{ms['total']['p99']:.1f}** | {ms['total']['max']:.1f} | "
