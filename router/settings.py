@@ -144,7 +144,7 @@ class StreamSettings(_Section, kw_only=True):
     health_host: str = "127.0.0.1"
     """Interface of the consumer's health server."""
     lanes: int = 2
-    """Customer-disjoint parts of a batch folded concurrently, so one part's Redis round trip overlaps another's fold."""
+    """Customer-disjoint parts of a batch folded concurrently, so one part's Redis round trip overlaps another's fold (at most; one per 200 records)."""
     cache_customers: int = 20_000
     """Customers whose last written record the consumer keeps in memory (no Redis read for their next events; 0 = off)."""
     sweep_interval_s: float = 30.0
