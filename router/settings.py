@@ -102,6 +102,10 @@ class KafkaSettings(_Section, kw_only=True):
     """Consumer group session timeout: how fast a dead consumer's partitions move to another."""
     replication_factor: int = 1
     """Replication factor of topics created by `router dev` / `router topics` (1 for a single broker)."""
+    fetch_min_bytes: int = 1
+    """State consumers' fetch.min.bytes: the broker answers a fetch once this much is there (1: at once)."""
+    fetch_max_wait_ms: int = 25
+    """State consumers' fetch.max.wait.ms: the longest the broker holds a fetch waiting for fetch_min_bytes."""
 
 
 class RedisSettings(_Section, kw_only=True):
@@ -140,7 +144,7 @@ class StreamSettings(_Section, kw_only=True):
     health_host: str = "127.0.0.1"
     """Interface of the consumer's health server."""
     lanes: int = 2
-    """Customer-disjoint parts of a batch folded concurrently, so one part's Redis round trip overlaps another's fold."""
+    """Customer-disjoint parts of a batch folded concurrently, so one part's Redis round trip overlaps another's fold (at most; one per 200 records)."""
     cache_customers: int = 20_000
     """Customers whose last written record the consumer keeps in memory (no Redis read for their next events; 0 = off)."""
     sweep_interval_s: float = 30.0
