@@ -1,9 +1,11 @@
 """Regenerate BENCHMARKS.md: run the benchmarks, then render their JSON into the report.
 
 Run: ``python -m loadtests.report`` (about 15 minutes: serve benchmark at 10k and 1M customers,
-step micro-benchmark, ingest benchmark with 200k events, sweep benchmark at 1M customers).
-``--render-only`` re-renders from the JSON already in ``artifacts/``; ``--skip-ingest``,
-``--skip-sweep`` and ``--skip-peer`` keep the last ingest, sweep and Feast-peer figures.
+step micro-benchmark, ingest benchmark with 200k events, sweep benchmark at 1M customers,
+freshness benchmark, about 5 minutes more; the Feast peer, about 3 more, plus Feast's install into
+its own venv the first time). ``--render-only`` re-renders from the JSON already in
+``artifacts/``; ``--skip-ingest``, ``--skip-sweep``, ``--skip-freshness`` and ``--skip-peer`` keep
+the last figures.
 
 Only the marked regions of BENCHMARKS.md are rewritten (``<!-- BEGIN name -->`` ..
 ``<!-- END name -->``): the serve, ingest and sweep figures. Sections others add
@@ -22,7 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["render", "render_ingest", "render_serve", "render_sweep", "update_file"]
+from router.settings import KafkaSettings
+
+__all__ = ["render", "render_freshness", "render_ingest", "render_serve", "render_sweep", "update_file"]
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -375,6 +379,15 @@ def render_ingest(ingest: dict[str, Any]) -> str:
         f"{ingest['heavy_customer_memory_usage_bytes']:,.0f} B (`MEMORY USAGE`). Target of issue #3: ≥ 50,000 events/s "
         "per process and ≥ 0.5 × raw; ≤ 2 KB per customer snapshot."
     )
+    lines += ["", "| target (issue #19, item 2) | measured | met |", "|---|---|---|"]
+    for r in ingest["runs"]:
+        rate, ceiling = r["router_applied_committed_events_per_s"], r.get("compute_events_per_s")
+        n = _pop(r["customers_population"])
+        lines.append(f"| {n}: ≥ 50,000 events/s applied and committed per process | {rate:,.0f}/s | {_met(rate >= 50_000)} |")
+        if ceiling:
+            lines.append(
+                f"| {n}: ≥ 0.7 × the same-run compute ceiling | {rate / ceiling:.2f} × | {_met(rate >= 0.7 * ceiling)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -440,6 +453,77 @@ def render_sweep(sweep: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+FRESHNESS_TARGET = {"rate": 5000, "p99_ms": 25.0, "idle_cpu": 0.05}
+
+
+def render_freshness(fr: dict[str, Any]) -> str:
+    """Markdown for the freshness benchmark JSON (``python -m loadtests.bench_freshness``)."""
+    m, cfg = fr["machine"], fr["config"]
+    load = ", ".join(f"{x:.1f}" for x in m["load_average_at_start"])
+    lines = [
+        "## Freshness: from Kafka's acknowledgement to the first classify read that sees the event "
+        "(`python -m loadtests.bench_freshness`)\n",
+        f"Run {fr['started_at']} (commit {fr['commit']}) on {m['cpus']} × {m['cpu_model']}; load average at start "
+        f"{load}, at the end {fr['load_average_at_end'][0]:.1f} (the machine is shared). Embedded Tansu broker, one "
+        f"`StateConsumer` process, {cfg['probes']} probe events per cell, one at a time, each for a new customer, "
+        "sent with `acks=all` while a second process sends background events (open loop, 100k customers); a probe "
+        "is timed from the broker's acknowledgement until a `StateStore.read_for_decision` of its customer (the "
+        "read a classify does, repeated every ~0.5 ms) finds the snapshot. Fetch settings alternated per rate. "
+        "Times in ms. *Queued*: the consumer was still on an earlier batch; *fetch*: from the later of the "
+        "acknowledgement and the poll's start until the poll returned the event (the broker's hold and the fetch); "
+        "*work*: poll returned until the apply script that wrote the customer returned; *read*: until this reader's "
+        "next read. *Idle CPU*: the consumer's CPU over "
+        f"{cfg['idle_seconds']:g} s without traffic.\n",
+        "| ev/s | fetch.min.bytes / max.wait | p50 | p90 | p99 | max | seen | idle CPU | queued p50 / p99 "
+        "| fetch p50 / p99 | work p50 / p99 | read p50 | events per batch (median) | worst 1 %: queued + fetch + work |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in fr["cells"]:
+        ms, w = c["ms"], c["worst_1pct_mean_ms"]
+        idle = c.get("consumer_idle_cpu")
+        if c["probes_seen"] < c["probes"]:
+            lines.append(
+                f"| {c['rate']:,} | {c['fetch_min_bytes']:,} B / {c['fetch_max_wait_ms']} ms | fell behind: "
+                f"{c['probes_seen']} of {c['probes']} probes seen within 3 s (a backlog, batches of "
+                f"{c['batches'].get('events_p50', 0):,.0f} events; consumer {c['consumer_cpu_under_load']:.0%} of a core) "
+                "| | | | | | | | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {c['rate']:,} | {c['fetch_min_bytes']:,} B / {c['fetch_max_wait_ms']} ms | {ms['total']['p50']:.1f} | "
+            f"{ms['total']['p90']:.1f} | **{ms['total']['p99']:.1f}** | {ms['total']['max']:.1f} | "
+            f"{c['probes_seen']}/{c['probes']} | {'-' if idle is None else f'{idle:.1%}'} | "
+            f"{ms['queued']['p50']:.1f} / {ms['queued']['p99']:.1f} | {ms['fetch']['p50']:.1f} / {ms['fetch']['p99']:.1f} | "
+            f"{ms['work']['p50']:.1f} / {ms['work']['p99']:.1f} | {ms['read']['p50']:.1f} | "
+            f"{c['batches'].get('events_p50', 0):,.0f} | {w['queued']:.1f} + {w['fetch']:.1f} + {w['work']:.1f} |"
+        )
+    lines.append("")
+    lines.append(_freshness_targets(fr))
+    return "\n".join(lines) + "\n"
+
+
+def _freshness_targets(fr: dict[str, Any]) -> str:
+    default = KafkaSettings()
+    mine = [
+        c
+        for c in fr["cells"]
+        if (c["fetch_min_bytes"], c["fetch_max_wait_ms"]) == (default.fetch_min_bytes, default.fetch_max_wait_ms)
+    ]
+    lines = [
+        f"| target (issue #19, item 1), defaults {default.fetch_min_bytes} B / {default.fetch_max_wait_ms} ms "
+        "| measured | met |",
+        "|---|---|---|",
+    ]
+    at = next((c for c in mine if c["rate"] == FRESHNESS_TARGET["rate"]), None)
+    if at is not None:
+        p99 = at["ms"]["total"]["p99"]
+        lines.append(f"| p99 ≤ 25 ms at 5,000 ev/s | {p99:.1f} ms | {_met(p99 <= FRESHNESS_TARGET['p99_ms'])} |")
+    idle = next((c["consumer_idle_cpu"] for c in mine if c.get("consumer_idle_cpu") is not None), None)
+    if idle is not None:
+        lines.append(f"| consumer CPU ≤ 5 % when idle | {idle:.1%} | {_met(idle <= FRESHNESS_TARGET['idle_cpu'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def _rate(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}/s"
 
@@ -477,6 +561,9 @@ def render(report: Path = REPORT, artifacts: Path = ARTIFACTS) -> None:
     sweep_path = artifacts / "bench_sweep.json"
     if sweep_path.exists():
         regions["sweep"] = render_sweep(json.loads(sweep_path.read_text()))
+    freshness_path = artifacts / "bench_freshness.json"
+    if freshness_path.exists():
+        regions["freshness"] = render_freshness(json.loads(freshness_path.read_text()))
     peer_path = artifacts / "bench_peer.json"
     if peer_path.exists():
         from loadtests.bench_peer import render as render_peer
@@ -495,6 +582,7 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true", help="only re-render from artifacts/*.json")
     parser.add_argument("--skip-ingest", action="store_true", help="keep artifacts/bench_ingest.json as it is")
     parser.add_argument("--skip-sweep", action="store_true", help="keep artifacts/bench_sweep.json as it is")
+    parser.add_argument("--skip-freshness", action="store_true", help="keep artifacts/bench_freshness.json as it is")
     parser.add_argument("--skip-peer", action="store_true", help="keep artifacts/bench_peer.json as it is (Feast)")
     parser.add_argument("--ingest-events", type=int, default=200_000)
     parser.add_argument("--serve-args", default="", help="extra arguments for loadtests.bench_serve")
@@ -511,6 +599,8 @@ def main() -> None:
                   "--out", str(ARTIFACTS / "bench_ingest.json")])  # fmt: skip
         if not args.skip_sweep:
             _run([py, "-m", "loadtests.bench_sweep", "--out", str(ARTIFACTS / "bench_sweep.json")])
+        if not args.skip_freshness:
+            _run([py, "-m", "loadtests.bench_freshness", "--out", str(ARTIFACTS / "bench_freshness.json")])
         if not args.skip_peer:  # installs Feast into its own venv the first time (a few minutes)
             _run([py, "-m", "loadtests.bench_peer", "--no-report", "--out", str(ARTIFACTS / "bench_peer.json")])
     render()

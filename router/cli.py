@@ -74,7 +74,12 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     end = datetime.fromisoformat(args.end).replace(tzinfo=UTC) if args.end else None
     start, stop = history_window(args.months, end)
     began = time.monotonic()
-    n = write_jsonl(generate_history(args.customers, start, stop, args.seed), args.out)
+    events = generate_history(args.customers, start, stop, args.seed)
+    if not args.quiet:
+        from router.devstack.demo import with_progress
+
+        events = with_progress(events, start, stop)
+    n = write_jsonl(events, args.out)
     # Beside the history, what regenerates it: `router train` copies it into the model card, so a test can
     # recompute the card's holdout figures from the generator instead of trusting them.
     with open(args.out, "rb") as fh:
@@ -94,6 +99,50 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     from router.churn.training.cli import run_train
 
     return run_train(args, settings)
+
+
+def _backtest(args: argparse.Namespace, settings: Settings) -> int:
+    import shlex
+    from pathlib import Path
+
+    from router.churn.backtest import BacktestConfig, cdnow_events, parse_date, render, run_backtest
+    from router.churn.training.dataset import read_events
+
+    try:
+        events = cdnow_events() if args.cdnow else list(read_events(args.events))
+        cfg = BacktestConfig(
+            at=parse_date(args.at),
+            until=parse_date(args.until),
+            horizon_days=args.horizon,
+            stack=args.stack,
+            step_days=args.step,
+            leaves=args.leaves,
+            min_leaf=args.min_leaf,
+            trees=args.trees,
+            monotone=not args.no_monotone,
+            seed=args.seed,
+            bootstrap=args.bootstrap,
+            lateness_s=settings.stream.lateness_s,
+            command="router " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["backtest"] else "router backtest",
+        )
+        text = render(run_backtest(events, cfg))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"router backtest: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
+    return 0
+def _retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from router.churn.lifecycle.cli import run_retrain
+
+    return run_retrain(args, settings)
+
+
+def _nba_report(args: argparse.Namespace, settings: Settings) -> int:
+    from router.churn.lifecycle.cli import run_nba_report
+
+    return run_nba_report(args, settings)
 
 
 def _topics(args: argparse.Namespace, settings: Settings) -> int:
@@ -218,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--end", default=None, help="end date (YYYY-MM-DD, UTC; default 2026-11-01)")
     gen.add_argument("--out", required=True, help="output file (.jsonl)")
     gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--quiet", action="store_true", help="no progress bar (off anyway when stderr is not a TTY)")
     gen.set_defaults(func=_generate)
 
     train = sub.add_parser("train", help="train the churn model from an event log (JSON Lines)")
@@ -225,6 +275,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(train)
     train.set_defaults(func=_train)
+
+    bt = sub.add_parser(
+        "backtest", help="score everyone as of --at with the served code path, grade on (--at, --until], beside BG/NBD"
+    )
+    source = bt.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", help="event log, JSON Lines (orders are what is graded)")
+    source.add_argument("--cdnow", action="store_true", help="the CDNOW sample shipped by the lifetimes wheel")
+    bt.add_argument("--at", required=True, help="score as of the end of this day (YYYY-MM-DD, UTC)")
+    bt.add_argument("--until", required=True, help="grade orders up to the end of this day")
+    bt.add_argument("--horizon", type=int, default=91, help="days of the router model's label 'no order within'")
+    bt.add_argument("--stack", type=int, default=14, help="training cutoffs, the last a horizon before --at")
+    bt.add_argument("--step", type=int, default=7, help="days between training cutoffs")
+    bt.add_argument("--leaves", type=int, default=4, help="LightGBM leaves per tree")
+    bt.add_argument("--min-leaf", type=int, default=100, help="LightGBM minimum rows per leaf")
+    bt.add_argument("--trees", type=int, default=200, help="LightGBM trees")
+    bt.add_argument(
+        "--no-monotone", action="store_true", help="no monotone constraints (more orders, less silence: less risk)"
+    )
+    bt.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap draws")
+    bt.add_argument("--seed", type=int, default=7)
+    bt.add_argument("--out", default=None, help="also write the Markdown report here")
+    bt.set_defaults(func=_backtest)
+    from router.churn.lifecycle.cli import add_nba_report_arguments, add_retrain_arguments
+
+    retrain = sub.add_parser(
+        "retrain",
+        help="build a candidate from the event history, judge it against the live model, promote it if better "
+        "(exit 0 promoted, 1 kept, 2 bad input, 3 no usable candidate, 4 not announced)",
+    )
+    add_retrain_arguments(retrain)
+    retrain.set_defaults(func=_retrain)
+
+    nba = sub.add_parser("nba-report", help="retention with and without the next-best-action (control group), with CIs")
+    add_nba_report_arguments(nba)
+    nba.set_defaults(func=_nba_report)
 
     sub.add_parser(
         "shadow-report", help="how the shadow (candidate) model compares with the live one"

@@ -102,6 +102,10 @@ class KafkaSettings(_Section, kw_only=True):
     """Consumer group session timeout: how fast a dead consumer's partitions move to another."""
     replication_factor: int = 1
     """Replication factor of topics created by `router dev` / `router topics` (1 for a single broker)."""
+    fetch_min_bytes: int = 1
+    """State consumers' fetch.min.bytes: the broker answers a fetch once this much is there (1: at once)."""
+    fetch_max_wait_ms: int = 25
+    """State consumers' fetch.max.wait.ms: the longest the broker holds a fetch waiting for fetch_min_bytes."""
 
 
 class RedisSettings(_Section, kw_only=True):
@@ -140,7 +144,7 @@ class StreamSettings(_Section, kw_only=True):
     health_host: str = "127.0.0.1"
     """Interface of the consumer's health server."""
     lanes: int = 2
-    """Customer-disjoint parts of a batch folded concurrently, so one part's Redis round trip overlaps another's fold."""
+    """Customer-disjoint parts of a batch folded concurrently, so one part's Redis round trip overlaps another's fold (at most; one per 200 records)."""
     cache_customers: int = 20_000
     """Customers whose last written record the consumer keeps in memory (no Redis read for their next events; 0 = off)."""
     sweep_interval_s: float = 30.0
@@ -168,6 +172,12 @@ class ModelSettings(_Section, kw_only=True):
     """Cap on expected remaining lifetime used by CLV."""
     follow_s: float = 2.0
     """Seconds between checks of the model (and, in consumers, the policy) an admin reload announced to every process (0 = only at start)."""
+    business: str = "subscription"
+    """subscription (churn = cancelled) or transactional (churn = no purchase within the horizon): a model whose card's label.business differs is refused."""
+    promote_margin: float = 0.005
+    """`router retrain` promotes a candidate only if its holdout ROC-AUC beats the live model's by at least this much (and its Brier score is no worse)."""
+    nba_control_share: float = 0.05
+    """Share of known customers (0-1, fixed per customer by a keyed hash) whose decisions get the policy's standard action instead of the next-best-actions: the control group of `router nba-report`."""
 
 
 class PolicySettings(_Section, kw_only=True):

@@ -185,6 +185,8 @@ class Decision(msgspec.Struct, frozen=True):
     """True when the customer did not consent to automated decisions (GDPR art. 22)."""
     overridden: bool = False
     """True when a person set the tier (see ``PUT /v1/customers/{customer_id}/override``)."""
+    nba_arm: Literal["action", "control"] | None = None
+    """Next-best-action experiment arm of a known customer: ``control`` customers (a fixed share, ``ROUTER_MODEL_NBA_CONTROL_SHARE``) get the policy's standard action instead, so that the actions' effect on retention can be measured; null when no control group runs or the customer is unknown."""
 
 
 # ---------------------------------------------------------------------------- screen-pop

@@ -190,6 +190,9 @@ def settings(
             # 0 = no consumer health server, so consumers in tests never fight over a port.
             stream=msgspec.structs.replace(base.stream, health_port=0),
             identity=TEST_IDENTITY,
+            # No next-best-action control group: tests expect the policy's actions (tests of the control
+            # group set a share of their own).
+            model=msgspec.structs.replace(base.model, nba_control_share=0.0),
         )
         for section, value in sections.items():
             if section not in Settings.__struct_fields__:

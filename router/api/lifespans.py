@@ -154,7 +154,7 @@ async def redis_probe(background: StateStore) -> AsyncIterator[RedisProbe]:
 
 @contextlib.asynccontextmanager
 async def live_models(settings: Settings, background: StateStore) -> AsyncIterator[Live]:
-    live = Live.load(background, model_path=settings.model.path, policy_path=settings.policy.path)
+    live = Live.load(background, model_path=settings.model.path, policy_path=settings.policy.path, business=settings.model.business)
     await live.start()
     try:
         yield live

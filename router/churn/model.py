@@ -40,7 +40,7 @@ from router.churn.splits import UnsupportedGraph, split_thresholds
 from router.core.features import CLOCK_FEATURES, FEATURE_NAMES, N_FEATURES, clock_origins, windows_change_at
 from router.core.reducer import DAY, Snapshot
 
-__all__ = ["ChurnModel", "Comparison", "Factor", "ModelError", "compare"]
+__all__ = ["BUSINESSES", "ChurnModel", "Comparison", "Factor", "ModelError", "business_of", "compare"]
 
 FloatArray = npt.NDArray[np.float64]
 log = logging.getLogger("router.churn.model")
@@ -121,10 +121,17 @@ class ChurnModel:
         """Horizon (days) the probability refers to."""
         return int(self.card.get("horizon_days", 90))
 
+    @property
+    def business(self) -> str:
+        """``subscription`` (label: cancelled) or ``transactional`` (label: no purchase within the horizon)."""
+        return business_of(self.card)
+
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ChurnModel:
+    def load(cls, path: str | os.PathLike[str], *, business: str | None = None) -> ChurnModel:
         """Load ``path`` (.onnx) and the card beside it (.json); raise :class:`ModelError` if unusable.
 
+        ``business`` (``ROUTER_MODEL_BUSINESS``): the card's ``label.business`` must be this one, so a
+        subscription business is never scored with a "no purchase" model or the other way round.
         Cheap enough (tens of milliseconds) to call from a reload endpoint; the caller swaps
         the returned instance in only once it loaded.
         """
@@ -145,6 +152,14 @@ class ChurnModel:
         if not isinstance(card, dict):
             raise ModelError(f"model card {card_path} is not a JSON object")
         _check_card(card, card_path)
+        if business is not None:
+            if business not in BUSINESSES:
+                raise ModelError(f"business {business!r} is not one of {', '.join(BUSINESSES)} (ROUTER_MODEL_BUSINESS)")
+            if business_of(card) != business:
+                raise ModelError(
+                    f"model card {card_path} is a {business_of(card)} model (label {card.get('label', {}).get('kind')!r}), "
+                    f"but the business is configured as {business} (ROUTER_MODEL_BUSINESS)"
+                )
         digest = hashlib.sha256(blob).hexdigest()
         onnx_meta = card.get("onnx")
         expected = onnx_meta.get("sha256") if isinstance(onnx_meta, dict) else None
@@ -209,8 +224,10 @@ class ChurnModel:
         if not self.model_id:
             return as_of
         until = windows_change_at(snap, as_of)
-        for (splits, below), f, origin in zip(self._clock_splits, CLOCK_FEATURES, clock_origins(snap), strict=True):
-            if origin is None:  # stays 0
+        for (splits, below), f, (origin, rate) in zip(
+            self._clock_splits, CLOCK_FEATURES, clock_origins(snap), strict=True
+        ):
+            if origin is None or rate <= 0.0:  # stays where it is
                 continue
             if as_of < origin:  # held at 0 until its origin, growing from then on: stop there
                 until = min(until, origin)
@@ -219,7 +236,7 @@ class ChurnModel:
             k = bisect.bisect_left(splits, _F32.unpack(_F32.pack(x))[0])  # first threshold the float32 value is not above
             if k < len(splits):
                 # Up to the largest float32 below that threshold a value still compares the same way in every tree.
-                until = min(until, as_of + max(0, math.floor((below[k] - x) * DAY) - 1))
+                until = min(until, as_of + max(0, math.floor((below[k] - x) * DAY / rate) - 1))
         return until
 
     def _bind_one(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], Any]:
@@ -262,6 +279,21 @@ class ChurnModel:
                 )
             )
         return factors
+
+
+BUSINESSES = ("subscription", "transactional")
+_BUSINESS_OF_KIND = {"cancel": "subscription", "inactivity": "transactional"}
+
+
+def business_of(card: dict[str, Any]) -> str:
+    """The business a card's label is for: ``label.business``, or for older cards the one its label kind implies."""
+    label = card.get("label")
+    if not isinstance(label, dict):
+        return "subscription"
+    business = label.get("business")
+    if isinstance(business, str):
+        return business
+    return _BUSINESS_OF_KIND.get(str(label.get("kind")), "subscription")
 
 
 def _check_card(card: dict[str, Any], card_path: Path) -> None:
@@ -372,6 +404,16 @@ _PHRASES: dict[str, Callable[[float], str]] = {
     "subscription_active": lambda v: "active subscription" if v >= 0.5 else "no active subscription",
     "csat_avg": lambda v: f"average CSAT {v:.1f}/5" if v > 0 else "no CSAT ratings",
     "log_company_size": lambda v: f"company of about {math.expm1(v):,.0f} people" if v > 0 else "company size unknown",
+    "orders_total": lambda v: _n(v, "order") + " in total",
+    "spend_total": lambda v: f"spent {v:,.0f} in total",
+    "days_since_last_order": lambda v: f"last order {v:.0f} days ago" if v >= 1 else "ordered today or never",
+    "order_age_days": lambda v: f"first order {v:.0f} days ago" if v > 0 else "no orders yet",
+    "order_recency_days": lambda v: f"ordered over a span of {v:.0f} days",
+    "mean_order_gap_days": lambda v: f"orders every {v:.0f} days on average" if v > 0 else "no repeat orders",
+    "last_order_gap_days": lambda v: f"{v:.0f} days between the last two orders" if v > 0 else "no repeat orders",
+    "expected_activity_ratio": lambda v: (
+        f"silent {v:.1f}x the usual gap between orders" if v > 0 else "no usual gap between orders yet"
+    ),
 }
 
 

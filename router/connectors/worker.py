@@ -399,7 +399,7 @@ async def connect_stack(settings: Settings) -> AsyncIterator[ConnectWorker]:
         stack.push_async_callback(reader_client.aclose)
         for connector in connectors.values():
             stack.push_async_callback(connector.aclose)
-        live = Live.load(store, model_path=settings.model.path, policy_path=settings.policy.path)
+        live = Live.load(store, model_path=settings.model.path, policy_path=settings.policy.path, business=settings.model.business)
         await live.start()
         stack.push_async_callback(live.stop)
         audit = AuditWriter(store, retention_s=settings.redis.audit_retention_days * 86_400)

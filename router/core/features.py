@@ -39,11 +39,31 @@ FEATURE_NAMES: tuple[str, ...] = (
     "subscription_active",
     "csat_avg",
     "log_company_size",
+    # lifetime purchase history, in the customer-base literature's terms (BG/NBD's x, t_x, T)
+    "orders_total",
+    "spend_total",
+    "days_since_last_order",
+    "order_age_days",
+    "order_recency_days",
+    "mean_order_gap_days",
+    "last_order_gap_days",
+    "expected_activity_ratio",
 )
 N_FEATURES = len(FEATURE_NAMES)
-CLOCK_FEATURES = (0, 1)
-"""Features that grow with the clock between events (one per day): tenure and days since the last interaction.
-Every other feature changes only with the snapshot or at a day boundary (:func:`windows_change_at`)."""
+CLOCK_FEATURES: tuple[int, ...] = tuple(
+    FEATURE_NAMES.index(name)
+    for name in (
+        "tenure_days",
+        "days_since_last_interaction",
+        "days_since_last_order",
+        "order_age_days",
+        "expected_activity_ratio",
+    )
+)
+"""Features that grow with the clock between events: tenure, days since the last interaction, days since
+the last order and since the first (one per day), and the expected-activity ratio (days since the last
+order over the mean gap between orders: ``1 / gap`` per day). Every other feature changes only with the
+snapshot or at a day boundary (:func:`windows_change_at`)."""
 
 
 def features(snap: Snapshot, as_of: int) -> list[float]:
@@ -78,6 +98,9 @@ def features(snap: Snapshot, as_of: int) -> list[float]:
     tenure = max(0.0, (as_of - start) / DAY) if start else 0.0
     since_last = (as_of - snap.last_interaction_at) / DAY if snap.last_interaction_at else tenure
     logins_prev_avg = logins_prev / 2.0
+    first, last = snap.first_order_at, snap.last_order_at
+    since_order = max(0.0, (as_of - last) / DAY) if last else 0.0
+    gap = _mean_gap_days(snap)
     return [
         tenure,
         max(0.0, since_last),
@@ -104,18 +127,40 @@ def features(snap: Snapshot, as_of: int) -> list[float]:
         1.0 if snap.subscription == "active" else 0.0,
         snap.csat_sum / snap.csat_n if snap.csat_n else 0.0,
         math.log1p(snap.company_size or 0),
+        float(snap.orders_total),
+        snap.revenue_cents / 100.0,
+        since_order,
+        max(0.0, (as_of - first) / DAY) if first else 0.0,
+        (last - first) / DAY if first else 0.0,
+        gap,
+        (last - snap.prev_order_at) / DAY if snap.prev_order_at else 0.0,
+        since_order / gap if gap else 0.0,
     ]
 
 
-def clock_origins(snap: Snapshot) -> tuple[int | None, int | None]:
-    """Per :data:`CLOCK_FEATURES`, the epoch second it counts days from (``None``: it stays 0).
+def clock_origins(snap: Snapshot) -> list[tuple[int | None, float]]:
+    """Per :data:`CLOCK_FEATURES`, the epoch second it counts from (``None``: it stays constant) and its rate.
 
-    Before its origin a clock feature is 0; from it on, ``(t - origin) / DAY``. Mirrors
+    Before its origin a clock feature is 0; from it on, ``(t - origin) / DAY * rate``. Mirrors
     :func:`features` (a test holds them together).
     """
     start = snap.signup_day * DAY if snap.signup_day is not None else snap.first_seen
     tenure_origin = start or None
-    return tenure_origin, snap.last_interaction_at or tenure_origin
+    first, last = snap.first_order_at, snap.last_order_at
+    gap = _mean_gap_days(snap)
+    return [
+        (tenure_origin, 1.0),
+        (snap.last_interaction_at or tenure_origin, 1.0),
+        (last or None, 1.0),
+        (first or None, 1.0),
+        (last or None, 1.0 / gap) if gap else (None, 0.0),
+    ]
+
+
+def _mean_gap_days(snap: Snapshot) -> float:
+    """Mean days between orders, first to last (0 with fewer than two order times)."""
+    first, last, n = snap.first_order_at, snap.last_order_at, snap.orders_total
+    return (last - first) / DAY / (n - 1) if n > 1 and last > first else 0.0
 
 
 def windows_change_at(snap: Snapshot, as_of: int) -> int:

@@ -158,6 +158,12 @@ class Snapshot(msgspec.Struct, kw_only=True, array_like=True, omit_defaults=Fals
     """Resolved tickets that reported their handling time."""
     handling_s: int = 0
     """Their handling time summed, in seconds."""
+    first_order_at: int = 0
+    """Time of the earliest order (0: none): the customer's age in the customer-base sense counts from it."""
+    last_order_at: int = 0
+    """Time of the latest order (0: none)."""
+    prev_order_at: int = 0
+    """Latest order time before ``last_order_at`` (0: fewer than two distinct order times): the last gap."""
 
 
 CONTACT_CHANNELS: tuple[str, ...] = ("email", "phone", "chat", "web", "social")
@@ -279,6 +285,15 @@ def _order(snap: Snapshot, event: OrderPlaced, key: tuple[int, int], day: int, h
         snap.unmargined_cents += cents
     _bump(snap.days, day, B.ORDERS, 1)
     _bump(snap.days, day, B.REVENUE_CENTS, cents)
+    # The earliest and the two latest distinct order times: a min and a top-2 of a set, so order-free.
+    t = key[0]
+    if not snap.first_order_at or t < snap.first_order_at:
+        snap.first_order_at = t
+    if t > snap.last_order_at:
+        snap.prev_order_at = snap.last_order_at
+        snap.last_order_at = t
+    elif snap.prev_order_at < t < snap.last_order_at:
+        snap.prev_order_at = t
 
 
 def _payment(snap: Snapshot, event: Payment, key: tuple[int, int], day: int, hasher: IdentityHasher) -> None:

@@ -46,7 +46,7 @@ from schemas.events import (
     event_encoder,
 )
 
-__all__ = ["Population", "generate_history", "produce_demo", "write_jsonl"]
+__all__ = ["Population", "generate_history", "produce_demo", "with_progress", "write_jsonl"]
 
 DAY = 86_400
 Segment = Literal["consumer", "smb", "mid_market", "enterprise"]
@@ -773,6 +773,23 @@ def generate_history(
     if every > 1:
         pop.customers = pop.customers[::every]
     yield from _batches(pop, int(end.timestamp()))
+
+
+def with_progress(events: Iterable[CustomerEvent], start: datetime, end: datetime) -> Iterator[CustomerEvent]:
+    """``events`` (sorted by time) unchanged, with a progress bar in simulated days on a terminal (tqdm)."""
+    from tqdm import tqdm
+
+    total = max(1, (end - start).days)
+    start_ts = start.timestamp()
+    with tqdm(total=total, desc="simulating", unit=" days", mininterval=0.5, disable=None) as bar:
+        done = 0
+        for event in events:
+            day = min(total, int((event.occurred_at.timestamp() - start_ts) // DAY))
+            if day > done:
+                bar.update(day - done)
+                done = day
+            yield event
+        bar.update(total - done)
 
 
 def _batches(pop: Population, end_ts: int) -> Iterator[CustomerEvent]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import signal
@@ -139,6 +140,8 @@ class StateConsumer:
         self._published: OrderedDict[str, None] = OrderedDict()
         """Marker keys of dead letters and alerts this process published (newest last, bounded)."""
         self._committed_at = 0.0
+        self._committing: asyncio.Task[None] | None = None
+        """The Kafka commit running beside the poll loop (at most one)."""
         self._shadow_rows: list[np.ndarray[Any, np.dtype[np.float32]]] = []
         self.cache = RecordCache(settings.stream.cache_customers)
         self._shadow_reported = 0.0
@@ -152,7 +155,7 @@ class StateConsumer:
 
     async def load_model(self, path: str, sha256: str | None = None) -> ChurnModel:
         """Load a model off the event loop; the poll loop swaps it in between two batches."""
-        model = await asyncio.to_thread(ChurnModel.load, path)
+        model = await asyncio.to_thread(functools.partial(ChurnModel.load, path, business=self.settings.model.business))
         if sha256 is not None and model.sha256 != sha256:
             raise ModelError(f"{path} is not the announced file (sha256 {model.sha256[:12]}.. != {sha256[:12]}..)")
         self.next_model = model
@@ -263,6 +266,8 @@ class StateConsumer:
                 sweep.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweep
+            if self._committing is not None:
+                await self._committing  # logs its own failure
         if self.shadow is not None:
             with contextlib.suppress(Exception):  # best effort on the way out
                 await self.report_shadow()
@@ -324,6 +329,20 @@ class StateConsumer:
         if pending:
             await self.consumer.commit(pending)
 
+    def _commit_beside(self) -> None:
+        """Start a Kafka commit as a task of its own, one at a time: a batch never waits for the broker's answer."""
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.get_running_loop().create_task(self._commit_quietly(), name="kafka-commit")
+
+    async def _commit_quietly(self) -> None:
+        pending = dict(self._to_commit)
+        try:
+            await self.commit()
+        except Exception as exc:  # the next commit covers these (lag monitoring only: nothing is lost)
+            for tp, offset in pending.items():
+                self._to_commit.setdefault(tp, offset)
+            log.warning("Kafka commit failed, retried with the next one: %s", type(exc).__name__)
+
     def ready(self) -> tuple[bool, str]:
         """Readiness: the loop is alive (it polled or finished a batch attempt recently, or one is running).
 
@@ -342,35 +361,66 @@ class StateConsumer:
         return True, f"ok: {len(self.assigned)} partitions, lag {self.lag}, {model}{redis}"
 
     async def process_batch(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        """Fold one polled batch into Redis; returns when state, dead letters and commit are done."""
-        if not await self._placed(batch):
+        """Fold one polled batch into Redis; returns when state, dead letters and the offsets are stored.
+
+        A small batch (one lane) costs two round trips to Redis: its records are read with the
+        placement check, and written with the partition offsets (when every compare-and-set holds
+        and the write is one script call); the freshness of the state depends on it.
+        """
+        # Triage first (no I/O): a single lane's read can then go with the placement check.
+        triage = self.planner.triage(batch, self.clock())
+        lanes = [lane for lane in triage.lanes if lane]
+        first: tuple[list[str], list[CustomerRecord]] | None = None
+        if len(lanes) == 1:
+            placed, first = await self._placed_and_read(batch, lanes[0])
+        else:
+            placed = await self._placed(batch)
+        if not placed:
             return
         metrics.BATCH_SIZE.observe(sum(len(r) for r in batch.values()))
-        triage = self.planner.triage(batch, self.clock())
         if triage.dead:
             await self._publish(Plan(dead=triage.dead))
-        # Lanes hold disjoint customers: while one waits for Redis, another folds. Each lane's
-        # compare-and-set covers its own customers; the partition offsets are stored after all.
-        lanes = [lane for lane in triage.lanes if lane]
-        results = await asyncio.gather(*(self._apply_lane(lane) for lane in lanes), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
         next_offsets = triage.next_offsets
-        await self.store.store_offsets({self.offsets_key: next_offsets})
+        if first is not None:
+            stored = await self._apply_lane(lanes[0], first, next_offsets)
+        else:
+            # Lanes hold disjoint customers: while one waits for Redis, another folds. Each lane's
+            # compare-and-set covers its own customers; the partition offsets are stored after all.
+            results = await asyncio.gather(*(self._apply_lane(lane) for lane in lanes), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            stored = False
+        if not stored:
+            await self.store.store_offsets({self.offsets_key: next_offsets})
         for tp in batch:
             self._stored[tp] = next_offsets[tp.partition]
             if tp in self.assigned:
                 self._to_commit[tp] = next_offsets[tp.partition]
         # Kafka commits only feed lag monitoring (the offsets that count are stored with the state),
-        # so one commit a second is enough and saves a broker round trip per batch.
+        # so one commit a second is enough, and the next poll need not wait for it.
         if self._to_commit and time.monotonic() - self._committed_at >= _COMMIT_INTERVAL_S:
-            await self.commit()
+            self._commit_beside()
         if self.shadow is not None and time.monotonic() - self._shadow_reported > _SHADOW_REPORT_S:
             await self.report_shadow()
 
-    async def _placed(self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> bool:
-        """Check the stored offsets of the batch's partitions (one HMGET); False if any had to be moved.
+    async def _placed_and_read(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], lane: dict[str, list[Pending]]
+    ) -> tuple[bool, tuple[list[str], list[CustomerRecord]]]:
+        """:meth:`_placed` and the lane's (keyed hashes, records) (:meth:`_records`) in one round trip."""
+        kafka = self.settings.kafka
+        keys = [self.hasher.customer_key(cid) for cid in lane]
+        partitions = [tp.partition for tp in batch]
+        records, stored = await self._records(keys, (kafka.group_id, kafka.events_topic, partitions))
+        return await self._placed(batch, stored), (keys, records)
+
+    async def _placed(
+        self,
+        batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+        stored: dict[int, int | None] | None = None,
+    ) -> bool:
+        """Check the stored offsets of the batch's partitions (one HMGET, unless ``stored`` were read
+        already); False if any had to be moved.
 
         A partition whose stored offset is missing or behind what this consumer stored last lost
         state in Redis: it is replayed from the stored offset (or the start of the log), and the
@@ -381,7 +431,9 @@ class StateConsumer:
         """
         kafka = self.settings.kafka
         tps = list(batch)
-        stored = await self.store.stored_offsets_of(kafka.group_id, kafka.events_topic, [tp.partition for tp in tps])
+        if stored is None:
+            partitions = [tp.partition for tp in tps]
+            stored = await self.store.stored_offsets_of(kafka.group_id, kafka.events_topic, partitions)
         moves: dict[TopicPartition, int | None] = {}
         lost: list[int] = []
         for tp in tps:
@@ -418,16 +470,31 @@ class StateConsumer:
             await self.consumer.seek_to_beginning(*beginning)
         return False
 
-    async def _apply_lane(self, pending: dict[str, list[Pending]]) -> None:
-        """Fold one lane's customers and write them; refold the ones another writer got to first."""
+    async def _apply_lane(
+        self,
+        pending: dict[str, list[Pending]],
+        first: tuple[list[str], list[CustomerRecord]] | None = None,
+        offsets: dict[int, int] | None = None,
+    ) -> bool:
+        """Fold one lane's customers and write them; refold the ones another writer got to first.
+
+        ``first``: the customers' keyed hashes and records, already read. ``offsets``: the batch's
+        next offsets, to store with the write if it is one script call; returns whether they were.
+        """
+        customer_key = self.hasher.customer_key
         for _ in range(_MAX_CAS_RETRIES):
-            customer_key = self.hasher.customer_key
-            keys = [customer_key(cid) for cid in pending]
-            plan = self.planner.plan(pending, keys, await self._records(keys), int(self.clock()))
+            if first is not None:
+                keys, records = first
+                first = None
+            else:
+                keys = [customer_key(cid) for cid in pending]
+                records, _ = await self._records(keys)
+            plan = self.planner.plan(pending, keys, records, int(self.clock()))
             if self.shadow is not None and plan.rows is not None:
                 self._shadow_rows.append(plan.rows)
             await self._publish(plan)
-            ok = await self.store.apply(plan.ops)
+            inline = offsets is not None and self.store.fits_one_call(plan.ops)
+            ok = await self.store.apply(plan.ops, (self.offsets_key, offsets) if inline and offsets else None)
             lost = set()
             for op, good in zip(plan.ops, ok, strict=True):
                 if good:
@@ -435,7 +502,8 @@ class StateConsumer:
                 else:  # not put back (taken out when read): the retry reads what the other writer stored
                     lost.add(op.customer_key)
             if not lost:
-                return
+                return inline
+            offsets = None  # not stored with a write that lost a compare-and-set: stored after the retry
             # Another writer (a zombie from before a rebalance) got in between: read again, refold.
             metrics.DUPLICATES.labels("cas_conflict").inc(len(lost))
             pending = {cid: evs for cid, evs in pending.items() if customer_key(cid) in lost}
@@ -456,17 +524,25 @@ class StateConsumer:
         )  # fmt: skip
         return report
 
-    async def _records(self, keys: list[str]) -> list[CustomerRecord]:
-        """Records of these customers: what this consumer last wrote if cached, else read from Redis."""
+    async def _records(
+        self, keys: list[str], offsets_of: tuple[str, str, list[int]] | None = None
+    ) -> tuple[list[CustomerRecord], dict[int, int | None]]:
+        """Records of these customers: what this consumer last wrote if cached, else read from Redis;
+        and, if ``offsets_of`` (group, topic, partitions), those partitions' stored offsets, read with them."""
         records: list[CustomerRecord | None] = [self.cache.take(h) for h in keys]
         missing = [i for i, rec in enumerate(records) if rec is None]
         _CACHE_HITS.inc(len(keys) - len(missing))
         _CACHE_MISSES.inc(len(missing))
-        if missing:
-            read = await self.store.read_customers([keys[i] for i in missing])
+        stored: dict[int, int | None] = {}
+        if missing or offsets_of:
+            wanted = [keys[i] for i in missing]
+            if offsets_of is None:
+                read = await self.store.read_customers(wanted)
+            else:
+                read, stored = await self.store.read_customers_and_offsets(wanted, *offsets_of)
             for i, rec in zip(missing, read, strict=True):
                 records[i] = rec
-        return records  # type: ignore[return-value]  # every None was filled
+        return records, stored  # type: ignore[return-value]  # every None was filled
 
     async def publish(self, plan: Plan) -> None:
         """Publish a plan's dead letters and alerts, each once (the sweep's alerts come this way too)."""
@@ -575,7 +651,7 @@ async def consumer_stack(settings: Settings, *, clock: Callable[[], float] = tim
     store = StateStore(client, settings.redis.prefix, hasher)
     model: ChurnModel | None
     try:
-        model = ChurnModel.load(settings.model.path)
+        model = ChurnModel.load(settings.model.path, business=settings.model.business)
     except ModelError as exc:
         log.error("churn model unavailable, scores keep their last values: %s", exc)
         model = None
@@ -585,7 +661,7 @@ async def consumer_stack(settings: Settings, *, clock: Callable[[], float] = tim
     shadow: ChurnModel | None = None
     if settings.model.shadow_path:
         try:
-            shadow = ChurnModel.load(settings.model.shadow_path)
+            shadow = ChurnModel.load(settings.model.shadow_path, business=settings.model.business)
             log.info("shadow model %s scored beside live %s", shadow.version, model.version if model else "none")
         except ModelError as exc:
             log.error("shadow model not loaded: %s", exc)
@@ -596,9 +672,9 @@ async def consumer_stack(settings: Settings, *, clock: Callable[[], float] = tim
     producer = AIOKafkaProducer(**producer_config(kafka))
     consumer = AIOKafkaConsumer(
         **consumer_config(kafka),
-        # bigger fetches make bigger batches: per-batch costs (round trips) amortise over more events
-        fetch_min_bytes=64 * 1024,
-        fetch_max_wait_ms=50,
+        # how long an event can sit in the broker before this consumer sees it (BENCHMARKS.md, freshness)
+        fetch_min_bytes=kafka.fetch_min_bytes,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=max(100, kafka.session_timeout_ms // 4),
         max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -632,6 +708,8 @@ async def consumer_stack(settings: Settings, *, clock: Callable[[], float] = tim
             await follower.stop()
         await health.stop()
         await worker.probe.stop()
+        if worker._committing is not None:
+            await worker._committing
         with contextlib.suppress(Exception):
             await worker.commit()
         await consumer.stop()

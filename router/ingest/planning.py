@@ -44,7 +44,7 @@ from router.state.records import SWEEP_MARK, CustomerRecord, Scores, WriteOp, du
 from schemas.alerts import ChurnAlert
 from schemas.events import CustomerEvent, event_decoder
 
-__all__ = ["BatchPlanner", "Dead", "Pending", "Plan", "Triage"]
+__all__ = ["EVENTS_PER_LANE", "BatchPlanner", "Dead", "Pending", "Plan", "Triage"]
 
 log = logging.getLogger("router.ingest.planning")
 
@@ -100,6 +100,10 @@ class Plan:
     """Feature rows of the customers scored by the model (kept for the shadow comparison)."""
 
 
+EVENTS_PER_LANE = 200
+"""Records per lane at least. A second lane pays when one lane's fold outlasts the other's Redis
+round trips; in a small batch (low load, where the freshness of the state counts) it only adds
+round trips and a model call, and one lane lets the consumer read with its placement check."""
 _APPLIED, _TOO_LATE, _DUPLICATE = Applied.APPLIED, Applied.TOO_LATE, Applied.DUPLICATE
 _NO_KEYS: list[str] = []
 
@@ -130,8 +134,10 @@ class BatchPlanner:
     # -- 1. triage ---------------------------------------------------------------------------
 
     def triage(self, batch: Mapping[TopicPartition, Sequence[Record]], now: float) -> Triage:
-        """Decode the batch and split it into ``stream.lanes`` customer-disjoint lanes."""
-        lanes: list[dict[str, list[Pending]]] = [{} for _ in range(max(1, self.stream.lanes))]
+        """Decode the batch and split it into customer-disjoint lanes: ``stream.lanes``, one per
+        :data:`EVENTS_PER_LANE` records at most (a small batch is one lane)."""
+        size = sum(len(records) for records in batch.values())
+        lanes: list[dict[str, list[Pending]]] = [{} for _ in range(max(1, min(self.stream.lanes, size // EVENTS_PER_LANE)))]
         dead: list[Dead] = []
         next_offsets: dict[int, int] = {}
         horizon = now + self.stream.max_future_s

@@ -318,6 +318,12 @@ class Policy:
     def __repr__(self) -> str:
         return f"Policy(version={self.version!r})"
 
+    @property
+    def standard_action(self) -> Action:
+        """The action when no next-best-action rule matches (``next_best_action.fallback``): what the
+        control group of the next-best-action gets instead (``router.policy.control``)."""
+        return self._fallback
+
     def tier_for(self, clv_percentile: float) -> Tier:
         """Tier of a CLV percentile according to the cut-offs."""
         for cutoff, tier in self._cutoffs:

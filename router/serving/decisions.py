@@ -32,7 +32,8 @@ from router.core.scoring import ScoreSet, assess, sentiment_label
 from router.errors import REDIS_FAULTS, BadInput
 from router.ops import metrics
 from router.ops.logs import bind_decision_id
-from router.policy import DecisionInput, PolicyDecision, decide
+from router.policy import DecisionInput, decide
+from router.policy.control import Arm, arm_of
 from router.serving.breaker import Breaker
 from router.serving.live import Live
 from router.settings import ModelSettings, RedisSettings
@@ -189,13 +190,21 @@ class DecisionService:
         sentiment = _with_text_sentiment(scores.sentiment if scores else None, req.text_sentiment)
         inp = policy_input(req, snap, row, scores, churn, clv_pct, sentiment, resolved.override)
         out = decide(policy, inp, req.received_at or datetime.fromtimestamp(now, UTC))
+        actions, withheld = out.actions, []
+        arm: Arm | None = None
+        share = self.scoring.nba_control_share
+        if snap is not None and resolved.customer_key is not None and share > 0.0:
+            arm = arm_of(resolved.customer_key, share)
+            if arm == "control":  # measured against: the standard action, whatever the rules chose
+                withheld = [a.code for a in actions]
+                actions = [policy.standard_action]
         decision = Decision(
             decision_id=self.new_decision_id(),
             customer_known=snap is not None,
             tier=out.tier,
             sla=out.sla,
             escalation=out.escalation,
-            next_best_actions=out.actions,
+            next_best_actions=actions,
             scores=_score_card(snap, scores, churn, clv_pct, sentiment),
             reasons=out.reasons[:3],
             model_version=model.version if model is not None else "none",
@@ -204,10 +213,11 @@ class DecisionService:
             degraded_cause=degraded,
             human_review=snap is not None and not snap.consent,
             overridden=resolved.override is not None,
+            nba_arm=arm,
         )
         bind_decision_id(decision.decision_id)  # every later log line of this request names it
-        self._observe(decision, out, degraded, time.perf_counter() - t0)
-        self.audit.record(_audit_record(decision, inp, resolved, now))
+        self._observe(decision, degraded, time.perf_counter() - t0)
+        self.audit.record(_audit_record(decision, inp, resolved, now, withheld))
         return decision
 
     def _churn(
@@ -232,11 +242,11 @@ class DecisionService:
             log.warning("churn model failed on a request: %s", type(exc).__name__)
             return (stored.churn if stored else None), "model_failed"
 
-    def _observe(self, decision: Decision, out: PolicyDecision, degraded: str | None, took_s: float) -> None:
+    def _observe(self, decision: Decision, degraded: str | None, took_s: float) -> None:
         if degraded:
             _labelled(metrics.DEGRADED, degraded).inc()
         metrics.DECISION_SECONDS.observe(took_s)
-        action = out.actions[0].code if out.actions else "none"
+        action = decision.next_best_actions[0].code if decision.next_best_actions else "none"
         _labelled(metrics.DECISIONS, decision.tier, decision.escalation.role, action).inc()
 
 
@@ -315,7 +325,9 @@ def _score_card(
     )
 
 
-def _audit_record(decision: Decision, inp: DecisionInput, resolved: Resolved, now: float) -> AuditRecord:
+def _audit_record(
+    decision: Decision, inp: DecisionInput, resolved: Resolved, now: float, withheld: list[str]
+) -> AuditRecord:
     """The decision as the audit trail keeps it: keyed hash, inputs, outcome and reasons, no clear identifier."""
     return AuditRecord(
         decision_id=decision.decision_id,
@@ -332,6 +344,8 @@ def _audit_record(decision: Decision, inp: DecisionInput, resolved: Resolved, no
         degraded_cause=decision.degraded_cause,
         override=resolved.override.tier if resolved.override is not None else None,
         reasons=decision.reasons,
+        arm=decision.nba_arm,
+        withheld=withheld,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -49,8 +50,11 @@ class Live:
         *,
         model_path: str,
         policy_path: str,
+        business: str | None = None,
     ) -> None:
         self.model = model
+        self.business = business
+        """``ROUTER_MODEL_BUSINESS``: a model whose card is for the other kind of business is refused."""
         self.policy = policy
         self.distribution = ClvDistribution({})
         self.background = background
@@ -66,11 +70,11 @@ class Live:
         self._refresh_every_s = _REFRESH_MIN_S
 
     @classmethod
-    def load(cls, background: StateStore, *, model_path: str, policy_path: str) -> Live:
+    def load(cls, background: StateStore, *, model_path: str, policy_path: str, business: str | None = None) -> Live:
         """Model and policy from their files; a model that does not load leaves decisions rule-based."""
         model: ChurnModel | None
         try:
-            model = ChurnModel.load(model_path)
+            model = ChurnModel.load(model_path, business=business)
             metrics.MODEL_INFO.info({"version": model.version, "path": model_path})
         except Exception as exc:  # ModelError, or a card malformed in a way the loader trips over
             log.error("churn model not loaded, decisions are rule-based and marked degraded: %s", exc)
@@ -78,7 +82,7 @@ class Live:
         policy = load_policy(policy_path)
         metrics.POLICY_INFO.info({"version": policy.version})
         report_calendars(policy)
-        return cls(model, policy, background, model_path=model_path, policy_path=policy_path)
+        return cls(model, policy, background, model_path=model_path, policy_path=policy_path, business=business)
 
     # -- population ----------------------------------------------------------------------------
 
@@ -168,7 +172,7 @@ class Live:
         """
         target = path or self.model_path
         # Loading takes tens of milliseconds: off the event loop, so requests keep being served.
-        new = await asyncio.to_thread(ChurnModel.load, target)
+        new = await asyncio.to_thread(functools.partial(ChurnModel.load, target, business=self.business))
         if sha256 is not None and new.sha256 != sha256:
             raise ModelError(f"{target} is not the announced file (sha256 {new.sha256[:12]}.. != {sha256[:12]}..)")
         old, self.model = self.model, new

@@ -243,7 +243,7 @@ async def _run(
     state = ConsoleState(client, store.keys)
     try:
         try:
-            model: ChurnModel | None = ChurnModel.load(settings.model.path)
+            model: ChurnModel | None = ChurnModel.load(settings.model.path, business=settings.model.business)
         except Exception as exc:  # as the API: no model, rule-based scores
             log.warning("churn model not loaded, simulating without it: %s", exc)
             model = None

@@ -53,6 +53,10 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", t
     degraded_cause: str | None = None
     reasons: list[str] = []
     """The decision's reasons in plain words, as the caller got them."""
+    arm: str | None = None
+    """Next-best-action experiment arm (``action`` / ``control``; None: no control group ran)."""
+    withheld: list[str] = []
+    """Control arm: the next-best-actions the policy chose and the customer did not get (the standard action instead)."""
 
 
 class AdminRecord(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="admin"):

@@ -1,8 +1,8 @@
 """Customer state in Redis: atomic apply, lookups, and every other read or write of the state.
 
 Key names come from :class:`~router.state.keys.Keys` only. Every Lua script is registered with
-redis-py (``register_script``), which reloads it when Redis forgot it (NOSCRIPT); the one case
-it cannot handle, a cluster pipeline, is retried here once (:meth:`StateStore._execute`).
+redis-py (``register_script``), which reloads it when Redis forgot it (NOSCRIPT); in pipelines
+the scripts go as plain EVALSHA and a NOSCRIPT is handled here (:meth:`StateStore._execute`).
 
 A customer's snapshot, its offsets and the histogram and counter shards its write lands in
 share one hash tag, so a single Lua script updates them atomically even on Redis Cluster:
@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from router.core.identity import IdentityHasher
@@ -105,6 +106,9 @@ end
 # Python, which was 17 % of the consumer's CPU.
 # ARGV[2] (optional): per customer false or {i, due time|false}: the customer's entry in the due
 # index KEYS[i] (its partition's) is set to that time, or removed (see router.ingest.sweep).
+# ARGV[3] (optional): {partition, next offset, ...} for the partition offsets hash, the last of KEYS,
+# written only if every customer's compare-and-set held: a batch that fits one call stores the
+# offsets it covers without a round trip of its own (see StateStore.apply).
 # Returns 1/0 per customer: 0 when the stored offsets changed since the read; nothing of that
 # customer is written then, index entries included, so a zombie writer that lost its partition
 # cannot re-add a number a newer profile removed. Increments are summed per field first and land
@@ -117,6 +121,7 @@ local ops = cmsgpack.unpack(ARGV[1])
 local dues = ARGV[2] and cmsgpack.unpack(ARGV[2]) or {}
 local n = #ops
 local ok, hist, kpi = {}, {}, {}
+local whole = true
 for i = 1, n do
   local op = ops[i]
   local c = KEYS[i]
@@ -141,9 +146,13 @@ for i = 1, n do
     ok[i] = 1
   else
     ok[i] = 0
+    whole = false
   end
 end
 flush_deltas(hist, kpi, KEYS[n + 1], KEYS[n + 2])
+if whole and ARGV[3] then
+  redis.call('HSET', KEYS[#KEYS], unpack(cmsgpack.unpack(ARGV[3])))
+end
 return ok
 """
 
@@ -241,6 +250,11 @@ return #batch / 2
 
 _enc = msgspec.msgpack.Encoder()
 _point_dec = msgspec.msgpack.Decoder(tuple[float, float])
+
+
+def _queue(pipe: Any, script: AsyncScript, keys: Sequence[Any], *args: Any) -> None:
+    """Queue a registered script on a pipeline run by :meth:`StateStore._execute`: EVALSHA only."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
 
 
 def _text(value: bytes | str) -> str:
@@ -345,10 +359,12 @@ class StateStore:
         return self.hasher.customer_key(customer_id)
 
     async def _execute(self, queue: Callable[[Any], Awaitable[None]]) -> list[Any]:
-        """Run the commands ``queue`` puts on a fresh pipeline.
+        """Run the commands ``queue`` puts on a fresh pipeline (scripts queued by :func:`_queue`).
 
-        redis-py makes a standalone pipeline load its registered scripts first; a cluster
-        pipeline does not, so after a Redis restart its first run fails with NOSCRIPT once.
+        Scripts go as plain EVALSHA: redis-py would have a standalone pipeline ask Redis whether it
+        knows them first (SCRIPT EXISTS, a round trip more on every call). After a Redis restart the
+        first run fails with NOSCRIPT (every call of it: a restarted Redis knows none of them), the
+        scripts are loaded and the pipeline runs once more.
         """
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
@@ -373,13 +389,32 @@ class StateStore:
             for members in groups:
                 # bytes: redis-py packs a str argument at twice the cost (1.5 us per key, thousands per batch)
                 keys = [self.keys.customer(customer_keys[i]).encode() for i in members]
-                await self._read_many(keys, client=pipe)
+                _queue(pipe, self._read_many, keys)
 
         rows: list[Any] = [None] * len(customer_keys)
         for members, result in zip(groups, await self._execute(queue), strict=True):
             for i, row in zip(members, result, strict=True):
                 rows[i] = row
         return [record_of(row) for row in rows]
+
+    async def read_customers_and_offsets(
+        self, customer_keys: Sequence[str], group: str, topic: str, partitions: Sequence[int]
+    ) -> tuple[list[CustomerRecord], dict[int, int | None]]:
+        """:meth:`read_customers` and :meth:`stored_offsets_of` in one round trip."""
+        groups = self._calls(customer_keys, _READS_PER_CALL)
+
+        async def queue(pipe: Any) -> None:
+            pipe.hmget(self.keys.offsets(group, topic), [str(p) for p in partitions])
+            for members in groups:
+                _queue(pipe, self._read_many, [self.keys.customer(customer_keys[i]).encode() for i in members])
+
+        raw_offsets, *results = await self._execute(queue)
+        rows: list[Any] = [None] * len(customer_keys)
+        for members, result in zip(groups, results, strict=True):
+            for i, row in zip(members, result, strict=True):
+                rows[i] = row
+        stored = {p: None if v is None else int(v) for p, v in zip(partitions, raw_offsets, strict=True)}
+        return [record_of(row) for row in rows], stored
 
     def _calls(self, customer_keys: Sequence[str], size: int) -> list[list[int]]:
         """Indexes per script call, ``size`` at most: one hash tag each on a cluster, any on a single Redis."""
@@ -398,8 +433,15 @@ class StateStore:
         row: list[Any] = await self.client.hmget(self.keys.customer(customer_key), ["s", "m", "k"])
         return record_of(row)
 
-    async def apply(self, ops: Sequence[WriteOp]) -> list[bool]:
+    def fits_one_call(self, ops: Sequence[WriteOp]) -> bool:
+        """Whether :meth:`apply` writes ``ops`` in one script call, so it can store offsets with them."""
+        return not self._cluster and 0 < len(ops) <= _WRITES_PER_CALL
+
+    async def apply(self, ops: Sequence[WriteOp], offsets: tuple[str, dict[int, int]] | None = None) -> list[bool]:
         """Write ``ops`` in one pipeline; returns per op whether its compare-and-set succeeded.
+
+        ``offsets`` (offsets key, partition -> next offset) are stored by the same script call if
+        :meth:`fits_one_call` and every compare-and-set held (all True returned), else not at all.
 
         Everything an op writes is conditional on its compare-and-set: snapshot, scores, offsets,
         histogram and counter increments and, on a single Redis, the phone and e-mail index
@@ -412,6 +454,7 @@ class StateStore:
         """
         groups = self._calls([op.customer_key for op in ops], _WRITES_PER_CALL)
         in_script = not self._cluster
+        inline = offsets if offsets is not None and offsets[1] and self.fits_one_call(ops) else None
 
         async def queue(pipe: Any) -> None:
             for members in groups:
@@ -435,7 +478,11 @@ class StateStore:
                         keys.append(self.keys.due(shard, op.partition).encode())
                         at = due_keys[op.partition] = len(keys)
                     dues.append((at, False if op.due_at is None else op.due_at))
-                await self._apply(keys, [_enc.encode(entries), _enc.encode(dues)], client=pipe)
+                args = [_enc.encode(entries), _enc.encode(dues)]
+                if inline is not None:
+                    keys.append(inline[0].encode())
+                    args.append(_enc.encode([str(x) for pair in inline[1].items() for x in pair]))
+                _queue(pipe, self._apply, keys, *args)
 
         results = await self._execute(queue)
         ok = [False] * len(ops)
@@ -455,7 +502,7 @@ class StateStore:
         async def queue(pipe: Any) -> None:
             for op in changed:
                 for key, cid in op.index_remove:
-                    await self._unindex([key], [cid], client=pipe)
+                    _queue(pipe, self._unindex, [key], cid)
                 for key, cid in op.index_add:
                     pipe.set(key, cid)
 
@@ -604,7 +651,7 @@ class StateStore:
                             k = index[h] = len(keys) - 1
                     pairs += (rec, k)
                 args = (maxlen, per_customer, max(1, ttl_s), "1" if with_global else "0", _enc.encode(pairs))
-                await self._audit(keys, args, client=pipe)
+                _queue(pipe, self._audit, keys, *args)
 
         await self._execute(queue)
 

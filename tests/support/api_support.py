@@ -205,6 +205,7 @@ def module_settings(broker: str, redis_url: str, name: str = "module", **section
         api=r(base.api, port=free_port()),
         stream=r(base.stream, health_port=0),
         identity=TEST_IDENTITY,
+        model=r(base.model, nba_control_share=0.0),  # no control group: tests expect the policy's actions
         auth=r(base.auth, keys=KEY_SPEC),
         webhooks=r(base.webhooks, zendesk_secret=ZENDESK_SECRET, generic_secret=GENERIC_SECRET,
                    standard_secret=STANDARD_SECRET, intercom_secret=INTERCOM_SECRET, stripe_secret=STRIPE_SECRET,

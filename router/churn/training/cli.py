@@ -65,6 +65,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default="models/churn-v1.onnx", help="ONNX output; card (.json) and report beside")
     parser.add_argument("--no-report", action="store_true", help="skip the markdown report and plots")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars or summary (bars are off anyway when stderr is not a TTY)",
+    )
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -91,6 +96,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         lateness_s=settings.stream.lateness_s,
         command="router " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else "router train",
         report=not args.no_report,
+        progress=not args.quiet,
     )
     try:
         run(cfg)

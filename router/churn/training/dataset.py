@@ -56,6 +56,14 @@ ACTIVITY_TYPES: frozenset[str] = frozenset(
 )
 """Event types that can count as activity for the inactivity label (``payment`` only when not ``due``)."""
 
+GROUND_TRUTH: dict[str, int] = {"churned": 1, "renewed": 0}
+"""Outcome events that are labels: the latest of them in a row's horizon overrides the inferred label."""
+
+_GROUND_TRUTH_TEXT = (
+    "; where an outcome event 'churned' or 'renewed' occurs in the horizon, the latest of them is the label "
+    "instead (churned 1, renewed 0; a renewal followed by a cancellation in the horizon does not count)"
+)
+
 NO_CANCEL_EVENTS = "no subscription_changed cancel events: use --label inactivity"
 
 
@@ -65,7 +73,7 @@ def label_definition(kind: LabelKind, horizon_days: int, activity: frozenset[str
         return (
             f"1 if the customer has a subscription_changed event with change='cancel' and occurred_at in "
             f"(cutoff, cutoff + {horizon_days}d]; customers whose subscription is already cancelled or whose "
-            f"latest outcome is 'churned' at the cutoff are excluded"
+            f"latest outcome is 'churned' at the cutoff are excluded" + _GROUND_TRUTH_TEXT
         )
     what = (
         "any event except customer_profile, outcome, invoice-due payments, cancellations and usage "
@@ -76,9 +84,9 @@ def label_definition(kind: LabelKind, horizon_days: int, activity: frozenset[str
         + " (invoice-due payments, cancellations and empty usage reports excepted)"
     )
     return (
-        f"1 if the customer has no activity ({what}) in (cutoff, cutoff + {horizon_days}d]; customers with no "
-        f"such activity at or before the cutoff, none in the {horizon_days}d before it, or whose subscription "
-        f"is already cancelled or latest outcome is 'churned' at the cutoff are excluded"
+        f"1 if the customer has no activity ({what}) in (cutoff, cutoff + {horizon_days}d]; every customer with "
+        f"such activity at or before the cutoff is a row, dormant ones included; customers whose subscription "
+        f"is already cancelled or latest outcome is 'churned' at the cutoff are excluded" + _GROUND_TRUTH_TEXT
     )
 
 
@@ -109,6 +117,20 @@ class Dataset:
     events: int
     skipped: dict[str, int] = field(default_factory=dict)
     """Rows left out, by reason (already churned, erased, out-of-order around a cutoff)."""
+    label_source: npt.NDArray[np.int8] | None = None
+    """Per row: 0 label inferred (cancellation / activity), 1 an outcome event confirmed it, 2 an outcome
+    event overrode it (``churned`` -> 1, ``renewed`` -> 0: ground truth where present)."""
+
+    def outcome_labels(self) -> dict[str, int]:
+        """Rows labelled by a ``churned`` / ``renewed`` outcome, and how many of them the outcome changed."""
+        if self.label_source is None:
+            return {"churned": 0, "renewed": 0, "changed": 0}
+        by_outcome = self.label_source > 0
+        return {
+            "churned": int((by_outcome & (self.y == 1)).sum()),
+            "renewed": int((by_outcome & (self.y == 0)).sum()),
+            "changed": int((self.label_source == 2).sum()),
+        }
 
     def select(self, cutoff_positions: Sequence[int]) -> Dataset:
         """The rows of the given cutoffs only."""
@@ -123,11 +145,12 @@ class Dataset:
             last_event=self.last_event,
             events=self.events,
             skipped=dict(self.skipped),
+            label_source=self.label_source[mask] if self.label_source is not None else None,
         )
 
 
 class _Replay:
-    __slots__ = ("active", "bad", "cancelled", "erased", "last_active", "last_t", "next_k", "rows", "snap")
+    __slots__ = ("active", "bad", "cancelled", "erased", "last_active", "last_t", "next_k", "outcome", "rows", "snap")
 
     def __init__(self, n_cutoffs: int) -> None:
         self.snap: Snapshot | None = None
@@ -138,6 +161,8 @@ class _Replay:
         self.rows: dict[int, list[float]] = {}
         self.cancelled = [False] * n_cutoffs
         self.active = [False] * n_cutoffs
+        self.outcome: list[str | None] = [None] * n_cutoffs
+        """The latest ``churned``/``renewed`` outcome in each cutoff's horizon: ground truth over the inferred label."""
         self.bad: set[int] = set()
         self.erased = False
 
@@ -202,7 +227,7 @@ def build_dataset(
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(events, desc="replaying events", unit=" events", unit_scale=True, mininterval=1.0)
+        iterator = tqdm(events, desc="replaying events", unit=" events", unit_scale=True, mininterval=1.0, disable=None)
 
     for event in iterator:
         n_events += 1
@@ -233,8 +258,12 @@ def build_dataset(
             if cuts[k] < t <= cuts[k] + horizon_s:
                 if is_cancel:
                     st.cancelled[k] = True
+                    if st.outcome[k] == "renewed":
+                        st.outcome[k] = None  # a cancellation after the renewal: the renewal no longer says 0
                 if is_active:
                     st.active[k] = True
+                if isinstance(event, Outcome) and event.outcome in GROUND_TRUTH:
+                    st.outcome[k] = event.outcome
 
     if n_events and label == "cancel" and not any_cancel:
         raise ValueError(NO_CANCEL_EVENTS)
@@ -248,6 +277,7 @@ def build_dataset(
     ys: list[int] = []
     ids: list[str] = []
     ks: list[int] = []
+    sources: list[int] = []
     for cid, st in state.items():
         while st.next_k < n_cuts:
             _checkpoint(st, st.next_k, cuts[st.next_k], label, horizon_s, skipped)
@@ -260,7 +290,10 @@ def build_dataset(
                 skipped["out_of_order"] += 1
                 continue
             xs.append(row)
-            ys.append(int(st.cancelled[k]) if label == "cancel" else int(not st.active[k]))
+            inferred = int(st.cancelled[k]) if label == "cancel" else int(not st.active[k])
+            value, source = _outcome_label(st.outcome[k], inferred)
+            ys.append(value)
+            sources.append(source)
             ids.append(cid)
             ks.append(k)
     return Dataset(
@@ -273,7 +306,17 @@ def build_dataset(
         last_event=datetime.fromtimestamp(last_t, UTC) if n_events else None,
         events=n_events,
         skipped=skipped,
+        label_source=np.asarray(sources, dtype=np.int8),
     )
+
+
+def _outcome_label(outcome: str | None, inferred: int) -> tuple[int, int]:
+    """(label, source; see :attr:`Dataset.label_source`): the latest ``churned``/``renewed`` outcome
+    in the horizon where there is one, else the inferred label."""
+    if outcome is None:
+        return inferred, 0
+    label = GROUND_TRUTH[outcome]
+    return label, 1 if label == inferred else 2
 
 
 def _checkpoint(st: _Replay, k: int, cut: int, label: LabelKind, horizon_s: int, skipped: dict[str, int]) -> None:
@@ -283,12 +326,8 @@ def _checkpoint(st: _Replay, k: int, cut: int, label: LabelKind, horizon_s: int,
     if snap.subscription == "cancelled" or snap.outcome == "churned":
         skipped["already_churned"] += 1
         return
-    if label == "inactivity":
-        # A customer must have been active within the horizon before the cutoff to be able to lapse.
-        if not st.last_active:
-            skipped["no_activity_yet"] += 1
-            return
-        if cut - st.last_active > horizon_s:
-            skipped["already_churned"] += 1
-            return
+    if label == "inactivity" and not st.last_active:
+        # Nothing to lapse from yet. Dormant customers stay in: the service scores them too.
+        skipped["no_activity_yet"] += 1
+        return
     st.rows[k] = features(snap, cut)

