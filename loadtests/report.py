@@ -2,8 +2,10 @@
 
 Run: ``python -m loadtests.report`` (about 15 minutes: serve benchmark at 10k and 1M customers,
 step micro-benchmark, ingest benchmark with 200k events, sweep benchmark at 1M customers,
-freshness benchmark, about 5 minutes more). ``--render-only`` re-renders from the JSON already in
-``artifacts/``; ``--skip-ingest``, ``--skip-sweep`` and ``--skip-freshness`` keep the last figures.
+freshness benchmark, about 5 minutes more; the Feast peer, about 3 more, plus Feast's install into
+its own venv the first time). ``--render-only`` re-renders from the JSON already in
+``artifacts/``; ``--skip-ingest``, ``--skip-sweep``, ``--skip-freshness`` and ``--skip-peer`` keep
+the last figures.
 
 Only the marked regions of BENCHMARKS.md are rewritten (``<!-- BEGIN name -->`` ..
 ``<!-- END name -->``): the serve, ingest and sweep figures. Sections others add
@@ -562,6 +564,11 @@ def render(report: Path = REPORT, artifacts: Path = ARTIFACTS) -> None:
     freshness_path = artifacts / "bench_freshness.json"
     if freshness_path.exists():
         regions["freshness"] = render_freshness(json.loads(freshness_path.read_text()))
+    peer_path = artifacts / "bench_peer.json"
+    if peer_path.exists():
+        from loadtests.bench_peer import render as render_peer
+
+        regions["peer"] = render_peer(json.loads(peer_path.read_text()))
     update_file(report, regions)
 
 
@@ -576,6 +583,7 @@ def main() -> None:
     parser.add_argument("--skip-ingest", action="store_true", help="keep artifacts/bench_ingest.json as it is")
     parser.add_argument("--skip-sweep", action="store_true", help="keep artifacts/bench_sweep.json as it is")
     parser.add_argument("--skip-freshness", action="store_true", help="keep artifacts/bench_freshness.json as it is")
+    parser.add_argument("--skip-peer", action="store_true", help="keep artifacts/bench_peer.json as it is (Feast)")
     parser.add_argument("--ingest-events", type=int, default=200_000)
     parser.add_argument("--serve-args", default="", help="extra arguments for loadtests.bench_serve")
     args = parser.parse_args()
@@ -593,6 +601,8 @@ def main() -> None:
             _run([py, "-m", "loadtests.bench_sweep", "--out", str(ARTIFACTS / "bench_sweep.json")])
         if not args.skip_freshness:
             _run([py, "-m", "loadtests.bench_freshness", "--out", str(ARTIFACTS / "bench_freshness.json")])
+        if not args.skip_peer:  # installs Feast into its own venv the first time (a few minutes)
+            _run([py, "-m", "loadtests.bench_peer", "--no-report", "--out", str(ARTIFACTS / "bench_peer.json")])
     render()
     print(f"BENCHMARKS.md regenerated in {time.monotonic() - t0:.0f} s", flush=True)
 
