@@ -431,17 +431,7 @@ def feast_server(
         env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if not proc.running or time.monotonic() > deadline:
-                raise RuntimeError("feast serve did not become ready:\n" + proc.tail(40))
-            time.sleep(0.2)
+        bench_serve.wait_until_ok(f"http://{HOST}:{port}/health", proc, "feast serve", timeout=120, interval=0.2)
         yield proc, port
     finally:
         proc.stop(10)

@@ -117,6 +117,21 @@ def bench_settings(redis_url: str, prefix: str) -> Settings:
     )
 
 
+def wait_until_ok(url: str, proc: ManagedProcess, what: str, timeout: float, interval: float = 0.1) -> None:
+    """Poll ``url`` until it answers 200; raise with the process's log tail if it exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if not proc.running or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not become ready:\n" + proc.tail(40))
+        time.sleep(interval)
+
+
 @contextlib.contextmanager
 def api_server(
     settings: Settings,
@@ -140,17 +155,7 @@ def api_server(
     ]  # fmt: skip
     proc = ManagedProcess("api", _pinned(SERVER_CORE, argv), log_path=log_path, env=env, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{settings.api.port}/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if not proc.running or time.monotonic() > deadline:
-                raise RuntimeError("API did not become ready:\n" + proc.tail(40))
-            time.sleep(0.1)
+        wait_until_ok(f"http://{HOST}:{settings.api.port}/health/ready", proc, "API", timeout=60)
         yield proc
     finally:
         proc.stop(10)
