@@ -1,7 +1,7 @@
 """Catch-up after a consumer restart: a known population, a backlog of events, `router consume` started.
 
 Run: ``python -m loadtests.bench_catchup`` (defaults: 1M customers, 10M events, one process;
-about 20 minutes on the 2-core dev machine, most of it the consumer working through the log).
+about 40 minutes on the 2-core dev machine, most of it the consumer working through the log).
 
 The situation of issue #19 item 2: the consumers were down while the business kept sending
 events, and are started again with the backlog already in the log. On a private broker and
