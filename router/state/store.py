@@ -272,20 +272,20 @@ def _lua_bytes(data: bytes) -> msgspec.Raw:
 
 def _packed_rescore(op: WriteOp) -> tuple[Any, ...]:
     """One customer's entry of the rescore script's argument (see ``_RESCORE_LUA``)."""
-    expected = _lua_bytes(op.expected_marks) if op.expected_marks else ""
+    expected = op.expected_marks
+    wrapped = _lua_bytes(expected) if expected else ""
     if op.due_at is None or not op.snapshot.customer_id:
-        return (expected, False, False, False, False, [], False)
-    incs: list[str | float] = []
-    for field, delta in op.kpi.items():
-        incs += (field, delta)
-    new_bin = op.scores.clv_bin
+        return (wrapped, False, False, False, False, [], False)
+    kpi = op.kpi
+    scores = op.scores
+    new_bin = scores.clv_bin
     return (
-        expected,
+        wrapped,
         _lua_bytes(encode_marks(op.marks)),
-        _lua_bytes(encode_scores(op.scores)),
+        _lua_bytes(encode_scores(scores)),
         False if op.old_bin is None else op.old_bin,
         False if new_bin is None else new_bin,
-        incs,
+        [x for item in kpi.items() for x in item] if kpi else [],
         op.due_at,
     )
 
@@ -583,22 +583,32 @@ class StateStore:
         one after the other like :meth:`read_due`.
         """
         groups = self._calls([op.customer_key for op in ops], _SWEEP_WRITES_PER_CALL)
-        calls = []
-        for members in groups:
-            keys = [self.keys.customer(ops[i].customer_key).encode() for i in members]
-            shard = ops[members[0]].customer_key[:2] if self._cluster else "00"
-            keys += (
-                self.keys.histogram(shard).encode(),
-                self.keys.kpi(shard).encode(),
-                self.keys.due(shard, partition).encode(),
-            )
-            calls.append((keys, [_enc.encode([_packed_rescore(ops[i]) for i in members])]))
+        calls = self._rescore_calls(ops, groups, partition)
         results = [await self._rescore(keys, args) for keys, args in calls]
         ok = [False] * len(ops)
         for members, flags in zip(groups, results, strict=True):
             for i, flag in zip(members, flags, strict=True):
                 ok[i] = bool(flag)
         return ok
+
+    def _rescore_calls(
+        self, ops: Sequence[WriteOp], groups: list[list[int]], partition: int
+    ) -> list[tuple[list[bytes], list[bytes]]]:
+        """(KEYS, ARGV) of the rescore script per group of ``ops`` (see ``_RESCORE_LUA``)."""
+        store_keys = self.keys
+        customer = store_keys.customer
+        calls: list[tuple[list[bytes], list[bytes]]] = []
+        for members in groups:
+            group = [ops[i] for i in members]
+            keys = [customer(op.customer_key).encode() for op in group]
+            shard = group[0].customer_key[:2] if self._cluster else "00"
+            keys += (
+                store_keys.histogram(shard).encode(),
+                store_keys.kpi(shard).encode(),
+                store_keys.due(shard, partition).encode(),
+            )
+            calls.append((keys, [_enc.encode([_packed_rescore(op) for op in group])]))
+        return calls
 
     async def due_count(self, partition: int, now: int) -> int:
         """Customers of ``partition`` whose score is due at ``now`` (a metric, not on any hot path)."""
