@@ -37,7 +37,14 @@ import numpy as np
 import numpy.typing as npt
 
 from router.churn.splits import UnsupportedGraph, split_thresholds
-from router.core.features import CLOCK_FEATURES, FEATURE_NAMES, N_FEATURES, clock_origins, windows_change_at
+from router.core.features import (
+    CLOCK_FEATURES,
+    FEATURE_NAMES,
+    N_FEATURES,
+    clock_origins,
+    windows_change_at,
+    windows_change_at_many,
+)
 from router.core.reducer import DAY, Snapshot
 
 __all__ = ["BUSINESSES", "ChurnModel", "Comparison", "Factor", "ModelError", "business_of", "compare"]
@@ -254,7 +261,7 @@ class ChurnModel:
             return list(as_of)
         n = len(snaps)
         t = np.asarray(as_of, dtype=np.int64)
-        until = np.fromiter((windows_change_at(s, a) for s, a in zip(snaps, as_of, strict=True)), np.int64, n)
+        until = windows_change_at_many(snaps, as_of)
         m = len(CLOCK_FEATURES)
         # (origin, rate) per customer and clock feature; a constant one (no origin, or no rate) as rate 0
         pairs = np.array(

@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 from router.core.reducer import DAY, B, Snapshot, day_of
 
-__all__ = ["CLOCK_FEATURES", "FEATURE_NAMES", "N_FEATURES", "clock_origins", "features", "windows_change_at"]
+__all__ = [
+    "CLOCK_FEATURES",
+    "FEATURE_NAMES",
+    "N_FEATURES",
+    "clock_origins",
+    "features",
+    "windows_change_at",
+    "windows_change_at_many",
+]
 
 FEATURE_NAMES: tuple[str, ...] = (
     "tenure_days",
@@ -177,6 +189,26 @@ def windows_change_at(snap: Snapshot, as_of: int) -> int:
         if i < len(days):
             nxt = min(nxt, days[i] + width)
     return nxt * DAY
+
+
+def windows_change_at_many(snaps: Sequence[Snapshot], as_of: Sequence[int]) -> npt.NDArray[np.int64]:
+    """:func:`windows_change_at` of many snapshots at once (the consumer's batches), the same integers.
+
+    Per bucket, the first of its day, 30 and 90 days later that is still ahead; the earliest over the
+    customer's buckets is the earliest over each width's first bucket ahead, which is what the other computes.
+    """
+    n = len(snaps)
+    lens = [len(s.days) for s in snaps]
+    days = np.fromiter((d for s in snaps for d in s.days), np.int64, sum(lens))
+    today = np.repeat(np.asarray(as_of, dtype=np.int64) // DAY, lens)
+    ahead = np.where(
+        days > today,
+        days,
+        np.where(days > today - 30, days + 30, np.where(days > today - 90, days + 90, _FAR_DAY)),
+    )
+    out = np.full(n, _FAR_DAY, dtype=np.int64)
+    np.minimum.at(out, np.repeat(np.arange(n), lens), ahead)
+    return out * DAY
 
 
 _FAR_DAY = 1 << 40
