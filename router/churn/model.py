@@ -42,6 +42,7 @@ from router.core.features import (
     FEATURE_NAMES,
     N_FEATURES,
     clock_origins,
+    clock_origins_many,
     windows_change_at,
     windows_change_at_many,
 )
@@ -259,16 +260,9 @@ class ChurnModel:
         clock feature instead of a Python loop per customer (the consumer scores thousands per batch)."""
         if not self.model_id:
             return list(as_of)
-        n = len(snaps)
         t = np.asarray(as_of, dtype=np.int64)
         until = windows_change_at_many(snaps, as_of)
-        m = len(CLOCK_FEATURES)
-        # (origin, rate) per customer and clock feature; a constant one (no origin, or no rate) as rate 0
-        pairs = np.array(
-            [v for s in snaps for o, r in clock_origins(s) for v in ((o, r) if o is not None and r > 0.0 else (0, 0.0))],
-            dtype=np.float64,
-        ).reshape(n, m, 2)
-        origins, rates = pairs[:, :, 0].astype(np.int64), pairs[:, :, 1]  # epoch seconds: exact in float64
+        origins, rates = clock_origins_many(snaps)  # origin 0 and rate 0: the feature stays where it is
         x64 = rows[:, CLOCK_FEATURES]
         x32 = x64.astype(np.float32).astype(np.float64)  # as ONNX Runtime sees them
         for j, (splits, below) in enumerate(self._clock_arrays):

@@ -12,6 +12,7 @@ from router.core.features import (
     CLOCK_FEATURES,
     FEATURE_NAMES,
     clock_origins,
+    clock_origins_many,
     features,
     windows_change_at,
     windows_change_at_many,
@@ -92,3 +93,38 @@ def test_the_batched_window_bound_is_the_per_customer_one(cases: list[tuple[dict
     as_of = [19_000 * DAY + offset for _, offset in cases]
     batched = windows_change_at_many(snaps, as_of).tolist()
     assert batched == [windows_change_at(s, t) for s, t in zip(snaps, as_of, strict=True)]
+
+
+_times = st.one_of(st.just(0), st.integers(1_500_000_000, 1_900_000_000))
+
+
+@given(
+    st.lists(
+        st.builds(
+            lambda signup, first_seen, interaction, orders, a, b: Snapshot(
+                customer_id="c",
+                signup_day=signup,
+                first_seen=first_seen,
+                last_interaction_at=interaction,
+                orders_total=orders,
+                first_order_at=min(a, b) if orders else 0,
+                last_order_at=max(a, b) if orders else 0,
+            ),
+            st.one_of(st.none(), st.just(0), st.integers(17_000, 22_000)),
+            _times,
+            _times,
+            st.integers(0, 40),
+            _times,
+            _times,
+        ),
+        max_size=20,
+    )
+)
+def test_the_batched_clock_origins_are_the_per_customer_ones(snaps: list[Snapshot]) -> None:
+    origins, rates = clock_origins_many(snaps)
+    for i, snap in enumerate(snaps):
+        one = clock_origins(snap)
+        assert [None if o == 0 else o for o in origins[i].tolist()] == [o for o, _ in one]
+        assert [r for r, (o, _) in zip(rates[i].tolist(), one, strict=True) if o is not None] == [
+            r for o, r in one if o is not None
+        ]
