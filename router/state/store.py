@@ -481,6 +481,19 @@ class StateStore:
             await self._index_after_cas([op for op, good in zip(ops, ok, strict=True) if good])
         return ok
 
+    def _call_keys(self, group: Sequence[WriteOp]) -> tuple[list[bytes], str]:
+        """A write call's first KEYS (the customers' hashes, one CLV histogram shard, one KPI shard) and its shard.
+
+        On a cluster the group's own tag; on a single Redis always shard 00, so the CLV histogram
+        the API reads in the background is ~1k fields in one hash, not ~160k spread over 256
+        (at 1M customers that read held the worker's event loop for milliseconds per chunk).
+        """
+        customer = self.keys.customer
+        keys = [customer(op.customer_key).encode() for op in group]
+        shard = group[0].customer_key[:2] if self._cluster else "00"
+        keys += (self.keys.histogram(shard).encode(), self.keys.kpi(shard).encode())
+        return keys, shard
+
     def _apply_calls(
         self, ops: Sequence[WriteOp], groups: list[list[int]], offsets: tuple[str, dict[int, int]] | None = None
     ) -> list[tuple[list[bytes], list[bytes]]]:
@@ -488,16 +501,10 @@ class StateStore:
         ``offsets``: stored by the (single) call. Sets each op's ``stored`` bytes."""
         in_script = not self._cluster
         store_keys = self.keys
-        customer = store_keys.customer
         calls: list[tuple[list[bytes], list[bytes]]] = []
         for members in groups:
             group = [ops[i] for i in members]
-            keys = [customer(op.customer_key).encode() for op in group]
-            # On a cluster the group's own tag; on a single Redis always shard 00, so the CLV histogram
-            # the API reads in the background is ~1k fields in one hash, not ~160k spread over 256
-            # (at 1M customers that read held the worker's event loop for milliseconds per chunk).
-            shard = group[0].customer_key[:2] if self._cluster else "00"
-            keys += (store_keys.histogram(shard).encode(), store_keys.kpi(shard).encode())
+            keys, shard = self._call_keys(group)
             entries: list[tuple[Any, ...]] = []
             # Each customer's due index entry (its partition's, in the call's shard), by KEYS index.
             due_keys: dict[int, int] = {}
@@ -595,18 +602,11 @@ class StateStore:
         self, ops: Sequence[WriteOp], groups: list[list[int]], partition: int
     ) -> list[tuple[list[bytes], list[bytes]]]:
         """(KEYS, ARGV) of the rescore script per group of ``ops`` (see ``_RESCORE_LUA``)."""
-        store_keys = self.keys
-        customer = store_keys.customer
         calls: list[tuple[list[bytes], list[bytes]]] = []
         for members in groups:
             group = [ops[i] for i in members]
-            keys = [customer(op.customer_key).encode() for op in group]
-            shard = group[0].customer_key[:2] if self._cluster else "00"
-            keys += (
-                store_keys.histogram(shard).encode(),
-                store_keys.kpi(shard).encode(),
-                store_keys.due(shard, partition).encode(),
-            )
+            keys, shard = self._call_keys(group)
+            keys.append(self.keys.due(shard, partition).encode())
             calls.append((keys, [_enc.encode([_packed_rescore(op) for op in group])]))
         return calls
 
