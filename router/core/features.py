@@ -8,10 +8,23 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 from router.core.reducer import DAY, B, Snapshot, day_of
 
-__all__ = ["CLOCK_FEATURES", "FEATURE_NAMES", "N_FEATURES", "clock_origins", "features", "windows_change_at"]
+__all__ = [
+    "CLOCK_FEATURES",
+    "FEATURE_NAMES",
+    "N_FEATURES",
+    "clock_origins",
+    "clock_origins_many",
+    "features",
+    "windows_change_at",
+    "windows_change_at_many",
+]
 
 FEATURE_NAMES: tuple[str, ...] = (
     "tenure_days",
@@ -157,6 +170,41 @@ def clock_origins(snap: Snapshot) -> list[tuple[int | None, float]]:
     ]
 
 
+def clock_origins_many(snaps: Sequence[Snapshot]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """:func:`clock_origins` of many snapshots at once: (origins, rates), each [n, len(CLOCK_FEATURES)].
+
+    An origin of 0 stands for ``None`` (a constant feature; no origin is ever epoch second 0, which
+    the other maps to ``None`` too), its rate then 0. The same numbers (a test holds them together).
+    """
+    n = len(snaps)
+    raw = np.array(
+        [
+            v
+            for s in snaps
+            for v in (
+                s.signup_day * DAY if s.signup_day is not None else s.first_seen,
+                s.last_interaction_at,
+                s.first_order_at,
+                s.last_order_at,
+                s.orders_total,
+            )
+        ],
+        dtype=np.int64,
+    ).reshape(n, 5)
+    start, interaction, first, last, orders = raw.T
+    spread = last > first
+    # _mean_gap_days: int / int and then / int, as Python divides them (exact below 2**53)
+    gap = np.where((orders > 1) & spread, (last - first) / DAY / np.maximum(orders - 1, 1), 0.0)
+    has_gap = gap != 0.0
+    origins = np.stack(
+        [start, np.where(interaction != 0, interaction, start), last, first, np.where(has_gap, last, 0)], axis=1
+    )
+    rates = np.ones((n, 5), dtype=np.float64)
+    rates[:, 4] = np.where(has_gap, 1.0 / np.where(has_gap, gap, 1.0), 0.0)
+    rates[origins == 0] = 0.0
+    return origins, rates
+
+
 def _mean_gap_days(snap: Snapshot) -> float:
     """Mean days between orders, first to last (0 with fewer than two order times)."""
     first, last, n = snap.first_order_at, snap.last_order_at, snap.orders_total
@@ -177,6 +225,26 @@ def windows_change_at(snap: Snapshot, as_of: int) -> int:
         if i < len(days):
             nxt = min(nxt, days[i] + width)
     return nxt * DAY
+
+
+def windows_change_at_many(snaps: Sequence[Snapshot], as_of: Sequence[int]) -> npt.NDArray[np.int64]:
+    """:func:`windows_change_at` of many snapshots at once (the consumer's batches), the same integers.
+
+    Per bucket, the first of its day, 30 and 90 days later that is still ahead; the earliest over the
+    customer's buckets is the earliest over each width's first bucket ahead, which is what the other computes.
+    """
+    n = len(snaps)
+    lens = [len(s.days) for s in snaps]
+    days = np.fromiter((d for s in snaps for d in s.days), np.int64, sum(lens))
+    today = np.repeat(np.asarray(as_of, dtype=np.int64) // DAY, lens)
+    ahead = np.where(
+        days > today,
+        days,
+        np.where(days > today - 30, days + 30, np.where(days > today - 90, days + 90, _FAR_DAY)),
+    )
+    out = np.full(n, _FAR_DAY, dtype=np.int64)
+    np.minimum.at(out, np.repeat(np.arange(n), lens), ahead)
+    return out * DAY
 
 
 _FAR_DAY = 1 << 40

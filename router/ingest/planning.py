@@ -36,7 +36,7 @@ from router.core.features import features
 from router.core.identity import IdentityHasher
 from router.core.kpi import NO_TOTALS, TOTAL_NAMES, alert_kpis, daily_kpis, move_score_kpis, totals
 from router.core.reducer import Applied, Snapshot, fold
-from router.core.scoring import NO_SERVICE_COST, ServicePrices, assess, clv_bin
+from router.core.scoring import NO_SERVICE_COST, ServicePrices, clv_bin, clv_parts
 from router.ops import metrics
 from router.settings import ModelSettings, StreamSettings
 from router.state.keys import Keys
@@ -319,12 +319,15 @@ class BatchPlanner:
         if not live:
             return
         model = self.model
-        prices = self.prices
+        settings, prices = self.scoring, self.prices
         max_age = self.stream.sweep_max_age_s
-        as_of = [max(now, op.snapshot.last_event_at) for op, _ in live]
-        feats = [features(op.snapshot, t) for (op, _), t in zip(live, as_of, strict=True)]
-        rows = np.asarray(feats, dtype=np.float32)
+        snaps = [op.snapshot for op, _ in live]
+        as_of = [max(now, snap.last_event_at) for snap in snaps]
+        feats = [features(snap, t) for snap, t in zip(snaps, as_of, strict=True)]
+        exact = np.asarray(feats, dtype=np.float64)
+        rows = exact.astype(np.float32)  # what the model sees, as np.asarray(feats, np.float32) rounds them
         churn: Sequence[float] | None = None
+        valid_until: Sequence[int] | None = None
         if model is not None:
             t0 = time.perf_counter()
             try:
@@ -333,12 +336,16 @@ class BatchPlanner:
             except ModelError as exc:
                 log.error("churn model failed on a batch: %s", exc)
             metrics.MODEL_SECONDS.labels("consumer").observe(time.perf_counter() - t0)
+            if churn is not None:
+                valid_until = model.stable_until_many(snaps, exact, as_of)  # one pass for the batch
+        model_id = model.model_id if model is not None else ""
         threshold = self.stream.churn_alert_threshold
         rearm = threshold - self.stream.alert_rearm_margin
         for i, (op, prev) in enumerate(live):
             p = churn[i] if churn is not None else (prev.churn if prev else 0.0)
             row = feats[i]  # CLV from the unrounded features, as the request path computes it
-            clv = assess(op.snapshot, row, p, self.scoring, prices).clv
+            # Only the CLV is stored: its part of the one score assembly (assess), not the whole set.
+            clv = clv_parts(snaps[i], row, p, settings, prices)
             value = clv.value
             cost = clv.support_cost_per_year
             was_alerted = prev.alerted if prev else False
@@ -347,18 +354,13 @@ class BatchPlanner:
                 out.alerts.append(self._alert(model, op, row, p, threshold))
                 alert_kpis(op.kpi, now)
             scores = op.scores = Scores(
-                churn=p,
-                clv=value,
-                clv_bin=clv_bin(value),
-                alerted=alerted,
-                scored_at=now,
-                support_cost=cost,
+                churn=p, clv=value, clv_bin=clv_bin(value), alerted=alerted, scored_at=now, support_cost=cost,
                 partition=op.partition,
-            )
-            if churn is not None and model is not None:
-                scores.model_id = model.model_id
+            )  # fmt: skip
+            if valid_until is not None:  # the model's own answer: reusable until valid_until
+                scores.model_id = model_id
                 scores.as_of = as_of[i]
-                scores.valid_until = model.stable_until(op.snapshot, row, as_of[i])
+                scores.valid_until = valid_until[i]
             op.due_at = due_time(scores, max_age)
             move_score_kpis(
                 op.kpi, (prev.churn, prev.clv, prev.support_cost) if prev else None, (p, value, cost)

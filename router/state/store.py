@@ -14,6 +14,7 @@ shard pair: its hash tag's on a cluster, always 00 on a single Redis), so reader
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -261,27 +262,30 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+_str32 = struct.Struct(">BI").pack
+
+
 def _lua_bytes(data: bytes) -> msgspec.Raw:
     """``data`` as a msgpack str (str32 header): Redis's cmsgpack reads it as a Lua byte string."""
-    return msgspec.Raw(b"\xdb" + len(data).to_bytes(4, "big") + data)
+    return msgspec.Raw(_str32(0xDB, len(data)) + data)
 
 
 def _packed_rescore(op: WriteOp) -> tuple[Any, ...]:
     """One customer's entry of the rescore script's argument (see ``_RESCORE_LUA``)."""
-    expected = _lua_bytes(op.expected_marks) if op.expected_marks else ""
+    expected = op.expected_marks
+    wrapped = _lua_bytes(expected) if expected else ""
     if op.due_at is None or not op.snapshot.customer_id:
-        return (expected, False, False, False, False, [], False)
-    incs: list[str | float] = []
-    for field, delta in op.kpi.items():
-        incs += (field, delta)
-    new_bin = op.scores.clv_bin
+        return (wrapped, False, False, False, False, [], False)
+    kpi = op.kpi
+    scores = op.scores
+    new_bin = scores.clv_bin
     return (
-        expected,
+        wrapped,
         _lua_bytes(encode_marks(op.marks)),
-        _lua_bytes(encode_scores(op.scores)),
+        _lua_bytes(encode_scores(scores)),
         False if op.old_bin is None else op.old_bin,
         False if new_bin is None else new_bin,
-        incs,
+        [x for item in kpi.items() for x in item] if kpi else [],
         op.due_at,
     )
 
@@ -293,38 +297,45 @@ def _packed_op(op: WriteOp, keys: list[bytes], store_keys: Keys, *, index: bool)
     e-mail index entries go into the script (a single Redis); on a cluster their hash tags differ
     from the customer's, so :meth:`StateStore.apply` writes them after the compare-and-set.
     """
-
-    def slot(key: str) -> int:
-        keys.append(key.encode())
-        return len(keys)
-
-    incs: list[str | float] = []
-    for field, delta in op.kpi.items():
-        incs += (field, delta)
-    new_bin = op.scores.clv_bin
-    marks, snapshot, scores = op.stored = (
-        encode_marks(op.marks),
-        encode_snapshot(op.snapshot),
-        encode_scores(op.scores),
-    )
-    live = bool(op.snapshot.customer_id)
-    pairs = op.index_remove or op.index_add
-    h = op.customer_key
+    kpi = op.kpi
+    incs: list[str | float] = [x for item in kpi.items() for x in item] if kpi else []
+    snap = op.snapshot
+    scores = op.scores
+    new_bin = scores.clv_bin
+    marks_b, snapshot_b, scores_b = op.stored = (encode_marks(op.marks), encode_snapshot(snap), encode_scores(scores))
+    live = bool(snap.customer_id)
+    removes, adds = op.index_remove, op.index_add
+    pairs = removes or adds
+    unindex: list[int] = []
+    reindex: list[int] = []
+    if index and pairs:  # profile changes only: most entries name no other key
+        for k, _ in removes:
+            keys.append(k.encode())
+            unindex.append(len(keys))
+        for k, _ in adds:
+            keys.append(k.encode())
+            reindex.append(len(keys))
+    drop: list[int] = []
+    if not live:
+        # An erased customer's override and audit stream share its hash tag: they go with the
+        # tombstone, whatever an API worker wrote since the erasure request deleted them.
+        h = op.customer_key
+        keys += (store_keys.override(h).encode(), store_keys.customer_audit(h).encode())
+        drop = [len(keys) - 1, len(keys)]
+    expected = op.expected_marks
     return (
-        _lua_bytes(op.expected_marks) if op.expected_marks else "",  # a new customer's: nothing to wrap
-        _lua_bytes(marks),
-        _lua_bytes(snapshot),
-        _lua_bytes(scores),
+        _lua_bytes(expected) if expected else "",  # a new customer's: nothing to wrap
+        _lua_bytes(marks_b),
+        _lua_bytes(snapshot_b),
+        _lua_bytes(scores_b),
         False if op.old_bin is None else op.old_bin,
         False if new_bin is None else new_bin,
         incs,
         "1" if live else "0",
         pairs[0][1] if pairs else "",
-        [slot(k) for k, _ in op.index_remove] if index else [],
-        [slot(k) for k, _ in op.index_add] if index else [],
-        # An erased customer's override and audit stream share its hash tag: they go with the
-        # tombstone, whatever an API worker wrote since the erasure request deleted them.
-        [] if live else [slot(store_keys.override(h)), slot(store_keys.customer_audit(h))],
+        unindex,
+        reindex,
+        drop,
     )
 
 
@@ -455,33 +466,10 @@ class StateStore:
         groups = self._calls([op.customer_key for op in ops], _WRITES_PER_CALL)
         in_script = not self._cluster
         inline = offsets if offsets is not None and offsets[1] and self.fits_one_call(ops) else None
+        calls = self._apply_calls(ops, groups, inline)  # packed once, also if a NOSCRIPT makes it run again
 
         async def queue(pipe: Any) -> None:
-            for members in groups:
-                keys = [self.keys.customer(ops[i].customer_key).encode() for i in members]
-                # On a cluster the group's own tag; on a single Redis always shard 00, so the CLV histogram
-                # the API reads in the background is ~1k fields in one hash, not ~160k spread over 256
-                # (at 1M customers that read held the worker's event loop for milliseconds per chunk).
-                shard = ops[members[0]].customer_key[:2] if self._cluster else "00"
-                keys += (self.keys.histogram(shard).encode(), self.keys.kpi(shard).encode())
-                entries = [_packed_op(ops[i], keys, self.keys, index=in_script) for i in members]
-                # Each customer's due index entry (its partition's, in the call's shard), by KEYS index.
-                due_keys: dict[int, int] = {}
-                dues: list[Any] = []
-                for i in members:
-                    op = ops[i]
-                    if op.partition < 0:
-                        dues.append(False)
-                        continue
-                    at = due_keys.get(op.partition)
-                    if at is None:
-                        keys.append(self.keys.due(shard, op.partition).encode())
-                        at = due_keys[op.partition] = len(keys)
-                    dues.append((at, False if op.due_at is None else op.due_at))
-                args = [_enc.encode(entries), _enc.encode(dues)]
-                if inline is not None:
-                    keys.append(inline[0].encode())
-                    args.append(_enc.encode([str(x) for pair in inline[1].items() for x in pair]))
+            for keys, args in calls:
                 _queue(pipe, self._apply, keys, *args)
 
         results = await self._execute(queue)
@@ -492,6 +480,53 @@ class StateStore:
         if not in_script:
             await self._index_after_cas([op for op, good in zip(ops, ok, strict=True) if good])
         return ok
+
+    def _call_keys(self, group: Sequence[WriteOp]) -> tuple[list[bytes], str]:
+        """A write call's first KEYS (the customers' hashes, one CLV histogram shard, one KPI shard) and its shard.
+
+        On a cluster the group's own tag; on a single Redis always shard 00, so the CLV histogram
+        the API reads in the background is ~1k fields in one hash, not ~160k spread over 256
+        (at 1M customers that read held the worker's event loop for milliseconds per chunk).
+        """
+        customer = self.keys.customer
+        keys = [customer(op.customer_key).encode() for op in group]
+        shard = group[0].customer_key[:2] if self._cluster else "00"
+        keys += (self.keys.histogram(shard).encode(), self.keys.kpi(shard).encode())
+        return keys, shard
+
+    def _apply_calls(
+        self, ops: Sequence[WriteOp], groups: list[list[int]], offsets: tuple[str, dict[int, int]] | None = None
+    ) -> list[tuple[list[bytes], list[bytes]]]:
+        """(KEYS, ARGV) of the apply script per group of ``ops`` (see ``_APPLY_LUA``), one pass over them;
+        ``offsets``: stored by the (single) call. Sets each op's ``stored`` bytes."""
+        in_script = not self._cluster
+        store_keys = self.keys
+        calls: list[tuple[list[bytes], list[bytes]]] = []
+        for members in groups:
+            group = [ops[i] for i in members]
+            keys, shard = self._call_keys(group)
+            entries: list[tuple[Any, ...]] = []
+            # Each customer's due index entry (its partition's, in the call's shard), by KEYS index.
+            due_keys: dict[int, int] = {}
+            dues: list[Any] = []
+            for op in group:
+                entries.append(_packed_op(op, keys, store_keys, index=in_script))
+                partition = op.partition
+                if partition < 0:
+                    dues.append(False)
+                    continue
+                at = due_keys.get(partition)
+                if at is None:
+                    keys.append(store_keys.due(shard, partition).encode())
+                    at = due_keys[partition] = len(keys)
+                due_at = op.due_at
+                dues.append((at, False if due_at is None else due_at))
+            args = [_enc.encode(entries), _enc.encode(dues)]
+            if offsets is not None:
+                keys.append(offsets[0].encode())
+                args.append(_enc.encode([str(x) for pair in offsets[1].items() for x in pair]))
+            calls.append((keys, args))
+        return calls
 
     async def _index_after_cas(self, ops: Sequence[WriteOp]) -> None:
         """Redis Cluster: the index entries of ops whose compare-and-set succeeded (other slots)."""
@@ -555,22 +590,25 @@ class StateStore:
         one after the other like :meth:`read_due`.
         """
         groups = self._calls([op.customer_key for op in ops], _SWEEP_WRITES_PER_CALL)
-        calls = []
-        for members in groups:
-            keys = [self.keys.customer(ops[i].customer_key).encode() for i in members]
-            shard = ops[members[0]].customer_key[:2] if self._cluster else "00"
-            keys += (
-                self.keys.histogram(shard).encode(),
-                self.keys.kpi(shard).encode(),
-                self.keys.due(shard, partition).encode(),
-            )
-            calls.append((keys, [_enc.encode([_packed_rescore(ops[i]) for i in members])]))
+        calls = self._rescore_calls(ops, groups, partition)
         results = [await self._rescore(keys, args) for keys, args in calls]
         ok = [False] * len(ops)
         for members, flags in zip(groups, results, strict=True):
             for i, flag in zip(members, flags, strict=True):
                 ok[i] = bool(flag)
         return ok
+
+    def _rescore_calls(
+        self, ops: Sequence[WriteOp], groups: list[list[int]], partition: int
+    ) -> list[tuple[list[bytes], list[bytes]]]:
+        """(KEYS, ARGV) of the rescore script per group of ``ops`` (see ``_RESCORE_LUA``)."""
+        calls: list[tuple[list[bytes], list[bytes]]] = []
+        for members in groups:
+            group = [ops[i] for i in members]
+            keys, shard = self._call_keys(group)
+            keys.append(self.keys.due(shard, partition).encode())
+            calls.append((keys, [_enc.encode([_packed_rescore(op) for op in group])]))
+        return calls
 
     async def due_count(self, partition: int, now: int) -> int:
         """Customers of ``partition`` whose score is due at ``now`` (a metric, not on any hot path)."""

@@ -5,10 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from router.core.features import CLOCK_FEATURES, FEATURE_NAMES, clock_origins, features
+from router.core.features import (
+    CLOCK_FEATURES,
+    FEATURE_NAMES,
+    clock_origins,
+    clock_origins_many,
+    features,
+    windows_change_at,
+    windows_change_at_many,
+)
 from router.core.identity import IdentityHasher
-from router.core.reducer import DAY, fold_all
+from router.core.reducer import DAY, Snapshot, fold_all
 from schemas.events import CustomerEvent, OrderPlaced, Usage
 
 HASHER = IdentityHasher(b"test-key-0123456789abcdef")
@@ -68,3 +78,53 @@ def test_the_clock_features_move_as_their_origins_say() -> None:
     # everything else stays put between events (no window edges this far after the last order)
     later = features(snap, as_of + 3 * DAY)
     assert [v for i, v in enumerate(row) if i not in CLOCK_FEATURES] == [v for i, v in enumerate(later) if i not in CLOCK_FEATURES]
+
+
+@given(
+    st.lists(
+        st.tuples(st.dictionaries(st.integers(19_000, 21_000), st.just([1]), max_size=40), st.integers(0, 400 * DAY)),
+        max_size=30,
+    )
+)
+def test_the_batched_window_bound_is_the_per_customer_one(cases: list[tuple[dict[int, list[int]], int]]) -> None:
+    """The consumer's per-batch bound (:func:`windows_change_at_many`) equals :func:`windows_change_at`
+    per snapshot: buckets ahead of, inside and beyond the 30- and 90-day windows, or none."""
+    snaps = [Snapshot(customer_id="c", days=days) for days, _ in cases]
+    as_of = [19_000 * DAY + offset for _, offset in cases]
+    batched = windows_change_at_many(snaps, as_of).tolist()
+    assert batched == [windows_change_at(s, t) for s, t in zip(snaps, as_of, strict=True)]
+
+
+_times = st.one_of(st.just(0), st.integers(1_500_000_000, 1_900_000_000))
+
+
+@given(
+    st.lists(
+        st.builds(
+            lambda signup, first_seen, interaction, orders, a, b: Snapshot(
+                customer_id="c",
+                signup_day=signup,
+                first_seen=first_seen,
+                last_interaction_at=interaction,
+                orders_total=orders,
+                first_order_at=min(a, b) if orders else 0,
+                last_order_at=max(a, b) if orders else 0,
+            ),
+            st.one_of(st.none(), st.just(0), st.integers(17_000, 22_000)),
+            _times,
+            _times,
+            st.integers(0, 40),
+            _times,
+            _times,
+        ),
+        max_size=20,
+    )
+)
+def test_the_batched_clock_origins_are_the_per_customer_ones(snaps: list[Snapshot]) -> None:
+    origins, rates = clock_origins_many(snaps)
+    for i, snap in enumerate(snaps):
+        one = clock_origins(snap)
+        assert [None if o == 0 else o for o in origins[i].tolist()] == [o for o, _ in one]
+        assert [r for r, (o, _) in zip(rates[i].tolist(), one, strict=True) if o is not None] == [
+            r for o, r in one if o is not None
+        ]

@@ -49,6 +49,9 @@ class FixedModel:
     def stable_until(self, snap: Any, row: Any, as_of: int) -> int:
         return as_of + 60
 
+    def stable_until_many(self, snaps: Any, rows: Any, as_of: Any) -> list[int]:
+        return [self.stable_until(s, r, t) for s, r, t in zip(snaps, rows, as_of, strict=True)]
+
     def explain(self, row: Any, top: int = 3) -> list[Any]:
         return []
 
