@@ -208,6 +208,8 @@ class ApiSettings(_Section, kw_only=True):
     """Serve POST /bench/snapshot (the snapshot-only floor of loadtests.bench_serve); never in production."""
     settle_heap: bool = True
     """Freeze the worker's start-up heap and collect young objects less often once the app is up (GC pauses)."""
+    fast_classify: bool = True
+    """Serve POST /v1/classify's well-formed requests on a direct ASGI path (router.api.fast), the same checks and answers without Litestar's per-request machinery; off: every request through Litestar."""
     cors_origins: str = ""
     """Browser origins (comma-separated, e.g. `https://cti.example.com`) allowed to call the API cross-origin; empty: CORS off."""
     events_batch_max: int = 500
