@@ -29,12 +29,18 @@ from typing import Any
 
 import msgspec
 from litestar import Litestar
-from litestar._asgi.utils import is_valid_host, wrap_in_exception_handler
-from litestar.middleware._internal.cors import CORSMiddleware
-from litestar.middleware._internal.exceptions import ExceptionHandlerMiddleware
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
-from litestar.utils.scope.state import ScopeState
+
+try:  # Litestar's own pieces this path reuses, so that it checks and answers as Litestar does
+    from litestar._asgi.utils import is_valid_host, wrap_in_exception_handler
+    from litestar.middleware._internal.cors import CORSMiddleware
+    from litestar.middleware._internal.exceptions import ExceptionHandlerMiddleware
+    from litestar.utils.scope.state import ScopeState
+
+    _INTERNALS = True
+except ImportError:  # private modules: a Litestar that moved them keeps classify on its own path
+    _INTERNALS = False
 
 from router.api.auth import ApiKey, Authenticator
 from router.api.middleware import RequestMetricsMiddleware
@@ -57,6 +63,8 @@ def install(app: Litestar, before_request: Callable[..., Any]) -> str | None:
     ``before_request`` is the app's hook (key and media type checks) that the fast path stands
     in for; anything else on the route that it does not reproduce keeps the route on Litestar.
     """
+    if not _INTERNALS:
+        return "this Litestar lacks the internals it mirrors"
     handler = None
     for route in app.routes:
         if isinstance(route, HTTPRoute) and route.path == PATH and "POST" in route.route_handler_map:
