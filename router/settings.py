@@ -208,6 +208,8 @@ class ApiSettings(_Section, kw_only=True):
     """Serve POST /bench/snapshot (the snapshot-only floor of loadtests.bench_serve); never in production."""
     settle_heap: bool = True
     """Freeze the worker's start-up heap and collect young objects less often once the app is up (GC pauses)."""
+    fast_classify: bool = True
+    """Answer ordinary POST /v1/classify requests (X-API-Key, JSON body with a content-length) on a direct ASGI path (router.api.fast) with the same checks and answers; the others and every error go through Litestar; off: all of them do."""
     cors_origins: str = ""
     """Browser origins (comma-separated, e.g. `https://cti.example.com`) allowed to call the API cross-origin; empty: CORS off."""
     events_batch_max: int = 500

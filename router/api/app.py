@@ -28,6 +28,7 @@ from router.api.controllers.customers import CustomerController
 from router.api.controllers.decisions import DecisionController
 from router.api.controllers.events import EventController
 from router.api.controllers.webhooks import WebhookController
+from router.api.fast import install as install_fast_classify
 from router.api.lifespans import Services, services
 from router.api.middleware import RequestMetricsMiddleware
 from router.api.openapi import refine
@@ -176,6 +177,12 @@ def create_app(settings: Settings) -> Litestar:
     # --- OpenAPI: the contracts' own rules, which the generated document cannot see -------
     refine(app.openapi_schema)
     document_raw_bodies(app.openapi_schema)
+
+    # --- hot path: ordinary classify requests skip Litestar's per-request machinery -------
+    if settings.api.fast_classify:
+        reason = install_fast_classify(app, _before_request)
+        if reason is not None:
+            log.warning("POST /v1/classify stays on Litestar's path: %s", reason)
     return app
 
 

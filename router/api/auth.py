@@ -136,7 +136,13 @@ class Authenticator:
         self._buckets: dict[str, _Bucket] = {}
 
     def authenticate(self, presented: str | None, allowed: Iterable[str]) -> ApiKey:
-        """The key behind ``presented`` if it may use a route open to ``allowed`` scopes."""
+        """The key behind ``presented`` if it may use a route open to ``allowed`` scopes; takes a token (429)."""
+        key = self.check(presented, allowed)
+        self.take(key.name)
+        return key
+
+    def check(self, presented: str | None, allowed: Iterable[str]) -> ApiKey:
+        """:meth:`authenticate` without the rate limit: no side effect (401/403 only)."""
         if not presented:
             raise Unauthorized("missing API key: send it in the X-API-Key header")
         key = self.keys.get(_digest(presented))
@@ -146,10 +152,14 @@ class Authenticator:
             raise Unauthorized(f"API key {key.name!r} expired on {key.expires.isoformat()}")
         if key.scopes.isdisjoint(allowed):
             raise Forbidden(f"API key {key.name!r} lacks the scope for this endpoint (needs one of {sorted(allowed)})")
-        self._take(key.name)
         return key
 
-    def _take(self, name: str) -> None:
+    def take(self, name: str) -> None:
+        """One token of the key's bucket, or :class:`RateLimited` (429 with ``Retry-After``).
+
+        A refused take leaves the bucket as a repeated call at the same instant would find it, so
+        a request may be refused twice (router.api.fast hands it to Litestar, which asks again).
+        """
         now = time.monotonic()
         bucket = self._buckets.get(name)
         if bucket is None:
