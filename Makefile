@@ -18,6 +18,7 @@ up: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check router schemas tests models loadtests
+	$(BIN)/ruff format --check router schemas tests models loadtests
 	$(BIN)/mypy
 	$(BIN)/router export-schemas --check
 

@@ -76,7 +76,9 @@ def _events(n: int, customers: int, seed: int) -> list[tuple[bytes, bytes]]:
     out = []
     for i in range(n):
         cid = f"C{rnd.randrange(customers):07d}"
-        out.append((cid.encode(), event_body(rnd, f"b{seed}-{i}", cid, (now - timedelta(seconds=offsets[i])).isoformat())))
+        out.append(
+            (cid.encode(), event_body(rnd, f"b{seed}-{i}", cid, (now - timedelta(seconds=offsets[i])).isoformat()))
+        )
     return out
 
 

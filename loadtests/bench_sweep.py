@@ -60,7 +60,7 @@ from router.state.keys import Keys
 __all__ = ["main", "run"]
 
 _SAMPLE = re.compile(
-    r'^router_(sweep_customers_total|sweep_duration_seconds_(?:sum|count)|sweep_due_customers|churn_alerts_total)'
+    r"^router_(sweep_customers_total|sweep_duration_seconds_(?:sum|count)|sweep_due_customers|churn_alerts_total)"
     r'(?:\{result="(\w+)"\})?\s+(\S+)$'
 )
 

@@ -129,7 +129,7 @@ def _paired(settings: Settings, api_pid: int, args: argparse.Namespace) -> dict[
         try:
             for i in range(args.pairs):
                 pair: dict[str, Any] = {}
-                for running in ((True, False) if i % 2 == 0 else (False, True)):
+                for running in (True, False) if i % 2 == 0 else (False, True):
                     _signal(sim, signal.SIGCONT if running else signal.SIGSTOP)
                     pair["running" if running else "paused"] = _window(
                         settings.api.port, args.customers, args.rate, args.window

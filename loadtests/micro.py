@@ -70,7 +70,10 @@ def measure(n: int = 2_000, repeats: int = 5) -> dict[str, Any]:
     ts = int(time.time())
     rows = [features(s, ts) for s in snaps]
     churns = [model.predict_one(r) for r in rows]
-    values = [assess(s, r, c, settings.model, policy.service_prices).clv.value for s, r, c in zip(snaps, rows, churns, strict=True)]
+    values = [
+        assess(s, r, c, settings.model, policy.service_prices).clv.value
+        for s, r, c in zip(snaps, rows, churns, strict=True)
+    ]
     dist = ClvDistribution({b: 1 + (b % 7) for b in {clv_bin(v) for v in values}})
     raw = [encode_snapshot(s) for s in snaps]
     # Never connected: decide() does no I/O; the audit queue is drained between rounds.
@@ -120,7 +123,9 @@ def measure(n: int = 2_000, repeats: int = 5) -> dict[str, Any]:
         "predict_one_us": _time(lambda i: model.predict_one(rows[i % k]), n, repeats),
         "scores_us": _time(
             lambda i: (
-                dist.percentile(assess(snaps[i % k], rows[i % k], churns[i % k], settings.model, policy.service_prices).clv.value),
+                dist.percentile(
+                    assess(snaps[i % k], rows[i % k], churns[i % k], settings.model, policy.service_prices).clv.value
+                ),
                 upsell_score(rows[i % k], churns[i % k]),
                 advocacy_score(rows[i % k]),
             ),

@@ -383,7 +383,9 @@ def render_ingest(ingest: dict[str, Any]) -> str:
     for r in ingest["runs"]:
         rate, ceiling = r["router_applied_committed_events_per_s"], r.get("compute_events_per_s")
         n = _pop(r["customers_population"])
-        lines.append(f"| {n}: ≥ 50,000 events/s applied and committed per process | {rate:,.0f}/s | {_met(rate >= 50_000)} |")
+        lines.append(
+            f"| {n}: ≥ 50,000 events/s applied and committed per process | {rate:,.0f}/s | {_met(rate >= 50_000)} |"
+        )
         if ceiling:
             lines.append(
                 f"| {n}: ≥ 0.7 × the same-run compute ceiling | {rate / ceiling:.2f} × | {_met(rate >= 0.7 * ceiling)} |"
@@ -445,7 +447,9 @@ def render_sweep(sweep: dict[str, Any]) -> str:
         f"| {_met(alone.get('per_second', 0) >= 50_000)} |",
     ]
     if c and c.get("p99_ratio") is not None:
-        lines.append(f"| classify p99 during the sweep ≤ 1.10 × without | × {c['p99_ratio']:.2f} | {_met(c['p99_ratio'] <= 1.10)} |")
+        lines.append(
+            f"| classify p99 during the sweep ≤ 1.10 × without | × {c['p99_ratio']:.2f} | {_met(c['p99_ratio'] <= 1.10)} |"
+        )
     lines.append(
         f"\nRedis memory: {pop['redis_bytes_per_customer']:,.0f} B per customer in all (snapshot hash, phone index, "
         f"histograms, due index), of which the due index {pop['due_index_bytes_per_customer']:,.0f} B."

@@ -133,6 +133,8 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
         Path(args.out).write_text(text)
     print(text, end="")
     return 0
+
+
 def _retrain(args: argparse.Namespace, settings: Settings) -> int:
     from router.churn.lifecycle.cli import run_retrain
 
@@ -311,9 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_nba_report_arguments(nba)
     nba.set_defaults(func=_nba_report)
 
-    sub.add_parser(
-        "shadow-report", help="how the shadow (candidate) model compares with the live one"
-    ).set_defaults(func=_shadow_report)
+    sub.add_parser("shadow-report", help="how the shadow (candidate) model compares with the live one").set_defaults(
+        func=_shadow_report
+    )
 
     policy = sub.add_parser("policy", help="check or simulate a draft routing policy")
     policy_sub = policy.add_subparsers(dest="policy_command", required=True)

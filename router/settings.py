@@ -363,7 +363,16 @@ def _read_secret_file(variable: str, path: str) -> str:
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 # Words placeholders are made of; long enough that a random secret practically never contains one.
-_PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "placeholder", "example", "replace", "dev-only", "insecure")
+_PLACEHOLDER_MARKERS = (
+    "change-me",
+    "changeme",
+    "change_me",
+    "placeholder",
+    "example",
+    "replace",
+    "dev-only",
+    "insecure",
+)
 
 
 def placeholder_reason(secret: str) -> str | None:

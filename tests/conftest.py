@@ -198,9 +198,7 @@ def settings(
             if section not in Settings.__struct_fields__:
                 raise TypeError(f"unknown settings section {section!r}")
             current = getattr(result, section)
-            replaced = (
-                value if isinstance(value, msgspec.Struct) else msgspec.structs.replace(current, **value)
-            )
+            replaced = value if isinstance(value, msgspec.Struct) else msgspec.structs.replace(current, **value)
             result = msgspec.structs.replace(result, **{section: replaced})
         run_sync(ensure_topics(result.kafka))
         return result

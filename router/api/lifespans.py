@@ -154,7 +154,9 @@ async def redis_probe(background: StateStore) -> AsyncIterator[RedisProbe]:
 
 @contextlib.asynccontextmanager
 async def live_models(settings: Settings, background: StateStore) -> AsyncIterator[Live]:
-    live = Live.load(background, model_path=settings.model.path, policy_path=settings.policy.path, business=settings.model.business)
+    live = Live.load(
+        background, model_path=settings.model.path, policy_path=settings.policy.path, business=settings.model.business
+    )
     await live.start()
     try:
         yield live
@@ -200,7 +202,9 @@ async def event_publisher(settings: Settings) -> AsyncIterator[EventPublisher]:
 
 
 @contextlib.asynccontextmanager
-async def policy_admin(live: Live, state: ConsoleState, audit: AuditWriter, settings: Settings) -> AsyncIterator[PolicyAdmin]:
+async def policy_admin(
+    live: Live, state: ConsoleState, audit: AuditWriter, settings: Settings
+) -> AsyncIterator[PolicyAdmin]:
     admin = PolicyAdmin(live, state, audit, settings)
     try:
         yield admin
@@ -275,9 +279,7 @@ def services(settings: Settings) -> Callable[[Litestar], contextlib.AbstractAsyn
                 reloads=reloads,
                 connectors=connectors,
                 console_state=console_state,
-                console=ConsoleService(
-                    stores.background, portfolio, customers, AuditReader(stores.background)
-                ),
+                console=ConsoleService(stores.background, portfolio, customers, AuditReader(stores.background)),
                 policy_admin=admin,
             )
             if settings.api.settle_heap:

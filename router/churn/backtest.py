@@ -194,8 +194,14 @@ def _train_router(events: Sequence[CustomerEvent], cfg: BacktestConfig, out: Pat
         progress=cfg.progress,
     )
     if data.y.sum() < 10 or data.y.sum() == len(data.y):
-        raise ValueError(f"too few training labels of each kind before {cfg.at:%Y-%m-%d} ({int(data.y.sum())} of {len(data.y)})")
-    params: dict[str, Any] = {"num_leaves": cfg.leaves, "min_data_in_leaf": cfg.min_leaf, "learning_rate": cfg.learning_rate}
+        raise ValueError(
+            f"too few training labels of each kind before {cfg.at:%Y-%m-%d} ({int(data.y.sum())} of {len(data.y)})"
+        )
+    params: dict[str, Any] = {
+        "num_leaves": cfg.leaves,
+        "min_data_in_leaf": cfg.min_leaf,
+        "learning_rate": cfg.learning_rate,
+    }
     if cfg.monotone:
         params["monotone_constraints"] = [MONOTONE.get(name, 0) for name in FEATURE_NAMES]
     trained = train_model(data, folds=5, seed=cfg.seed, progress=cfg.progress, params=params, trees=cfg.trees)
@@ -258,7 +264,10 @@ def run_backtest(events: Sequence[CustomerEvent], cfg: BacktestConfig) -> Backte
         churn = model.predict(rows.astype(np.float32))
     settings = ModelSettings(horizon_days=cfg.horizon_days)
     clv = np.asarray(
-        [clv_parts(snaps[c], row.tolist(), float(p), settings, NO_SERVICE_COST).value for c, row, p in zip(customers, rows, churn, strict=True)]
+        [
+            clv_parts(snaps[c], row.tolist(), float(p), settings, NO_SERVICE_COST).value
+            for c, row, p in zip(customers, rows, churn, strict=True)
+        ]
     )
     # The model says P(no order within the horizon); over another span, under a constant hazard.
     span = (until - at) / DAY / cfg.horizon_days
@@ -297,7 +306,9 @@ def run_backtest(events: Sequence[CustomerEvent], cfg: BacktestConfig) -> Backte
 
 
 def _first_amount(events: Sequence[CustomerEvent], at: int) -> float:
-    orders = sorted((e for e in events if isinstance(e, OrderPlaced) and _ts(e.occurred_at) <= at), key=lambda e: e.occurred_at)
+    orders = sorted(
+        (e for e in events if isinstance(e, OrderPlaced) and _ts(e.occurred_at) <= at), key=lambda e: e.occurred_at
+    )
     return orders[0].amount if orders else 0.0
 
 
@@ -335,7 +346,13 @@ def _calibration(active: npt.NDArray[np.int8], p: Array, bins: int = 10) -> list
     out = []
     for chunk in np.array_split(order, bins):
         if len(chunk):
-            out.append({"rows": float(len(chunk)), "predicted": float(p[chunk].mean()), "observed": float(active[chunk].mean())})
+            out.append(
+                {
+                    "rows": float(len(chunk)),
+                    "predicted": float(p[chunk].mean()),
+                    "observed": float(active[chunk].mean()),
+                }
+            )
     return out
 
 
@@ -398,7 +415,9 @@ def render(result: BacktestResult) -> str:
         "|---|---|---|---|",
     ]
     for k, d in result.differences.items():
-        lines.append(f"| {k} | {d['difference']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {d['share_above_zero']:.3f} |")
+        lines.append(
+            f"| {k} | {d['difference']:+.4f} | [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] | {d['share_above_zero']:.3f} |"
+        )
     lines += ["", "Calibration (P(active again), ten equal-count groups):", ""]
     names = list(result.calibration)
     lines.append("| group | " + " | ".join(f"{n} predicted | observed" for n in names) + " |")

@@ -49,8 +49,10 @@ class BgNbd:
     def _dead_odds(self, x: Array, t_x: Array, T: Array) -> Array:
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
         with np.errstate(divide="ignore", invalid="ignore"):
-            log_odds = np.log(a) - np.log(np.maximum(b + x - 1.0, 1e-300)) + (r + x) * (
-                np.log(alpha + T) - np.log(alpha + t_x)
+            log_odds = (
+                np.log(a)
+                - np.log(np.maximum(b + x - 1.0, 1e-300))
+                + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
             )
         odds: Array = np.where(x > 0, np.exp(np.minimum(log_odds, 700.0)), 0.0)
         return odds
@@ -85,16 +87,16 @@ def _bgnbd_ll(params: Array, x: Array, t_x: Array, T: Array, w: Array) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         a2 = np.where(
             x > 0,
-            special.betaln(a + 1.0, np.maximum(b + x - 1.0, 1e-12)) - special.betaln(a, b) - (r + x) * np.log(alpha + t_x),
+            special.betaln(a + 1.0, np.maximum(b + x - 1.0, 1e-12))
+            - special.betaln(a, b)
+            - (r + x) * np.log(alpha + t_x),
             -np.inf,
         )
     ll = common + np.logaddexp(a1, a2)
     return float(np.sum(w * ll))
 
 
-def fit_bgnbd(
-    x: npt.ArrayLike, t_x: npt.ArrayLike, T: npt.ArrayLike, weights: npt.ArrayLike | None = None
-) -> BgNbd:
+def fit_bgnbd(x: npt.ArrayLike, t_x: npt.ArrayLike, T: npt.ArrayLike, weights: npt.ArrayLike | None = None) -> BgNbd:
     """Maximum-likelihood BG/NBD parameters of customers (x, t_x, T); ``weights``: customers per row."""
     xa, ta, Ta = _arr(x), _arr(t_x), _arr(T)
     w = np.ones_like(xa) if weights is None else _arr(weights)
@@ -105,7 +107,10 @@ def fit_bgnbd(
     best: optimize.OptimizeResult | None = None
     for start in (np.zeros(4), np.log([0.5, 5.0, 1.0, 2.0])):
         res = optimize.minimize(
-            lambda p: -_bgnbd_ll(p, xa, ta, Ta, w), start, method="Nelder-Mead", options={"maxiter": 20_000, "xatol": 1e-8, "fatol": 1e-10}
+            lambda p: -_bgnbd_ll(p, xa, ta, Ta, w),
+            start,
+            method="Nelder-Mead",
+            options={"maxiter": 20_000, "xatol": 1e-8, "fatol": 1e-10},
         )
         res = optimize.minimize(lambda p: -_bgnbd_ll(p, xa, ta, Ta, w), res.x, method="L-BFGS-B")
         if best is None or res.fun < best.fun:
@@ -157,7 +162,10 @@ def fit_gamma_gamma(x: npt.ArrayLike, m_x: npt.ArrayLike) -> GammaGamma:
     if not len(xa):
         raise ValueError("Gamma-Gamma needs customers with repeat purchases and positive spend")
     res = optimize.minimize(
-        lambda v: -_gg_ll(v, xa, ma), np.log([1.0, 1.0, 1.0]), method="Nelder-Mead", options={"maxiter": 20_000, "xatol": 1e-8, "fatol": 1e-10}
+        lambda v: -_gg_ll(v, xa, ma),
+        np.log([1.0, 1.0, 1.0]),
+        method="Nelder-Mead",
+        options={"maxiter": 20_000, "xatol": 1e-8, "fatol": 1e-10},
     )
     res = optimize.minimize(lambda v: -_gg_ll(v, xa, ma), res.x, method="L-BFGS-B")
     p, q, g = (float(v) for v in np.exp(res.x))

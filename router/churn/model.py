@@ -248,7 +248,9 @@ class ChurnModel:
                 until = min(until, origin)
                 continue
             x = row[f]
-            k = bisect.bisect_left(splits, _F32.unpack(_F32.pack(x))[0])  # first threshold the float32 value is not above
+            k = bisect.bisect_left(
+                splits, _F32.unpack(_F32.pack(x))[0]
+            )  # first threshold the float32 value is not above
             if k < len(splits):
                 # Up to the largest float32 below that threshold a value still compares the same way in every tree.
                 until = min(until, as_of + max(0, math.floor((below[k] - x) * DAY / rate) - 1))

@@ -23,7 +23,9 @@ async def read_shadow_report(settings: Settings) -> Comparison | None:
     """The latest stored comparison, if a consumer with a shadow model wrote one."""
     client = connect_redis(settings.redis, timeout_s=5.0)
     try:
-        raw = await StateStore(client, settings.redis.prefix, IdentityHasher.from_settings(settings.identity)).shadow_report()
+        raw = await StateStore(
+            client, settings.redis.prefix, IdentityHasher.from_settings(settings.identity)
+        ).shadow_report()
     finally:
         await client.aclose()
     return msgspec.json.decode(raw, type=Comparison) if raw else None

@@ -385,13 +385,19 @@ def _tags(tier: str, role: str, actions: list[str], degraded: bool, overridden: 
 
 
 def routing_of(
-    d: Decision, asked: Severity | None, *, degraded: bool = False, floors: Mapping[Any, Severity] = DEFAULT_TIER_PRIORITY
+    d: Decision,
+    asked: Severity | None,
+    *,
+    degraded: bool = False,
+    floors: Mapping[Any, Severity] = DEFAULT_TIER_PRIORITY,
 ) -> HelpdeskRouting:
     """What a helpdesk trigger can apply as it is, for a decision made outside a connector."""
     return HelpdeskRouting(
         group=d.escalation.queue,
         priority=effective_priority(asked, d.tier, floors),
-        tags=_tags(d.tier, d.escalation.role, [a.code for a in d.next_best_actions], d.degraded or degraded, d.overridden),
+        tags=_tags(
+            d.tier, d.escalation.role, [a.code for a in d.next_best_actions], d.degraded or degraded, d.overridden
+        ),
         due_at=d.sla.due_at,
         decision_id=d.decision_id,
         degraded=d.degraded or degraded,

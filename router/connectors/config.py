@@ -16,7 +16,14 @@ import msgspec
 from schemas.api import Category, Tier
 from schemas.events import Severity
 
-__all__ = ["ConnectorConfigError", "ConnectorsConfig", "FreshdeskConfig", "RtConfig", "ZendeskConfig", "load_connectors"]
+__all__ = [
+    "ConnectorConfigError",
+    "ConnectorsConfig",
+    "FreshdeskConfig",
+    "RtConfig",
+    "ZendeskConfig",
+    "load_connectors",
+]
 
 
 class ConnectorConfigError(ValueError):

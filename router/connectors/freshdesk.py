@@ -150,7 +150,9 @@ class FreshdeskConnector(Connector):
             if c.due_field == "fr_due_by" and resolution is not None and resolution < job.due_at:
                 update["due_by"] = _iso(job.due_at)
         if c.tags:
-            kept = [t for t in current.get("tags") or [] if isinstance(t, str) and not t.startswith(ROUTER_TAG_PREFIXES)]
+            kept = [
+                t for t in current.get("tags") or [] if isinstance(t, str) and not t.startswith(ROUTER_TAG_PREFIXES)
+            ]
             update["tags"] = kept + router_tags(job)
         fields: dict[str, str] = {}
         if c.tier_field:

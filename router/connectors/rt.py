@@ -84,7 +84,9 @@ class RtConnector(Connector):
             return False
         response = await self.request("PUT", f"/ticket/{job.ticket}", json=self.update_of(job))
         messages = json_of(response)
-        refused = [m for m in messages if isinstance(m, str) and _REFUSED.search(m)] if isinstance(messages, list) else []
+        refused = (
+            [m for m in messages if isinstance(m, str) and _REFUSED.search(m)] if isinstance(messages, list) else []
+        )
         if refused:
             # RT's messages name our own values (queue, field), never the requester.
             raise Permanent(f"PUT /ticket/{{id}}: RT refused: {refused[0][:160]}")
@@ -205,9 +207,13 @@ class RtConnector(Connector):
                 problems.append(f"RT queue {queue!r} does not exist")
                 continue
             queue_id = json_of(response).get("id")
-            applied = await self.request("GET", f"/queue/{queue_id}/customfields", params={"fields": "Name", "per_page": 100})
+            applied = await self.request(
+                "GET", f"/queue/{queue_id}/customfields", params={"fields": "Name", "per_page": 100}
+            )
             names = {item.get("Name") for item in json_of(applied).get("items") or []}
-            problems += [f"custom field {f!r} is not applied to RT queue {queue!r}" for f in wanted_fields if f not in names]
+            problems += [
+                f"custom field {f!r} is not applied to RT queue {queue!r}" for f in wanted_fields if f not in names
+            ]
         return problems
 
 

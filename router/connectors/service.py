@@ -103,7 +103,9 @@ class ConnectorService:
             return helpdesk_routing(job)
         if not inbound.ticket:
             metrics.CONNECTOR_INBOUND.labels(connector, "no_ticket").inc()
-            log.warning("%s webhook without a ticket number (check the template's ticket.id): not written back", connector)
+            log.warning(
+                "%s webhook without a ticket number (check the template's ticket.id): not written back", connector
+            )
             return helpdesk_routing(job)
         try:
             async with asyncio.timeout(ENQUEUE_TIMEOUT_S):

@@ -114,7 +114,9 @@ def build_connectors(config: ConnectorsConfig, settings: ConnectorSettings) -> d
     if config.rt is not None:
         connectors["rt"] = RtConnector(config.rt, settings.rt_token, timeout)
     if config.zendesk is not None:
-        connectors["zendesk"] = ZendeskConnector(config.zendesk, settings.zendesk_email, settings.zendesk_token, timeout)
+        connectors["zendesk"] = ZendeskConnector(
+            config.zendesk, settings.zendesk_email, settings.zendesk_token, timeout
+        )
     if config.freshdesk is not None:
         connectors["freshdesk"] = FreshdeskConnector(config.freshdesk, settings.freshdesk_api_key, timeout)
     return connectors
@@ -239,7 +241,9 @@ class ConnectWorker:
                 self._answered(d.connector)
                 await self._failed(d, job, exc.cause, exc.after_s)
         except Exception as exc:  # a bug or an answer we did not expect: retried, never a crash of the loop
-            log.warning("%s write-back of ticket %s failed unexpectedly: %s", d.connector, job.ticket, type(exc).__name__)
+            log.warning(
+                "%s write-back of ticket %s failed unexpectedly: %s", d.connector, job.ticket, type(exc).__name__
+            )
             metrics.WRITEBACK_FAILURES.labels(d.connector, "unexpected").inc()
             await self._failed(d, job, f"unexpected {type(exc).__name__}", None)
         else:
@@ -263,7 +267,9 @@ class ConnectWorker:
         now = time.time()
         await self.outbox.later(d, encode_job(job), now + delay, now, cause)
         metrics.WRITEBACKS.labels(d.connector, "retried").inc()
-        log.info("%s write-back of ticket %s: %s; attempt %d in %.1f s", d.connector, job.ticket, cause, attempts + 1, delay)
+        log.info(
+            "%s write-back of ticket %s: %s; attempt %d in %.1f s", d.connector, job.ticket, cause, attempts + 1, delay
+        )
 
     async def _paused(self, d: Delivery, job: WriteBack, cause: str, after_s: float | None) -> None:
         """The helpdesk cannot take requests: pause the connector; this write-back keeps its attempts."""
@@ -277,7 +283,9 @@ class ConnectWorker:
         await self.outbox.later(d, encode_job(msgspec.structs.replace(job, last_error=cause)), now + pause, now, cause)
         metrics.WRITEBACKS.labels(d.connector, "retried").inc()
         if outage == 1:
-            log.warning("%s: helpdesk unavailable (%s); write-backs paused, next try in %.1f s", d.connector, cause, pause)
+            log.warning(
+                "%s: helpdesk unavailable (%s); write-backs paused, next try in %.1f s", d.connector, cause, pause
+            )
 
     async def _dead(self, d: Delivery, job: WriteBack, cause: str) -> None:
         job = msgspec.structs.replace(job, last_error=cause)
@@ -399,7 +407,9 @@ async def connect_stack(settings: Settings) -> AsyncIterator[ConnectWorker]:
         stack.push_async_callback(reader_client.aclose)
         for connector in connectors.values():
             stack.push_async_callback(connector.aclose)
-        live = Live.load(store, model_path=settings.model.path, policy_path=settings.policy.path, business=settings.model.business)
+        live = Live.load(
+            store, model_path=settings.model.path, policy_path=settings.policy.path, business=settings.model.business
+        )
         await live.start()
         stack.push_async_callback(live.stop)
         audit = AuditWriter(store, retention_s=settings.redis.audit_retention_days * 86_400)
@@ -442,7 +452,9 @@ async def requeue_dead(settings: Settings) -> dict[str, int]:
             while letters := await outbox.dead_letters(name, start):
                 for entry_id, raw, _cause in letters:
                     try:
-                        job = msgspec.structs.replace(_job_dec.decode(raw), attempts=0)  # last_error kept: it is checked
+                        job = msgspec.structs.replace(
+                            _job_dec.decode(raw), attempts=0
+                        )  # last_error kept: it is checked
                     except (msgspec.DecodeError, msgspec.ValidationError):
                         continue  # not a write-back: left for a person to look at
                     moved[name] += await outbox.requeue(name, entry_id, encode_job(job))

@@ -115,9 +115,12 @@ class ZendeskConnector(Connector):
     async def write_back(self, job: WriteBack, *, check: bool = True) -> bool:
         if check:
             mark = marker(job)
-            comments = json_of(
-                await self.request("GET", f"/tickets/{job.ticket}/comments", params={"sort_order": "desc"})
-            ).get("comments") or []
+            comments = (
+                json_of(
+                    await self.request("GET", f"/tickets/{job.ticket}/comments", params={"sort_order": "desc"})
+                ).get("comments")
+                or []
+            )
             if any(mark in (c.get("body") or c.get("plain_body") or "") for c in comments):
                 return False
         current = json_of(await self.request("GET", f"/tickets/{job.ticket}")).get("ticket") or {}
@@ -135,7 +138,9 @@ class ZendeskConnector(Connector):
         if group is not None:
             ticket["group_id"] = group
         if c.tags:
-            kept = [t for t in current.get("tags") or [] if isinstance(t, str) and not t.startswith(ROUTER_TAG_PREFIXES)]
+            kept = [
+                t for t in current.get("tags") or [] if isinstance(t, str) and not t.startswith(ROUTER_TAG_PREFIXES)
+            ]
             ticket["tags"] = kept + router_tags(job)
         fields: list[dict[str, Any]] = []
         if c.tier_field_id is not None:

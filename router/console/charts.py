@@ -93,7 +93,9 @@ def columns(rows: Sequence[tuple[str, float]], title: str) -> Markup:
             f'<rect class="bar alarm" x="{x + step * 0.2:.1f}" y="{top + plot_h - h:.1f}" '
             f'width="{step * 0.6:.1f}" height="{h:.1f}"/>'
         )
-        body.append(f'<text class="val" x="{cx:.1f}" y="{top + plot_h - h - 5:.1f}" text-anchor="middle">{_fmt(value)}</text>')
+        body.append(
+            f'<text class="val" x="{cx:.1f}" y="{top + plot_h - h - 5:.1f}" text-anchor="middle">{_fmt(value)}</text>'
+        )
         body.append(f'<text class="tick" x="{cx:.1f}" y="{height - 10}" text-anchor="middle">{escape(label)}</text>')
     return _svg(height, title, body)
 
@@ -115,9 +117,7 @@ def bars(rows: Sequence[tuple[str, float]], title: str, *, unit: str = "") -> Ma
     return _svg(12 + row_h * len(rows), title, body)
 
 
-def grouped_bars(
-    order: Sequence[str], before: dict[str, int], after: dict[str, int], title: str
-) -> Markup:
+def grouped_bars(order: Sequence[str], before: dict[str, int], after: dict[str, int], title: str) -> Markup:
     """Two bars per category: before (muted) and after (the category's colour), counts written out."""
     row_h, left, right = 46, 78, 84
     width = _W - left - right
@@ -129,7 +129,9 @@ def grouped_bars(
         cls = escape(name)
         body.append(f'<text class="lbl" x="{left - 8}" y="{y + 24}" text-anchor="end">{cls}</text>')
         body.append(f'<rect class="bar before" x="{left}" y="{y + 4}" width="{width * b / peak:.1f}" height="15"/>')
-        body.append(f'<rect class="bar tier-{cls}" x="{left}" y="{y + 22}" width="{width * a / peak:.1f}" height="15"/>')
+        body.append(
+            f'<rect class="bar tier-{cls}" x="{left}" y="{y + 22}" width="{width * a / peak:.1f}" height="15"/>'
+        )
         body.append(f'<text class="val" x="{left + width + 6}" y="{y + 16}">before {b:,}</text>')
         body.append(f'<text class="val" x="{left + width + 6}" y="{y + 34}">after {a:,}</text>')
     return _svg(12 + row_h * len(order), title, body)

@@ -165,7 +165,9 @@ async def sign_out(request: Request[Any, Any, State]) -> Response[Any]:
 
 
 @get("/portfolio", opt={"console": OPS})
-async def portfolio(request: Request[Any, Any, State], days: Annotated[int, Parameter(ge=1, le=730)] = 30) -> Response[str]:
+async def portfolio(
+    request: Request[Any, Any, State], days: Annotated[int, Parameter(ge=1, le=730)] = 30
+) -> Response[str]:
     data = await _services(request).console.portfolio_page(days)
     tiers = [(t.tier, t.customers, t.share) for t in data.report.tiers]
     bands = [(b.band, b.customers) for b in data.report.churn_risk]
@@ -212,7 +214,11 @@ async def customer_lookup(request: Request[Any, Any, State]) -> Response[str]:
     try:
         customer_id = await _services(request).console.resolve(cast(LookupKind, kind), _text(form.get("value"), 256))
     except BadInput as exc:
-        return page("customer.html", status=400, **_ctx(request, "customer", view=None, customer_id=None, tiers=TIERS, error=exc.message))
+        return page(
+            "customer.html",
+            status=400,
+            **_ctx(request, "customer", view=None, customer_id=None, tiers=TIERS, error=exc.message),
+        )
     if customer_id is None:
         return page(
             "customer.html", status=404,
@@ -233,7 +239,9 @@ async def override_set(request: Request[Any, Any, State]) -> Response[str]:
         return await _customer_page(request, customer_id, status=400, error="hours: enter a number of hours")
     except RouterError as exc:
         return await _customer_page(request, customer_id, status=exc.status_code, error=exc.message)
-    return await _customer_page(request, customer_id, message=f"Override set: {req.tier} for {req.expires_in_hours:g} h.")
+    return await _customer_page(
+        request, customer_id, message=f"Override set: {req.tier} for {req.expires_in_hours:g} h."
+    )
 
 
 def _tier(value: object) -> Any:
@@ -314,7 +322,9 @@ async def export(request: Request[Any, Any, State]) -> Response[bytes]:
 # -- policy ------------------------------------------------------------------------------------------
 
 
-async def _policy_page(request: Request[Any, Any, State], *, draft: str | None = None, status: int = 200, **extra: Any) -> Response[str]:
+async def _policy_page(
+    request: Request[Any, Any, State], *, draft: str | None = None, status: int = 200, **extra: Any
+) -> Response[str]:
     services = _services(request)
     admin = services.policy_admin
     current, number = await admin.current_text()
@@ -351,7 +361,9 @@ async def policy_check(request: Request[Any, Any, State]) -> Response[Any]:
     try:
         policy = services.policy_admin.validate(draft)
         if _text(form.get("action"), 20) != "simulate":
-            return await _policy_page(request, draft=draft, form=fields, message=f"The draft is valid (policy {policy.version}).")
+            return await _policy_page(
+                request, draft=draft, form=fields, message=f"The draft is valid (policy {policy.version})."
+            )
         options = _simulation_options(fields)
     except RouterError as exc:
         return await _policy_page(request, draft=draft, form=fields, status=exc.status_code, error=exc.message)
@@ -457,7 +469,11 @@ async def decisions_search(request: Request[Any, Any, State]) -> Response[str]:
         else:
             raise BadInput("search by decision id, customer, or time range and tier")
     except RouterError as exc:
-        return page("decisions.html", status=exc.status_code, **_ctx(request, "decisions", result=None, form=fields, tiers=TIERS, error=exc.message))
+        return page(
+            "decisions.html",
+            status=exc.status_code,
+            **_ctx(request, "decisions", result=None, form=fields, tiers=TIERS, error=exc.message),
+        )
     fields.pop("value", None)  # a phone number or e-mail is not written back into the page
     return page("decisions.html", **_ctx(request, "decisions", result=result, form=fields, tiers=TIERS))
 
@@ -479,7 +495,15 @@ def _error_page(request: Request[Any, Any, State], status: int, message: str) ->
     try:
         context = _ctx(request, "")
     except Unavailable:
-        context = {"visitor": None, "csrf": "", "nav": "", "policy_version": "-", "model_version": "-", "message": None, "error": None}
+        context = {
+            "visitor": None,
+            "csrf": "",
+            "nav": "",
+            "policy_version": "-",
+            "model_version": "-",
+            "message": None,
+            "error": None,
+        }
     return page("error.html", status=status, **{**context, "code": status, "detail": message})
 
 

@@ -75,7 +75,10 @@ class ConsoleService:
         if days < 7:  # the alert chart always covers a week
             by_day = {d.day: d.count for d in (await self.portfolio.report(7)).churn_alerts_by_day}
         alerts = [
-            ((today - timedelta(days=i)).strftime("%a %d"), float(by_day.get((today - timedelta(days=i)).isoformat(), 0)))
+            (
+                (today - timedelta(days=i)).strftime("%a %d"),
+                float(by_day.get((today - timedelta(days=i)).isoformat(), 0)),
+            )
             for i in range(6, -1, -1)
         ]
         due, read, complete = await self._deadlines_due()

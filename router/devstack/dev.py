@@ -145,9 +145,7 @@ class _SignalGate:
     def install(self) -> None:
         """Install the handlers (only possible from the main thread; elsewhere a no-op)."""
         if threading.current_thread() is threading.main_thread():
-            self._previous = {
-                sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)
-            }
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def ignore(self) -> None:
         """Ignore further signals: cleanup must not be cut short by an impatient second
@@ -374,9 +372,7 @@ def _start_infrastructure(settings: Settings, stack: _Stack) -> Settings:
     return settings
 
 
-def _start_children(
-    settings: Settings, stack: _Stack, *, customers: int, rate: float
-) -> list[ManagedProcess]:
+def _start_children(settings: Settings, stack: _Stack, *, customers: int, rate: float) -> list[ManagedProcess]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROUTER_") and k != "REDIS_URL"}
     env.update(to_env(_child_settings(settings, stack)))
     env["PYTHONUNBUFFERED"] = "1"  # so a crash's last words reach the log
@@ -415,9 +411,7 @@ def _banner(settings: Settings, stack: _Stack, elapsed: float) -> None:
         + (" (private)" if stack.redis else f" (key prefix {settings.redis.prefix!r})"),
     ]
     if stream.health_port:
-        lines.append(
-            f"  consumer health http://{_display_host(stream.health_host)}:{stream.health_port}/health/ready"
-        )
+        lines.append(f"  consumer health http://{_display_host(stream.health_host)}:{stream.health_port}/health/ready")
     lines.append(f"  logs            {stack.run_dir}/")
     # The API is ready before the consumer has folded the backfill; say so, or the first
     # answer ("customer not known yet") looks like a bug.

@@ -377,9 +377,7 @@ def start_broker(
             if _port_accepts("127.0.0.1", port) and broker_answers("127.0.0.1", port):
                 return Broker(bootstrap=f"127.0.0.1:{port}", process=process)
             if time.monotonic() - started > timeout:
-                raise BrokerError(
-                    f"broker did not answer on port {port} within {timeout:.0f}s:\n{process.tail()}"
-                )
+                raise BrokerError(f"broker did not answer on port {port} within {timeout:.0f}s:\n{process.tail()}")
             time.sleep(0.05)
     except BaseException:
         process.stop()
@@ -488,9 +486,7 @@ class RedisServer:
                 if time.monotonic() - started > timeout:
                     tail = process.tail()
                     process.stop()
-                    raise RedisServerError(
-                        f"redis-server did not answer on {self.url} within {timeout}s:\n{tail}"
-                    )
+                    raise RedisServerError(f"redis-server did not answer on {self.url} within {timeout}s:\n{tail}")
                 time.sleep(0.02)
             tail = process.tail()
             process.stop()

@@ -189,7 +189,9 @@ class StateConsumer:
         try:
             await self.load_model(self.settings.model.path)
         except Exception as exc:  # ModelError, or a card the loader trips over
-            log.error("SIGHUP: model not loaded, %s stays in force: %s", self.model.version if self.model else "none", exc)
+            log.error(
+                "SIGHUP: model not loaded, %s stays in force: %s", self.model.version if self.model else "none", exc
+            )
         try:
             await self.load_prices(self.settings.policy.path)
         except (PolicyError, UnicodeDecodeError, OSError) as exc:
@@ -256,9 +258,7 @@ class StateConsumer:
         The sweep runs beside it as a task of its own, cancelled and awaited on the way out.
         """
         stream = self.settings.stream
-        sweep = (
-            asyncio.create_task(self.sweeper.run(stop), name="sweep") if stream.sweep_interval_s > 0 else None
-        )
+        sweep = asyncio.create_task(self.sweeper.run(stop), name="sweep") if stream.sweep_interval_s > 0 else None
         try:
             await self._poll(stop)
         finally:

@@ -137,7 +137,9 @@ class BatchPlanner:
         """Decode the batch and split it into customer-disjoint lanes: ``stream.lanes``, one per
         :data:`EVENTS_PER_LANE` records at most (a small batch is one lane)."""
         size = sum(len(records) for records in batch.values())
-        lanes: list[dict[str, list[Pending]]] = [{} for _ in range(max(1, min(self.stream.lanes, size // EVENTS_PER_LANE)))]
+        lanes: list[dict[str, list[Pending]]] = [
+            {} for _ in range(max(1, min(self.stream.lanes, size // EVENTS_PER_LANE)))
+        ]
         dead: list[Dead] = []
         next_offsets: dict[int, int] = {}
         horizon = now + self.stream.max_future_s
@@ -362,9 +364,7 @@ class BatchPlanner:
                 scores.as_of = as_of[i]
                 scores.valid_until = valid_until[i]
             op.due_at = due_time(scores, max_age)
-            move_score_kpis(
-                op.kpi, (prev.churn, prev.clv, prev.support_cost) if prev else None, (p, value, cost)
-            )
+            move_score_kpis(op.kpi, (prev.churn, prev.clv, prev.support_cost) if prev else None, (p, value, cost))
 
     def _alert(self, model: ChurnModel, op: WriteOp, row: list[float], churn: float, threshold: float) -> ChurnAlert:
         # Derived from the offsets that caused the crossing: a redelivered alert has the same id.
@@ -440,4 +440,3 @@ def _decode(rec: Record, dead: list[Dead]) -> CustomerEvent | None:
         dead.append(Dead(rec, "undecodable", exc))
     metrics.EVENTS_APPLIED.labels("unknown", "dead_lettered").inc()
     return None
-

@@ -127,9 +127,7 @@ class Sweeper:
             )  # fmt: skip
         return report
 
-    async def _partition(
-        self, tp: TopicPartition, now: int, report: SweepReport, stop: asyncio.Event | None
-    ) -> None:
+    async def _partition(self, tp: TopicPartition, now: int, report: SweepReport, stop: asyncio.Event | None) -> None:
         """Read, score and write the partition's due customers step by step until none is left."""
         owner = self.owner
         seen: set[str] = set()

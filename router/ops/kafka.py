@@ -12,7 +12,14 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 
 from router.settings import KafkaSettings
 
-__all__ = ["MIN_INSYNC_REPLICAS", "consumer_config", "ensure_topics", "producer_config", "topic_configs", "topic_partitions"]
+__all__ = [
+    "MIN_INSYNC_REPLICAS",
+    "consumer_config",
+    "ensure_topics",
+    "producer_config",
+    "topic_configs",
+    "topic_partitions",
+]
 
 log = logging.getLogger(__name__)
 

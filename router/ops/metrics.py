@@ -177,7 +177,9 @@ EVENTS_APPLIED = Counter("router_consumer_events_total", "Events handled by the 
 DEAD_LETTERED = Counter("router_consumer_dead_lettered_total", "Events sent to the dead-letter topic", ["reason"])
 DUPLICATES = Counter("router_consumer_duplicates_total", "Events skipped as already applied", ["kind"])
 RECORD_CACHE = Counter(
-    "router_consumer_record_cache_total", "Customer records the consumer took from its cache or read from Redis", ["result"]
+    "router_consumer_record_cache_total",
+    "Customer records the consumer took from its cache or read from Redis",
+    ["result"],
 )
 LATE_EVENTS = Counter("router_consumer_late_events_total", "Events beyond the lateness bound")
 BATCH_SIZE = Histogram(
@@ -245,7 +247,10 @@ OUTBOX_DEPTH = Gauge(
     multiprocess_mode="max",
 )
 OUTBOX_DEAD_LETTERS = Gauge(
-    "router_connector_dead_letters", "Write-backs given up on, waiting for an operator", ["connector"], multiprocess_mode="max"
+    "router_connector_dead_letters",
+    "Write-backs given up on, waiting for an operator",
+    ["connector"],
+    multiprocess_mode="max",
 )
 CONNECTOR_POLLS = Counter(
     "router_connector_polls_total", "Searches of a followed helpdesk (RT) for new tickets", ["connector", "result"]

@@ -405,9 +405,7 @@ def decide(policy: Policy, inp: DecisionInput, received_at: datetime) -> PolicyD
         sla_tier = tier
     if inp.known and pct is not None:
         top = _top(pct)
-        reasons.append(
-            f"Top {top} % customer by value" if top <= 50 else f"Value score {pct:.0f}/100: {tier} service"
-        )
+        reasons.append(f"Top {top} % customer by value" if top <= 50 else f"Value score {pct:.0f}/100: {tier} service")
 
     # 3. SLA deadline.
     prio = inp.priority if inp.priority in _PRIORITY_SET else "normal"
@@ -446,6 +444,4 @@ def decide(policy: Policy, inp: DecisionInput, received_at: datetime) -> PolicyD
     if not actions:
         actions.append(p._fallback)
 
-    return PolicyDecision(
-        tier=tier, sla=sla, escalation=escalation, actions=actions, reasons=reasons[:MAX_REASONS]
-    )
+    return PolicyDecision(tier=tier, sla=sla, escalation=escalation, actions=actions, reasons=reasons[:MAX_REASONS])

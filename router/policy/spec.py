@@ -445,18 +445,14 @@ class PolicySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             for prio in PRIORITIES:
                 cal = getattr(targets, prio).calendar
                 if cal not in self.calendars:
-                    raise _Invalid(
-                        f"sla.{tier}.{prio}.calendar", f"unknown calendar {cal!r}{self._known_calendars()}"
-                    )
+                    raise _Invalid(f"sla.{tier}.{prio}.calendar", f"unknown calendar {cal!r}{self._known_calendars()}")
         seen: set[str] = set()
         for i, rule in enumerate(self.routing):
             if rule.name in seen:
                 raise _Invalid(f"routing[{i}].name", f"duplicate rule name {rule.name!r}")
             seen.add(rule.name)
             if rule.action is not None and rule.action not in self.actions:
-                raise _Invalid(
-                    f"routing[{i}].action", f"unknown action {rule.action!r}{self._known_actions()}"
-                )
+                raise _Invalid(f"routing[{i}].action", f"unknown action {rule.action!r}{self._known_actions()}")
         for i, nba in enumerate(self.next_best_action.rules):
             if nba.action not in self.actions:
                 raise _Invalid(

@@ -260,11 +260,7 @@ def _lists(snap: Snapshot | None, index: tuple[str, str, str]) -> bool:
 
 def stored_score_exact(stored: Scores | None, model: ChurnModel, as_of: int) -> bool:
     """Is the stored score what ``model`` returns for the stored snapshot at ``as_of``?"""
-    return (
-        stored is not None
-        and stored.model_id == model.model_id != ""
-        and stored.as_of <= as_of < stored.valid_until
-    )
+    return stored is not None and stored.model_id == model.model_id != "" and stored.as_of <= as_of < stored.valid_until
 
 
 def _with_text_sentiment(history: float | None, text: float | None) -> float | None:

@@ -308,7 +308,9 @@ async def _simulate_base(
             for prices in price_sets:
                 scores = assess(snap, row, p, scoring, prices)
                 pct = distribution.percentile(scores.clv.value)
-                inputs.append(policy_input(REPRESENTATIVE_CONTACT, snap, row, scores, p, pct, scores.sentiment, override))
+                inputs.append(
+                    policy_input(REPRESENTATIVE_CONTACT, snap, row, scores, p, pct, scores.sentiment, override)
+                )
             tally.add(h, inputs[0], at, inputs[-1] if len(inputs) > 1 else None)
         done += len(rows)
         await progress("customers", done, total)
@@ -371,9 +373,7 @@ class _Replay:
         )  # fmt: skip
 
 
-async def _replay(
-    reader: AuditReader, tally: _Replay, *, throttle: Throttle, progress: Progress, chunk: int
-) -> None:
+async def _replay(reader: AuditReader, tally: _Replay, *, throttle: Throttle, progress: Progress, chunk: int) -> None:
     done = 0
     async for rec in reader.between(tally.now - tally.days * 86_400, tally.now, chunk=chunk):
         if isinstance(rec, AuditRecord):
@@ -413,9 +413,7 @@ async def simulate(
     t0 = time.perf_counter()
     throttle = Throttle(cpu_share)
     base = _Base(current, draft, sample)
-    await _simulate_base(
-        store, model, scoring, base, now=started, throttle=throttle, progress=progress, chunk=chunk
-    )
+    await _simulate_base(store, model, scoring, base, now=started, throttle=throttle, progress=progress, chunk=chunk)
     replay = _Replay(current, draft, days, started)
     await _replay(reader, replay, throttle=throttle, progress=progress, chunk=chunk * 2)
     return SimulationReport(

@@ -71,7 +71,9 @@ class Follower:
                 self.kind, announced.version, announced.path, exc,
             )  # fmt: skip
             return False
-        log.info("following the announced %s %s (%s, by %s)", self.kind, announced.version, announced.path, announced.by)
+        log.info(
+            "following the announced %s %s (%s, by %s)", self.kind, announced.version, announced.path, announced.by
+        )
         return True
 
     async def start(self) -> None:

@@ -167,6 +167,7 @@ class Keys:
 
     def ticket_routed(self, connector: str, ticket: str) -> str:
         return f"{self.prefix}:{{cx}}:dd:{connector}:{ticket}"
+
     # -- scans (the policy simulation reads the whole population) -----------------------------
 
     def customer_pattern(self) -> str:

@@ -183,7 +183,9 @@ class Outbox:
         if not connectors:
             return []
         names = {self.keys.outbox(c): c for c in connectors}
-        reply: Any = await self.client.xreadgroup(GROUP, consumer, dict.fromkeys(names, ">"), count=count, block=block_ms)
+        reply: Any = await self.client.xreadgroup(
+            GROUP, consumer, dict.fromkeys(names, ">"), count=count, block=block_ms
+        )
         return [
             _delivery(names[_text(stream) or ""], entry_id, fields)
             for stream, entries in _streams(reply)
@@ -199,15 +201,27 @@ class Outbox:
         return [_delivery(connector, entry_id, fields, taken_over=True) for entry_id, fields in entries if fields]
 
     async def landed(self, d: Delivery, record: bytes, now: float) -> None:
-        keys = [self.keys.outbox(d.connector), self.keys.outbox_landed(d.connector), self.keys.connector_health(d.connector)]
+        keys = [
+            self.keys.outbox(d.connector),
+            self.keys.outbox_landed(d.connector),
+            self.keys.connector_health(d.connector),
+        ]
         await self._landed(keys, [GROUP, d.entry_id, record, _LANDED_KEEP, repr(now)])
 
     async def later(self, d: Delivery, job: bytes, due: float, now: float, cause: str) -> None:
-        keys = [self.keys.outbox(d.connector), self.keys.outbox_later(d.connector), self.keys.connector_health(d.connector)]
+        keys = [
+            self.keys.outbox(d.connector),
+            self.keys.outbox_later(d.connector),
+            self.keys.connector_health(d.connector),
+        ]
         await self._later(keys, [GROUP, d.entry_id, job, int(due * 1000), repr(now), cause])
 
     async def dead(self, d: Delivery, job: bytes, now: float, cause: str) -> None:
-        keys = [self.keys.outbox(d.connector), self.keys.outbox_dead(d.connector), self.keys.connector_health(d.connector)]
+        keys = [
+            self.keys.outbox(d.connector),
+            self.keys.outbox_dead(d.connector),
+            self.keys.connector_health(d.connector),
+        ]
         await self._dead(keys, [GROUP, d.entry_id, job, _DEAD_KEEP, repr(now), cause])
 
     async def promote(self, connector: str, now: float, limit: int = 100) -> int:
@@ -225,7 +239,9 @@ class Outbox:
 
     async def requeue(self, connector: str, entry_id: str, job: bytes) -> bool:
         """Move one dead letter back into the outbox (with ``job`` as it should be retried)."""
-        moved: Any = await self._requeue([self.keys.outbox_dead(connector), self.keys.outbox(connector)], [entry_id, job])
+        moved: Any = await self._requeue(
+            [self.keys.outbox_dead(connector), self.keys.outbox(connector)], [entry_id, job]
+        )
         return bool(moved)
 
     async def recent_landed(self, connector: str, count: int = 100) -> list[bytes]:

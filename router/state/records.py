@@ -33,6 +33,7 @@ __all__ = [
     "record_of",
 ]
 
+
 class Scores(msgspec.Struct, array_like=True):
     """Scores derived from the snapshot when it was last written (not part of the fold)."""
 

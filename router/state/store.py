@@ -117,7 +117,9 @@ end
 # shard counts a customer does not matter, and a batch costs one HINCRBY(FLOAT) per distinct
 # field, not one per field and shard (HINCRBYFLOAT is ~4 us inside a script; a batch touched
 # ~1,800 of them).
-_APPLY_LUA = _DELTAS_LUA + r"""
+_APPLY_LUA = (
+    _DELTAS_LUA
+    + r"""
 local ops = cmsgpack.unpack(ARGV[1])
 local dues = ARGV[2] and cmsgpack.unpack(ARGV[2]) or {}
 local n = #ops
@@ -156,6 +158,7 @@ if whole and ARGV[3] then
 end
 return ok
 """
+)
 
 # The sweep's write (router.ingest.sweep): new scores of customers whose snapshot did not change.
 # KEYS: the customers' hashes, one CLV histogram shard, one KPI shard, the partition's due index
@@ -166,7 +169,9 @@ return ok
 # if the stored offsets are still the expected ones; the new offsets differ from them (SWEEP_MARK),
 # so an event writer that read before loses instead.
 # Returns 1/0 per customer.
-_RESCORE_LUA = _DELTAS_LUA + r"""
+_RESCORE_LUA = (
+    _DELTAS_LUA
+    + r"""
 local ops = cmsgpack.unpack(ARGV[1])
 local n = #ops
 local due_key = KEYS[n + 3]
@@ -191,6 +196,7 @@ end
 flush_deltas(hist, kpi, KEYS[n + 1], KEYS[n + 2])
 return ok
 """
+)
 
 # Many customers' records in one call (KEYS share a hash tag on Redis Cluster).
 _READ_MANY_LUA = """
@@ -888,7 +894,9 @@ class StateStore:
 
     async def scan_overrides(self) -> dict[str, Override]:
         """Every tier override in force, by the customer's keyed hash (few: people set them)."""
-        hashes = [customer_hash_of(k) async for k in self.client.scan_iter(match=self.keys.override_pattern(), count=1000)]
+        hashes = [
+            customer_hash_of(k) async for k in self.client.scan_iter(match=self.keys.override_pattern(), count=1000)
+        ]
         pipe = self.client.pipeline(transaction=False)
         for h in hashes:
             pipe.get(self.keys.override(h))

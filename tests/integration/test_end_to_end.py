@@ -78,7 +78,9 @@ def _big_spender(cid: str) -> list[CustomerEvent]:
     ]  # fmt: skip
     for i in range(40):
         t = start + timedelta(days=10 * i)
-        events.append(OrderPlaced(event_id=f"{cid}-o{i}", customer_id=cid, occurred_at=t, order_id=f"o{i}", amount=25_000.0))
+        events.append(
+            OrderPlaced(event_id=f"{cid}-o{i}", customer_id=cid, occurred_at=t, order_id=f"o{i}", amount=25_000.0)
+        )
     for d in range(60, 0, -1):
         events.append(Usage(event_id=f"{cid}-u{d}", customer_id=cid, occurred_at=NOW - timedelta(days=d), logins=40,
                             features_used=30))  # fmt: skip

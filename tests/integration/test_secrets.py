@@ -14,9 +14,7 @@ from tests.conftest import SettingsFactory
 from tests.support.api_support import GENERIC_SECRET, KEY_SPEC, KEYS, ZENDESK_SECRET, api_settings, auth, live_server
 
 
-def test_api_and_consumer_read_secrets_from_files_and_never_log_them(
-    settings: SettingsFactory, tmp_path: Path
-) -> None:
+def test_api_and_consumer_read_secrets_from_files_and_never_log_them(settings: SettingsFactory, tmp_path: Path) -> None:
     s = api_settings(settings, api={"log_level": "debug"})
     files = {
         "ROUTER_AUTH_KEYS": KEY_SPEC,

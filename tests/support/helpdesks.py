@@ -125,7 +125,11 @@ class FakeHelpdesk:
                     fake.seen.append(seen)
                     status, answer = 0, None
                     fault = next(
-                        (f for f in fake._faults if f.times > 0 and (f.only is None or f.only in f"{self.command} {parsed.path}")),
+                        (
+                            f
+                            for f in fake._faults
+                            if f.times > 0 and (f.only is None or f.only in f"{self.command} {parsed.path}")
+                        ),
                         None,
                     )
                     if fault is not None:
@@ -232,16 +236,23 @@ class FakeZendesk(FakeHelpdesk):
             return self.problem("Update Ticket: priority must be urgent, high, normal or low")
         if "group_id" in u and not isinstance(u["group_id"], int):
             return self.problem("Update Ticket: group_id is an integer")
-        if "tags" in u and not (isinstance(u["tags"], list) and all(isinstance(x, str) and x and " " not in x for x in u["tags"])):
+        if "tags" in u and not (
+            isinstance(u["tags"], list) and all(isinstance(x, str) and x and " " not in x for x in u["tags"])
+        ):
             return self.problem("Update Ticket: tags is a list of strings without spaces")
         for f in u.get("custom_fields", []):
             if not (isinstance(f, dict) and set(f) == {"id", "value"} and isinstance(f["id"], int)):
                 return self.problem("Update Ticket: custom_fields is a list of {id, value}")
         c = u.get("comment")
-        if c is not None and not (isinstance(c, dict) and isinstance(c.get("body"), str) and c["body"] and isinstance(c.get("public"), bool)):
+        if c is not None and not (
+            isinstance(c, dict) and isinstance(c.get("body"), str) and c["body"] and isinstance(c.get("public"), bool)
+        ):
             return self.problem("Update Ticket: comment is {body, public}")
         if u.get("safe_update") and u.get("updated_stamp") != t["updated_at"]:
-            return 409, {"error": "UpdateConflict", "description": "Safe Update prevented the update due to outdated ticket data."}
+            return 409, {
+                "error": "UpdateConflict",
+                "description": "Safe Update prevented the update due to outdated ticket data.",
+            }
         for key in ("priority", "group_id", "tags"):
             if key in u:
                 t[key] = u[key]

@@ -18,5 +18,9 @@ def test_readme_layout_names_every_package_and_no_stale_module() -> None:
     packages = sorted(p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "router").glob("*/__init__.py"))
     missing = [p for p in packages if f"`{p}/`" not in README]
     assert not missing, f"README layout table misses {missing}"
-    root_modules = sorted(p.name for p in (ROOT / "router").glob("*.py") if p.name not in {"__init__.py", "__main__.py"})
-    assert root_modules == ["cli.py", "errors.py", "settings.py"], f"router/ root holds more than CLI, settings, errors: {root_modules}"
+    root_modules = sorted(
+        p.name for p in (ROOT / "router").glob("*.py") if p.name not in {"__init__.py", "__main__.py"}
+    )
+    assert root_modules == ["cli.py", "errors.py", "settings.py"], (
+        f"router/ root holds more than CLI, settings, errors: {root_modules}"
+    )

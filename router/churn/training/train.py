@@ -74,9 +74,7 @@ def _sigmoid(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _fit(
-    X: npt.NDArray[np.float32], y: npt.NDArray[np.int8], seed: int, params: dict[str, Any], trees: int
-) -> Any:
+def _fit(X: npt.NDArray[np.float32], y: npt.NDArray[np.int8], seed: int, params: dict[str, Any], trees: int) -> Any:
     import lightgbm as lgb
 
     booster = lgb.train(dict(params, seed=seed), lgb.Dataset(X, label=y, free_raw_data=True), num_boost_round=trees)

@@ -13,8 +13,6 @@ from tests.support.api_support import api_settings
 TODAY = datetime.now(UTC).date()
 
 
-
-
 async def test_an_expired_key_gets_401_and_a_key_valid_today_works(settings: SettingsFactory) -> None:
     yesterday = (TODAY - timedelta(days=1)).isoformat()
     spec = (

@@ -362,7 +362,11 @@ async def test_cost_to_serve_lowers_clv_and_shows_in_the_view_the_reasons_and_th
     prices = load_policy(s.policy.path).service_prices
     async with state_store(s) as store:
         snap = await read_snapshot(store, "NEEDY")
-    assert snap is not None and (snap.contacts, snap.timed_tickets, snap.handling_s) == ([0, 0, 0, 0, 0, 80], 40, 40 * 7200)
+    assert snap is not None and (snap.contacts, snap.timed_tickets, snap.handling_s) == (
+        [0, 0, 0, 0, 0, 80],
+        40,
+        40 * 7200,
+    )
     assert support_cost(snap, prices) == pytest.approx(40 * 9.0 + 80 * 42.0)  # 40 calls priced, 40 by the hour
     async with AsyncTestClient(app=create_app(s)) as client:
         v = (await client.get("/v1/customers/NEEDY", headers=auth("ops"))).json()

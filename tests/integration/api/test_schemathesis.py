@@ -84,7 +84,11 @@ def _phone_numbers() -> list[str]:
         for kind in (phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE):
             number = phonenumbers.example_number_for_type(region, kind)
             e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-            numbers += [e164, "00" + e164[1:], phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)]
+            numbers += [
+                e164,
+                "00" + e164[1:],
+                phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL),
+            ]
             if region == "DE":  # the default region: national notation works too
                 numbers.append(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL))
     return [n for n in numbers if len(n) <= 32]
@@ -183,7 +187,9 @@ def _call_and_validate(case: Any, base: str) -> None:
     if not broken_headers:
         # the key goes where the case put its credential: X-API-Key, or the Bearer or Basic alternative
         scheme = next((str(v).split(" ", 1)[0].lower() for k, v in kwargs["headers"].items() if k.lower() == "authorization"), None)  # fmt: skip
-        kwargs["headers"] = {k: v for k, v in kwargs["headers"].items() if k.lower() not in ("x-api-key", "authorization")}
+        kwargs["headers"] = {
+            k: v for k, v in kwargs["headers"].items() if k.lower() not in ("x-api-key", "authorization")
+        }
         if scheme == "basic":
             kwargs["headers"]["Authorization"] = "Basic " + base64.b64encode(f"fuzz:{FUZZ_KEY}".encode()).decode()
         elif scheme is not None:

@@ -52,7 +52,9 @@ def shop_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_backtest_command_reports_both_methods(shop_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_backtest_command_reports_both_methods(
+    shop_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from router.cli import main
 
     out = tmp_path / "report.md"

@@ -108,7 +108,11 @@ def test_vip_and_unknown_requesters_are_routed_in_rt_within_two_seconds(
         for requestor in (VIP_EMAIL.lower(), "stranger@nowhere.example"):
             number = create_ticket(rt, requestor)
             created = time.time()  # RT answered 201: the ticket exists
-            done = wait_for(f"ticket {number}'s write-back", lambda: [x for x in landed(s, "rt") if x.ticket == str(number)], 15)  # noqa: B023
+            done = wait_for(
+                f"ticket {number}'s write-back",
+                lambda: [x for x in landed(s, "rt") if x.ticket == str(number)],  # noqa: B023
+                15,
+            )
             # within 2 s of the ticket's creation, as the issue asks
             assert done[0].landed_at - created < 2.0, (done[0], created)
             tickets.append(number)

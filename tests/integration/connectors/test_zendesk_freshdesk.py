@@ -38,7 +38,12 @@ from tests.support.api_support import (
 from tests.support.connectors import ConnectProcess, connect_process, outbox_status, wait_for
 from tests.support.helpdesks import FakeFreshdesk, FakeZendesk
 
-ZD_EMAIL, ZD_TOKEN, FD_KEY, FD_TOKEN = "agent@example.com", "zendesk-api-token", "freshdesk-api-key", "fd-inbound-0123456789"
+ZD_EMAIL, ZD_TOKEN, FD_KEY, FD_TOKEN = (
+    "agent@example.com",
+    "zendesk-api-token",
+    "freshdesk-api-key",
+    "fd-inbound-0123456789",
+)
 CONFIG = """
 [zendesk]
 url = "{zendesk}"
@@ -120,7 +125,11 @@ def test_zendesk_template_values_are_routed_and_written_back_once(stack: Stack) 
     assert put["tags"][0] == "from_crm" and {"router_tier_vip", "router_role_senior_advisor"} <= set(put["tags"])
     assert {"id": 9001, "value": "vip"} in put["custom_fields"] and put["safe_update"] is True
     assert note["public"] is False  # an internal note, never shown to the customer
-    assert routing["decision_id"] in note["body"] and "tier VIP (known customer)" in note["body"] and "Why:" in note["body"]
+    assert (
+        routing["decision_id"] in note["body"]
+        and "tier VIP (known customer)" in note["body"]
+        and "Why:" in note["body"]
+    )
 
     # Every placeholder blank: the default routing (a 400 here would trip Zendesk's circuit breaker).
     r = _zendesk(client, {"id": 4712, "priority": "", "channel": "", "category": "",

@@ -160,7 +160,9 @@ def test_decision_search_by_id_customer_and_time(server: Settings) -> None:
         ).json()
         time.sleep(0.3)  # the audit writer lingers a few milliseconds
         csrf = sign_in(c, "helpdesk")
-        by_id = c.post("/console/decisions", data={"csrf": csrf, "by": "decision", "decision_id": decided["decision_id"]})
+        by_id = c.post(
+            "/console/decisions", data={"csrf": csrf, "by": "decision", "decision_id": decided["decision_id"]}
+        )
         assert decided["decision_id"] in by_id.text and decided["reasons"][0] in by_id.text
         by_customer = c.post("/console/decisions", data={"csrf": csrf, "by": "customer", "kind": "id", "value": "S001"})
         assert decided["decision_id"] in by_customer.text
@@ -172,7 +174,9 @@ def test_decision_search_by_id_customer_and_time(server: Settings) -> None:
         )
         assert decided["decision_id"] in by_time.text and now
         other = "VIP" if decided["tier"] != "VIP" else "Basic"
-        none = c.post("/console/decisions", data={"csrf": csrf, "by": "time", "start": start, "end": end, "tier": other})
+        none = c.post(
+            "/console/decisions", data={"csrf": csrf, "by": "time", "start": start, "end": end, "tier": other}
+        )
         assert decided["decision_id"] not in none.text
 
 
@@ -182,7 +186,11 @@ def test_cli_twin_validates_and_simulates_a_draft(server: Settings, tmp_path: Pa
     bad = tmp_path / "bad.toml"
     bad.write_text(default_policy_text().replace("VIP = 90", "VIP = 60"))
     checked = subprocess.run(
-        [sys.executable, "-m", "router", "policy", "validate", str(bad)], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "router", "policy", "validate", str(bad)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert checked.returncode == 2 and "tiers.cutoffs: VIP cut-off 60 must be above Premium 70" in checked.stderr
     draft = tmp_path / "draft.toml"
@@ -223,7 +231,10 @@ def test_a_simulation_reads_the_customer_base_from_the_replica_it_is_given(serve
     replica = start_redis(dir=tmp_path / "replica")
     try:
         primary = redis.Redis.from_url(server.redis.url)
-        host, port = primary.connection_pool.connection_kwargs["host"], primary.connection_pool.connection_kwargs["port"]
+        host, port = (
+            primary.connection_pool.connection_kwargs["host"],
+            primary.connection_pool.connection_kwargs["port"],
+        )
         with redis.Redis.from_url(replica.url) as r:
             r.execute_command("REPLICAOF", host, port)
             deadline = time.monotonic() + 60
@@ -256,7 +267,9 @@ def test_a_simulation_reads_the_customer_base_from_the_replica_it_is_given(serve
 
 
 def _simulate(c: httpx.Client, csrf: str, draft: str) -> str:
-    started = c.post("/console/policy", data={"csrf": csrf, "draft": draft, "action": "simulate", "days": "1", "capacity": "5"})
+    started = c.post(
+        "/console/policy", data={"csrf": csrf, "draft": draft, "action": "simulate", "days": "1", "capacity": "5"}
+    )
     assert started.status_code == 303, started.text[-800:]
     url = started.headers["location"]
     deadline = time.monotonic() + 120
@@ -276,7 +289,9 @@ def test_policy_what_if_validates_simulates_applies_and_rolls_back(server: Setti
         draft = draft.replace(old, new)
     with _client(server) as c, _client(server) as api:
         csrf = sign_in(c, "ops")
-        broken = c.post("/console/policy", data={"csrf": csrf, "draft": text.replace("VIP = 90", "VIP = 60"), "action": "validate"})
+        broken = c.post(
+            "/console/policy", data={"csrf": csrf, "draft": text.replace("VIP = 90", "VIP = 60"), "action": "validate"}
+        )
         assert broken.status_code == 422 and "tiers.cutoffs: VIP cut-off 60 must be above Premium 70" in broken.text
         uploaded = c.post(
             "/console/policy", data={"csrf": csrf, "action": "validate", "draft": ""},

@@ -54,9 +54,7 @@ def _logs(run_dir: Path) -> str:
 
 
 @pytest.fixture(params=["private-redis", "external-redis"])
-def dev_process(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+def dev_process(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
     """`router dev` in its own session, its .run/ in tmp_path, with free ports everywhere.
 
     private-redis: ROUTER_REDIS_URL points at a port where nothing listens, so dev must
@@ -130,9 +128,7 @@ def test_dev_serves_the_printed_example_and_leaves_no_orphans(
             continue
         if line is None:
             pytest.fail(
-                f"router dev exited ({proc.wait()}) before it was ready:\n"
-                + "".join(output)
-                + _logs(run_dir / ".run")
+                f"router dev exited ({proc.wait()}) before it was ready:\n" + "".join(output) + _logs(run_dir / ".run")
             )
         output.append(line)
         if line.startswith("curl "):

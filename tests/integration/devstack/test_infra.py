@@ -84,9 +84,7 @@ async def test_ensure_topics_is_idempotent(settings: SettingsFactory) -> None:
     assert await topic_partitions(s.kafka, s.kafka.events_topic + ".missing") == 0
 
 
-async def test_redis_restarts_on_the_same_port(
-    redis_server: RedisServer, redis_client: redis.asyncio.Redis
-) -> None:
+async def test_redis_restarts_on_the_same_port(redis_server: RedisServer, redis_client: redis.asyncio.Redis) -> None:
     assert await redis_client.ping()
     await redis_client.set("infra-test", "1")
     url = redis_server.url

@@ -113,7 +113,9 @@ def test_an_admin_reload_reaches_every_api_worker_and_the_consumer(settings: Set
         _until(lambda: api_b.get("/health/ready").json()["checks"]["model"] == "loaded churn-v2", "B kept churn-v1", 10)
         # So does the consumer: what it writes next is scored by churn-v2 (once it followed: events
         # reach it within milliseconds, the announcement within follow_s).
-        _until(lambda: "replaced by churn-v2" in consumer.tail(100), f"consumer kept churn-v1:\n{consumer.tail(20)}", 10)
+        _until(
+            lambda: "replaced by churn-v2" in consumer.tail(100), f"consumer kept churn-v1:\n{consumer.tail(20)}", 10
+        )
         _feed(a, [_usage("S001", 1)], len(events) + 1)
         rec = _record(a, "S001")
         assert rec.scores is not None and rec.snapshot is not None
@@ -125,9 +127,10 @@ def test_an_admin_reload_reaches_every_api_worker_and_the_consumer(settings: Set
         # A policy reload brings the consumer the new cost-to-serve prices.
         dear = tmp_path / "dear.toml"
         dear.write_text(
-            Path(PolicySettings().path).read_text().replace("phone = 9.0", "phone = 90.0").replace(
-                'version = "2026-11-25.1"', 'version = "2026-11-25.2"'
-            )
+            Path(PolicySettings().path)
+            .read_text()
+            .replace("phone = 9.0", "phone = 90.0")
+            .replace('version = "2026-11-25.1"', 'version = "2026-11-25.2"')
         )
         r = api_a.post("/v1/admin/policy/reload", json={"path": str(dear)}, headers=auth("admin"))
         assert r.status_code == 200 and r.json()["version"] == "2026-11-25.2", r.text

@@ -162,4 +162,3 @@ async def _assigned(worker: Any, timeout: float = 20.0) -> None:
     while not worker.assigned:
         assert time.monotonic() < deadline, "no partition assigned"
         await asyncio.sleep(0.1)
-

@@ -58,8 +58,6 @@ _API_KEY = "ops-test-secret-0123456789abcdef"
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-
-
 @pytest.fixture(scope="session")
 def prom_tools() -> tuple[str, str]:
     """``(prometheus, promtool)``, installed from Debian by the project's script if missing."""
@@ -80,12 +78,6 @@ def _run(*argv: str, cwd: Path | None = None) -> str:
 # --- request metrics middleware -------------------------------------------------------------
 
 
-
-
-
-
-
-
 # --- rules ------------------------------------------------------------------------------------------
 
 
@@ -97,23 +89,7 @@ def test_promtool_checks_and_unit_tests_pass(prom_tools: tuple[str, str]) -> Non
     assert "SUCCESS" in out
 
 
-
-
 # --- deployment files -----------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # --- live scrape ------------------------------------------------------------------------------------
@@ -342,10 +318,16 @@ def test_dashboard_and_rules_query_live_metrics(live_stack: LiveStack) -> None:
         assert prom.query('router_consumer_dead_lettered_total{reason="schema_invalid"} == 1')
         assert prom.query('router_model_info{job="router-api"} == 1')
         assert prom.query('sum(router_http_requests_total{route="/v1/classify",status="4xx"}) == 2')
-        assert not prom.query('ALERTS{alertname=~"RouterModelNotLoaded|RouterConsumerDown|RouterApiDown|RouterConnectDown"}')
+        assert not prom.query(
+            'ALERTS{alertname=~"RouterModelNotLoaded|RouterConsumerDown|RouterApiDown|RouterConnectDown"}'
+        )
         # ... and those of router connect
-        assert prom.query('router_connector_writebacks_total{job="router-connect",connector="zendesk",result="landed"} == 1')
-        assert prom.query('router_connector_writeback_failures_total{job="router-connect",connector="zendesk",cause="refused"} == 1')
+        assert prom.query(
+            'router_connector_writebacks_total{job="router-connect",connector="zendesk",result="landed"} == 1'
+        )
+        assert prom.query(
+            'router_connector_writeback_failures_total{job="router-connect",connector="zendesk",cause="refused"} == 1'
+        )
         assert prom.query('router_connector_dead_letters{job="router-connect",connector="zendesk"} == 1')
         assert prom.query('router_connector_circuit_open{job="router-connect",connector="zendesk"} == 0')
         assert zendesk.problems == []

@@ -104,7 +104,9 @@ def _broken_models(root: Path) -> dict[str, tuple[Path, str]]:
     truncated = _copy_model(root / "truncated")
     truncated.write_bytes(GOOD_MODEL.read_bytes()[:700])
     card = msgspec.json.decode(truncated.with_suffix(".json").read_bytes())
-    card["onnx"]["sha256"] = hashlib.sha256(truncated.read_bytes()).hexdigest()  # so the loader gets as far as ONNX Runtime
+    card["onnx"]["sha256"] = hashlib.sha256(
+        truncated.read_bytes()
+    ).hexdigest()  # so the loader gets as far as ONNX Runtime
     truncated.with_suffix(".json").write_bytes(msgspec.json.encode(card))
     out["truncated onnx"] = (truncated, "not a loadable ONNX model")
 

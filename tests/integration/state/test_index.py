@@ -51,7 +51,9 @@ async def zombie_loses_and_writes_no_index(s: Settings, store: StateStore) -> No
     planner = BatchPlanner(s.stream, s.model, store.hasher, store.keys, None)
     c1, c2 = store.customer_key("Z1"), store.customer_key("Z2")
     now = int(NOW.timestamp())
-    setup = planner.plan({"Z1": [_pending(_profile("Z1", 0, []), 0)]}, [c1], [CustomerRecord(None, {}, None, None)], now)
+    setup = planner.plan(
+        {"Z1": [_pending(_profile("Z1", 0, []), 0)]}, [c1], [CustomerRecord(None, {}, None, None)], now
+    )
     assert await store.apply(setup.ops) == [True]
 
     # The zombie read Z1 before the rebalance and folds Z1's profile that lists the number...

@@ -48,7 +48,9 @@ def test_real_requests_validate_against_the_published_contract(body: dict[str, A
 
 
 def test_the_contract_still_refuses_what_the_service_refuses() -> None:
-    assert _errors({"customer": {"customer_id": "C1", "email": "a@example.com"}}, "#/components/schemas/ClassifyRequest")
+    assert _errors(
+        {"customer": {"customer_id": "C1", "email": "a@example.com"}}, "#/components/schemas/ClassifyRequest"
+    )
     assert _errors({"customer": {"customer_id": "C1"}, "priorty": "high"}, "#/components/schemas/ClassifyRequest")
     assert _errors({"customer": {"phone": "+49" + "0" * 40}}, "#/components/schemas/ClassifyRequest")
     assert _errors({"customer": {"customer_id": "C1"}, "received_at": 20260101}, "#/components/schemas/ClassifyRequest")
@@ -59,7 +61,12 @@ def test_the_reload_path_is_documented_as_a_path() -> None:
 
 
 def _operations() -> list[tuple[str, str, dict[str, Any]]]:
-    return [(m, path, op) for path, item in DOC["paths"].items() for m, op in item.items() if m in ("get", "put", "post", "delete")]
+    return [
+        (m, path, op)
+        for path, item in DOC["paths"].items()
+        for m, op in item.items()
+        if m in ("get", "put", "post", "delete")
+    ]
 
 
 def test_every_429_declares_retry_after_and_every_keyed_operation_accepts_a_bearer_key() -> None:

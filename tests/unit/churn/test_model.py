@@ -121,7 +121,9 @@ def test_corrupt_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not match its card"):
         ChurnModel.load(path)
     card = json.loads(path.with_suffix(".json").read_text())
-    card["onnx"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()  # the card vouches for it: the ONNX parser must catch it
+    card["onnx"]["sha256"] = hashlib.sha256(
+        path.read_bytes()
+    ).hexdigest()  # the card vouches for it: the ONNX parser must catch it
     path.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match="not a loadable ONNX model"):
         ChurnModel.load(path)

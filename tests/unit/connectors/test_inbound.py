@@ -73,7 +73,9 @@ def test_zendesk_template_with_blanks_and_display_text() -> None:
     everything_blank = zendesk.decode_webhook(b'{"ticket": {"id": 1, "priority": "", "channel": "", "requester": {}}}')
     assert everything_blank.customers == () and everything_blank.priority is None
     assert everything_blank.channel == "email"  # Zendesk's usual channel when the template leaves it out
-    all_refs = zendesk.decode_webhook(b'{"ticket": {"id": 2, "requester": {"external_id": "C1", "email": "a@b.co", "phone": "+4930901820"}}}')
+    all_refs = zendesk.decode_webhook(
+        b'{"ticket": {"id": 2, "requester": {"external_id": "C1", "email": "a@b.co", "phone": "+4930901820"}}}'
+    )
     assert [r.customer_id or r.email or r.phone for r in all_refs.customers] == ["C1", "a@b.co", "+4930901820"]
     assert zendesk.decode_webhook(b'{"ticket": {"id": "{{ticket.id}}"}}').ticket == ""  # routed, nothing to write
 

@@ -53,7 +53,14 @@ def test_rt_update_maps_queue_priority_due_and_fields() -> None:
     assert "Queue" not in unmapped and unmapped["CustomFields"] == {"Router tier": "VIP"}
     assert rt_due(datetime(2026, 1, 1, 12, 0, tzinfo=UTC) + timedelta(hours=1)) == "2026-01-01 13:00:00"
     # RT's numeric priority back to a severity: 0 is RT's "not set"
-    assert [rt._severity(v) for v in ("0", "20", "55", "80", "100", "x")] == [None, "low", "normal", "high", "urgent", None]
+    assert [rt._severity(v) for v in ("0", "20", "55", "80", "100", "x")] == [
+        None,
+        "low",
+        "normal",
+        "high",
+        "urgent",
+        None,
+    ]
 
 
 def test_rt_ticket_from_rest2() -> None:
@@ -67,21 +74,35 @@ def test_rt_ticket_from_rest2() -> None:
 
 
 def test_zendesk_update_keeps_the_tickets_own_tags_and_guards_collisions() -> None:
-    zd = ZendeskConnector(ZendeskConfig(url="https://x.zendesk.com", groups={"vip": 7}, tier_field_id=3), "a@b.c", "t", 1.0)
+    zd = ZendeskConnector(
+        ZendeskConfig(url="https://x.zendesk.com", groups={"vip": 7}, tier_field_id=3), "a@b.c", "t", 1.0
+    )
     update = zd.update_of(job(), {"tags": ["crm_gold", "router_tier_premium", "router_role_agent"], "updated_at": "T1"})
-    assert update["tags"] == ["crm_gold", "router_tier_vip", "router_role_senior_advisor", "router_action_retention_offer"]
-    assert update["group_id"] == 7 and update["priority"] == "high" and update["custom_fields"] == [{"id": 3, "value": "vip"}]
+    assert update["tags"] == [
+        "crm_gold",
+        "router_tier_vip",
+        "router_role_senior_advisor",
+        "router_action_retention_offer",
+    ]
+    assert (
+        update["group_id"] == 7
+        and update["priority"] == "high"
+        and update["custom_fields"] == [{"id": 3, "value": "vip"}]
+    )
     assert update["comment"] == {"body": note_text(job()), "public": False}
     assert update["safe_update"] is True and update["updated_stamp"] == "T1"
     assert "group_id" not in zd.update_of(job(queue="nowhere"), {}) and "safe_update" not in zd.update_of(job(), {})
     assert zd.client.headers["authorization"].startswith("Basic ")
-    assert ZendeskConnector(ZendeskConfig(url="https://x.zendesk.com"), "", "oauth", 1.0).client.headers[
-        "authorization"
-    ] == "Bearer oauth"
+    assert (
+        ZendeskConnector(ZendeskConfig(url="https://x.zendesk.com"), "", "oauth", 1.0).client.headers["authorization"]
+        == "Bearer oauth"
+    )
 
 
 def test_freshdesk_update_moves_resolution_only_when_it_would_come_first() -> None:
-    fd = FreshdeskConnector(FreshdeskConfig(url="https://x.freshdesk.com", groups={"vip": 5}, tier_field="cf_tier"), "k", 1.0)
+    fd = FreshdeskConnector(
+        FreshdeskConfig(url="https://x.freshdesk.com", groups={"vip": 5}, tier_field="cf_tier"), "k", 1.0
+    )
     later = fd.update_of(job(), {"tags": ["a"], "due_by": "2026-12-09T00:00:00Z"})
     assert later == {"priority": 3, "group_id": 5, "fr_due_by": "2026-12-07T09:30:00Z",
                      "tags": ["a", "router_tier_vip", "router_role_senior_advisor", "router_action_retention_offer"],
@@ -173,7 +194,10 @@ def test_connector_file_example_loads_and_mistakes_name_their_place(tmp_path: Pa
     assert load_connectors("").names == []
     bad = tmp_path / "c.toml"
     for text, says in (
-        ('[zendesk]\nurl = "https://x.zendesk.com"\ndefault_group = "one"\n', "got `str` - at `$.zendesk.default_group`"),
+        (
+            '[zendesk]\nurl = "https://x.zendesk.com"\ndefault_group = "one"\n',
+            "got `str` - at `$.zendesk.default_group`",
+        ),
         ('[zendesk]\nurl = "https://x.zendesk.com"\n[zendesk.groups]\nvip = "one"\n', "$.zendesk.groups"),
         ('[rt]\nurl = "https://rt"\ncolour = "blue"\n', "colour"),
         ('[freshdesk]\nurl = "ftp://x.example.com"\n', "freshdesk.url"),

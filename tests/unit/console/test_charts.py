@@ -23,8 +23,8 @@ def test_tier_mix_draws_shares_with_targets_and_is_titled() -> None:
     assert root.get("role") == "img" and root.get("aria-label") == "Tier mix"
     assert svg.count('class="target"') == 4
     assert "60.0 % (60)" in svg
-    vip, = _widths(svg, "bar tier-VIP")
-    standard, = _widths(svg, "bar tier-Standard")
+    (vip,) = _widths(svg, "bar tier-VIP")
+    (standard,) = _widths(svg, "bar tier-Standard")
     assert abs(standard - 6 * vip) < 0.5  # drawn to a tenth of a unit
 
 

@@ -13,14 +13,24 @@ from schemas.api import Decision, ScoreCard
 
 TEXT = (Path(__file__).resolve().parents[3] / "router" / "policy" / "default.toml").read_text()
 CURRENT = policy_from_text(TEXT)
-DRAFT = policy_from_text(TEXT.replace("VIP = 90", "VIP = 80").replace('version = "2026-11-25.1"', 'version = "2026-12-01.1"'))
+DRAFT = policy_from_text(
+    TEXT.replace("VIP = 90", "VIP = 80").replace('version = "2026-11-25.1"', 'version = "2026-12-01.1"')
+)
 AT = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 
 
 def _input(pct: float, **kw: object) -> DecisionInput:
     base: dict[str, object] = dict(
-        known=True, clv_percentile=pct, churn=0.1, upsell=0.2, advocacy=0.5, sentiment=0.0, segment="smb",
-        channel="email", category="general", priority="normal",
+        known=True,
+        clv_percentile=pct,
+        churn=0.1,
+        upsell=0.2,
+        advocacy=0.5,
+        sentiment=0.0,
+        segment="smb",
+        channel="email",
+        category="general",
+        priority="normal",
     )
     base.update(kw)
     return DecisionInput(**base)  # type: ignore[arg-type]

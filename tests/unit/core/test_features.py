@@ -59,7 +59,12 @@ def test_a_dormant_customer_keeps_its_lifetime_features_after_the_windows_forget
 
 def test_one_order_or_none_leaves_the_gaps_at_zero() -> None:
     one = _row([_order(5)], 20)
-    assert (one["orders_total"], one["days_since_last_order"], one["order_age_days"], one["order_recency_days"]) == (1, 15, 15, 0)
+    assert (one["orders_total"], one["days_since_last_order"], one["order_age_days"], one["order_recency_days"]) == (
+        1,
+        15,
+        15,
+        0,
+    )
     assert one["mean_order_gap_days"] == one["last_order_gap_days"] == one["expected_activity_ratio"] == 0
     usage_only = _row([Usage(event_id="u1", customer_id="C1", occurred_at=T0, logins=3)], 20)
     assert all(usage_only[n] == 0 for n in FEATURE_NAMES[F["orders_total"] :])
@@ -69,7 +74,13 @@ def test_the_clock_features_move_as_their_origins_say() -> None:
     snap = fold_all([_order(0), _order(10), _order(25)], lateness_s=400 * DAY, hasher=HASHER)
     assert snap is not None
     names = [FEATURE_NAMES[f] for f in CLOCK_FEATURES]
-    assert names == ["tenure_days", "days_since_last_interaction", "days_since_last_order", "order_age_days", "expected_activity_ratio"]
+    assert names == [
+        "tenure_days",
+        "days_since_last_interaction",
+        "days_since_last_order",
+        "order_age_days",
+        "expected_activity_ratio",
+    ]
     as_of = int((T0 + timedelta(days=60)).timestamp())
     row = features(snap, as_of)
     for f, (origin, rate) in zip(CLOCK_FEATURES, clock_origins(snap), strict=True):
@@ -77,7 +88,9 @@ def test_the_clock_features_move_as_their_origins_say() -> None:
         assert row[f] == pytest.approx((as_of - origin) / DAY * rate)
     # everything else stays put between events (no window edges this far after the last order)
     later = features(snap, as_of + 3 * DAY)
-    assert [v for i, v in enumerate(row) if i not in CLOCK_FEATURES] == [v for i, v in enumerate(later) if i not in CLOCK_FEATURES]
+    assert [v for i, v in enumerate(row) if i not in CLOCK_FEATURES] == [
+        v for i, v in enumerate(later) if i not in CLOCK_FEATURES
+    ]
 
 
 @given(

@@ -34,14 +34,23 @@ def test_revenue_churn_and_nrr_follow_their_definitions() -> None:
     assert r.net_revenue_retention == pytest.approx((start + 50.0 - 20.0 - 230.0) / start, abs=1e-4)
     assert r.customer_churn_rate == pytest.approx(1 / (3 - 1 + 1), abs=1e-4)
     assert r.net_expansion_mrr == 30.0 and r.arr == 10_800.0 and r.clv_to_cac == 5.0
-    assert {t.tier: t.customers for t in r.tiers} == {"VIP": 0, "Premium": 1, "Standard": 3, "Basic": 0}  # percentiles 12.5, 37.5, 62.5, 87.5
+    assert {t.tier: t.customers for t in r.tiers} == {
+        "VIP": 0,
+        "Premium": 1,
+        "Standard": 3,
+        "Basic": 0,
+    }  # percentiles 12.5, 37.5, 62.5, 87.5
     assert churn_summary(counters.churn_hist) == (pytest.approx((7.5 * 3 + 77.5) / 4), 0.25)
 
 
 def test_a_cancellation_is_counted_on_its_event_day() -> None:
     at = datetime.fromtimestamp(TODAY * DAY + 3600, UTC)
     kpi: dict[str, float] = {}
-    daily_kpis(kpi, SubscriptionChanged(event_id="s", customer_id="c", occurred_at=at, change="cancel", mrr_delta=-40.0), created=False)
+    daily_kpis(
+        kpi,
+        SubscriptionChanged(event_id="s", customer_id="c", occurred_at=at, change="cancel", mrr_delta=-40.0),
+        created=False,
+    )
     assert kpi == {f"d:{TODAY}:cancellations": 1.0, f"d:{TODAY}:churned_mrr": 40.0}
 
 

@@ -162,7 +162,9 @@ def test_an_outcome_alone_creates_no_customer() -> None:
     snap, result = fold(None, outcome, lateness_s=LATE, hasher=HASHER)
     assert snap.customer_id == "" and snap.outcome is None, "an outcome alone created a customer"
     assert result is Applied.IGNORED
-    known, _ = fold(None, Usage(event_id="u", customer_id="C1", occurred_at=T0, logins=1), lateness_s=LATE, hasher=HASHER)
+    known, _ = fold(
+        None, Usage(event_id="u", customer_id="C1", occurred_at=T0, logins=1), lateness_s=LATE, hasher=HASHER
+    )
     later = Outcome(event_id="f2", customer_id="C1", occurred_at=T0 + timedelta(hours=1), outcome="renewed")
     known, result = fold(known, later, lateness_s=LATE, hasher=HASHER)
     assert result is Applied.APPLIED and known.outcome == "renewed"
@@ -187,7 +189,9 @@ def test_contact_counts_cover_every_channel_and_severity_the_contract_allows() -
 
 
 def _order_at(day: float, i: int) -> OrderPlaced:
-    return OrderPlaced(event_id=f"o{i}", customer_id="C1", occurred_at=T0 + timedelta(days=day), order_id=f"o{i}", amount=10.0)
+    return OrderPlaced(
+        event_id=f"o{i}", customer_id="C1", occurred_at=T0 + timedelta(days=day), order_id=f"o{i}", amount=10.0
+    )
 
 
 def test_order_times_are_the_same_whatever_the_arrival_order_and_duplicates() -> None:

@@ -108,12 +108,6 @@ def test_ten_times_more_customers_stays_fast() -> None:
     assert time.monotonic() - began < 10
 
 
-
-
-
-
-
-
 def test_cli_generate_writes_the_same_history(tmp_path: Path) -> None:
     from router.cli import main
 

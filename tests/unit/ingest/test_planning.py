@@ -56,7 +56,9 @@ class FixedModel:
         return []
 
 
-def _record(event: Any, partition: int = 0, offset: int = 0, value: bytes | None = None) -> ConsumerRecord[bytes, bytes]:
+def _record(
+    event: Any, partition: int = 0, offset: int = 0, value: bytes | None = None
+) -> ConsumerRecord[bytes, bytes]:
     raw = _enc.encode(event) if value is None else value
     return ConsumerRecord(
         topic="events", partition=partition, offset=offset, timestamp=0, timestamp_type=0,
@@ -101,7 +103,10 @@ def test_triage_dead_letters_poison_and_splits_customers_into_disjoint_lanes() -
     # a small batch (low load) is one lane: fewer round trips, and the freshest state
     assert len(planner.triage({TopicPartition("events", 0): records[:20]}, time.time()).lanes) == 1
     headers = dict(triage.dead[0].headers())
-    assert headers["dlq.origin.offset"] in {str(n + k).encode() for k in range(3)} and "'" not in headers["dlq.error.message"].decode()
+    assert (
+        headers["dlq.origin.offset"] in {str(n + k).encode() for k in range(3)}
+        and "'" not in headers["dlq.error.message"].decode()
+    )
 
 
 def test_a_new_customer_is_indexed_counted_and_scored() -> None:
@@ -214,7 +219,9 @@ def test_rescore_takes_customers_without_a_live_snapshot_out_of_the_index() -> N
     (op,) = _plan(planner, [_profile()]).ops
     erase = ErasureRequested(event_id="e1", customer_id="C1", occurred_at=NOW)
     (gone,) = _plan(planner, [erase], _stored(op), first_offset=1).ops
-    plan = planner.rescore(["h-gone", "h-none"], [_stored(gone), CustomerRecord(None, {}, None, None)], 3, int(NOW.timestamp()))
+    plan = planner.rescore(
+        ["h-gone", "h-none"], [_stored(gone), CustomerRecord(None, {}, None, None)], 3, int(NOW.timestamp())
+    )
     assert [o.due_at for o in plan.ops] == [None, None] and [o.partition for o in plan.ops] == [3, 3]
     assert plan.alerts == [] and all(o.kpi == {} for o in plan.ops)
 

@@ -73,9 +73,7 @@ def test_listed_closures_add_to_the_public_holidays() -> None:
 
 
 def _last_holiday(calendar: str) -> float | None:
-    return REGISTRY.get_sample_value(
-        "router_policy_calendar_last_holiday_timestamp_seconds", {"calendar": calendar}
-    )
+    return REGISTRY.get_sample_value("router_policy_calendar_last_holiday_timestamp_seconds", {"calendar": calendar})
 
 
 def test_the_last_known_holiday_is_reported_per_calendar() -> None:

@@ -58,9 +58,7 @@ def customer(**kw: Any) -> DecisionInput:
 
 
 def unknown(**kw: Any) -> DecisionInput:
-    return customer(
-        known=False, clv_percentile=None, churn=None, upsell=None, advocacy=None, sentiment=None, **kw
-    )
+    return customer(known=False, clv_percentile=None, churn=None, upsell=None, advocacy=None, sentiment=None, **kw)
 
 
 def codes(d: PolicyDecision) -> list[str]:
@@ -251,8 +249,7 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
     (
         "reason-format-spec",
         lambda r: r["next_best_action"]["rules"][0].update(reason="Churn {churn_pct:.1f}"),
-        "next_best_action.rules[0].reason: "
-        "placeholder {churn_pct} takes no format; values come pre-formatted",
+        "next_best_action.rules[0].reason: placeholder {churn_pct} takes no format; values come pre-formatted",
     ),
     (
         "nba-unknown-action",
@@ -275,12 +272,8 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("change", "message"), [(c, m) for _, c, m in INVALID], ids=[i for i, _, _ in INVALID]
-)
-def test_invalid_policy_names_path_and_problem(
-    change: Callable[[dict[str, Any]], object], message: str
-) -> None:
+@pytest.mark.parametrize(("change", "message"), [(c, m) for _, c, m in INVALID], ids=[i for i, _, _ in INVALID])
+def test_invalid_policy_names_path_and_problem(change: Callable[[dict[str, Any]], object], message: str) -> None:
     with pytest.raises(PolicyError) as info:
         parse_policy(mutate(change))
     assert str(info.value) == message
@@ -336,16 +329,11 @@ def test_urgent_shortens_and_runs_on_calendar_hours(policy: Policy) -> None:
 
 
 def test_unknown_priority_is_treated_as_normal(policy: Policy) -> None:
-    assert (
-        decide(policy, customer(priority="whenever"), MONDAY_10).sla
-        == decide(policy, customer(), MONDAY_10).sla
-    )
+    assert decide(policy, customer(priority="whenever"), MONDAY_10).sla == decide(policy, customer(), MONDAY_10).sla
 
 
 def test_tier_escalation_targets(policy: Policy) -> None:
-    targets = {
-        pct: decide(policy, customer(clv_percentile=pct), MONDAY_10).escalation for pct in (95, 80, 50, 5)
-    }
+    targets = {pct: decide(policy, customer(clv_percentile=pct), MONDAY_10).escalation for pct in (95, 80, 50, 5)}
     assert targets[95].role == "senior_advisor"
     assert targets[80].role == "experienced_agent"
     assert (targets[50].queue, targets[50].role) == ("support", "agent")
@@ -513,16 +501,12 @@ INPUTS = st.builds(
     days_since_last_interaction=st.none() | st.floats(min_value=0, max_value=3650),
     override_tier=st.none() | st.sampled_from(["VIP", "Premium", "Standard", "Basic", "Gold"]),
 )
-RECEIVED = st.datetimes(
-    min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)
-)
+RECEIVED = st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC))
 
 
 @settings(max_examples=500)
 @given(inp=INPUTS, received_at=RECEIVED)
-def test_decide_never_raises_and_is_always_valid(
-    policy: Policy, inp: DecisionInput, received_at: datetime
-) -> None:
+def test_decide_never_raises_and_is_always_valid(policy: Policy, inp: DecisionInput, received_at: datetime) -> None:
     d = decide(policy, inp, received_at)
     assert d.tier in ("VIP", "Premium", "Standard", "Basic")
     assert 1 <= len(d.actions) <= 3
@@ -564,9 +548,7 @@ WILD = st.none() | st.floats(allow_nan=True, allow_infinity=True)
     ),
     received_at=RECEIVED,
 )
-def test_decide_survives_out_of_contract_numbers(
-    policy: Policy, inp: DecisionInput, received_at: datetime
-) -> None:
+def test_decide_survives_out_of_contract_numbers(policy: Policy, inp: DecisionInput, received_at: datetime) -> None:
     # Upstream bugs (NaN scores, negative counts) must degrade the answer, not fail the request.
     d = decide(policy, inp, received_at)
     assert 1 <= len(d.actions) <= 3 and 1 <= len(d.reasons) <= 3

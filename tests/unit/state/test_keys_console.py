@@ -21,7 +21,9 @@ def test_customer_pattern_matches_customer_hashes_of_this_prefix_only() -> None:
     assert _redis_glob(pattern, keys.customer(h))
     for other in (keys.override(h), keys.customer_audit(h), keys.histogram(h), keys.kpi(h), Keys("rt2").customer(h)):
         assert not _redis_glob(pattern, other), other
-    assert _redis_glob(keys.override_pattern(), keys.override(h)) and not _redis_glob(keys.override_pattern(), keys.customer(h))
+    assert _redis_glob(keys.override_pattern(), keys.override(h)) and not _redis_glob(
+        keys.override_pattern(), keys.customer(h)
+    )
 
 
 def test_glob_characters_in_a_prefix_are_escaped() -> None:
