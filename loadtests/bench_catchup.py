@@ -146,7 +146,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             # the population as the consumers left it when they went down, the backlog's events after it
             down_at = datetime.now(UTC) - timedelta(hours=args.backlog_hours)
             print(f"loading {args.customers:,} customers ...", flush=True)
-            load_s = load_population(settings, args.customers, as_of=down_at.timestamp())
+            load_s = await asyncio.to_thread(load_population, settings, args.customers, as_of=down_at.timestamp())
             print(f"  loaded in {load_s:.0f} s; producing {args.events:,} events ...", flush=True)
             produce_s = await produce_backlog(settings, args.events, args.customers, args.seed, down_at)
             print(f"  produced in {produce_s:.0f} s; starting {processes} × router consume", flush=True)

@@ -137,3 +137,21 @@ def test_bench_freshness_tiny_run_produces_every_figure(tmp_path: Path) -> None:
     report.render(md, tmp_path)
     text = md.read_text()
     assert "## Soak\n\nkept" in text and "Freshness" in text and "issue #19, item 1" in text
+
+
+@pytest.mark.timeout(150)
+def test_bench_catchup_tiny_run_catches_up_every_event(tmp_path: Path) -> None:
+    out = tmp_path / "bench_catchup.json"
+    subprocess.run(
+        [sys.executable, "-m", "loadtests.bench_catchup", "--customers", "1000", "--events", "5000",
+         "--batch", "250", "--timeout", "90", "--out", str(out)],
+        cwd=ROOT, check=True, timeout=140, capture_output=True,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert (result["customers"], result["events"]) == (1000, 5000)
+    (run,) = result["runs"]
+    assert run["processes"] == 1
+    # the run ends only once the offsets stored with the state cover all 5,000 events
+    assert 0 < run["startup_seconds"] < run["catch_up_seconds"]
+    assert run["applying_events_per_s"] > 0 and run["consumer_cpu_us_per_event"] > 0
+    assert run["redis_cpu_us_per_event"] > 0 and run["load_seconds"] > 0 and run["produce_seconds"] > 0
